@@ -1,0 +1,171 @@
+"""The training objectives of Born Again Networks (Furlanello et al., 2018, Section 3.2).
+
+Every loss takes ``(student_logits, teacher_logits, labels)`` and returns a scalar mean over the batch.
+Logits may have any leading shape ``(..., C)`` (an image batch ``(N, C)`` or an unrolled language-model
+batch ``(N, T, V)``); they are flattened to ``(-1, C)`` and computed in float32, so the losses stay
+finite for extreme logits and under bf16 autocast. Teacher outputs never receive gradients.
+
+``get(name, **kwargs)`` returns the loss registered under ``name``: ``"ce"``, ``"kd"``, ``"ban"``,
+``"ban+l"``, ``"cwtm"``, ``"dkpp"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Loss = Callable[[Tensor, Optional[Tensor], Tensor], Tensor]
+
+
+def _flat(logits: Tensor) -> Tensor:
+    return logits.reshape(-1, logits.shape[-1]).float()
+
+
+def _teacher_probs(teacher_logits: Optional[Tensor]) -> Tensor:
+    if teacher_logits is None:
+        raise ValueError("this loss distils from a teacher, but no teacher logits were given")
+    return F.softmax(_flat(teacher_logits.detach()), dim=-1)
+
+
+def _soft_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Mean over samples of ``-sum_i p_i log q_i`` with ``q = softmax(student_logits)``."""
+    return -(target_probs * F.log_softmax(_flat(student_logits), dim=-1)).sum(-1).mean()
+
+
+def ce(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Label cross-entropy, the teacher's ERM objective (Eq. 1); ``label_smoothing`` gives the control run."""
+    return F.cross_entropy(_flat(student_logits), labels.reshape(-1), label_smoothing=label_smoothing)
+
+
+def ban(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor) -> Tensor:
+    """Cross-entropy between the teacher's and the student's softmax, labels unused (Eq. 2 and 3).
+
+    Its gradient w.r.t. the student logits is ``(softmax(z) - softmax(t)) / batch`` (Eq. 5).
+    """
+    return _soft_cross_entropy(student_logits, _teacher_probs(teacher_logits))
+
+
+def ban_l(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_weight: float = 1.0) -> Tensor:
+    """BAN+L: the ``ban`` term plus ``label_weight`` times the label cross-entropy (Table 2, "BAN+L")."""
+    return ban(student_logits, teacher_logits, labels) + label_weight * ce(student_logits, None, labels)
+
+
+def kd(
+    student_logits: Tensor,
+    teacher_logits: Optional[Tensor],
+    labels: Tensor,
+    temperature: float = 4.0,
+    label_weight: float = 0.1,
+) -> Tensor:
+    """Hinton et al. (2015) distillation, for comparison: softened cross-entropy scaled by ``T**2``.
+
+    ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T)) + label_weight * CE(labels, z)``.
+    """
+    soft_targets = _teacher_probs(teacher_logits / temperature)
+    soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
+    return (1.0 - label_weight) * soft + label_weight * ce(student_logits, None, labels)
+
+
+def cwtm_weights(teacher_logits: Tensor) -> Tensor:
+    """Per-sample weights of CWTM: the teacher's max probability, normalised to sum 1 over the batch."""
+    confidence = _teacher_probs(teacher_logits).max(dim=-1).values
+    return confidence / confidence.sum()
+
+
+def cwtm(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor) -> Tensor:
+    """Confidence Weighted by Teacher Max (Eq. 10).
+
+    Label cross-entropy with sample ``s`` weighted by ``max_i p_{i,s} / sum_u max_i p_{i,u}``: the
+    teacher's non-argmax outputs carry no information to the student.
+    """
+    per_sample = F.cross_entropy(_flat(student_logits), labels.reshape(-1), reduction="none")
+    return (cwtm_weights(teacher_logits) * per_sample).sum()
+
+
+def permute_non_argmax(probs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Permute every entry of each row except its argmax, independently per row (DKPP's ``phi``)."""
+    rows, classes = probs.shape
+    argmax = probs.argmax(dim=-1, keepdim=True)
+    others_mask = torch.ones_like(probs, dtype=torch.bool).scatter_(1, argmax, False)
+    others = probs[others_mask].view(rows, classes - 1)
+    keys = torch.rand(others.shape, generator=generator, device=_generator_device(generator, probs))
+    shuffled = others.gather(1, keys.to(probs.device).argsort(dim=1))
+    permuted = probs.clone()
+    permuted[others_mask] = shuffled.reshape(-1)
+    return permuted
+
+
+def _generator_device(generator: Optional[torch.Generator], like: Tensor) -> torch.device:
+    return generator.device if generator is not None else like.device
+
+
+def dkpp(
+    student_logits: Tensor,
+    teacher_logits: Optional[Tensor],
+    labels: Tensor,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Dark Knowledge with Permuted Predictions (Eq. 11).
+
+    The student matches the teacher's distribution after all its non-argmax entries are permuted at
+    random per sample; the argmax entry keeps its place and value, so only the permutation-invariant
+    moments of the dark knowledge survive. Labels unused.
+    """
+    probs = _teacher_probs(teacher_logits)
+    return _soft_cross_entropy(student_logits, permute_non_argmax(probs, generator))
+
+
+class SeededDKPP:
+    """``dkpp`` with its own generator seeded by ``seed`` (created on the logits' device): reproducible."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._generator: Optional[torch.Generator] = None
+
+    def __call__(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor) -> Tensor:
+        device = student_logits.device
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return dkpp(student_logits, teacher_logits, labels, self._generator)
+
+
+def _with_options(fn: Callable[..., Tensor]) -> Callable[..., Loss]:
+    """A factory binding keyword options to ``fn``; unknown options fail here, not mid-training."""
+
+    def factory(**options) -> Loss:
+        try:
+            inspect.signature(fn).bind(None, None, None, **options)
+        except TypeError as error:
+            raise TypeError(f"loss {fn.__name__}: {error}") from None
+        return functools.partial(fn, **options)
+
+    return factory
+
+
+_LOSSES: dict[str, Callable[..., Loss]] = {
+    "ce": _with_options(ce),
+    "kd": _with_options(kd),
+    "ban": _with_options(ban),
+    "ban+l": _with_options(ban_l),
+    "cwtm": _with_options(cwtm),
+    "dkpp": SeededDKPP,
+}
+
+NEEDS_TEACHER = {"kd", "ban", "ban+l", "cwtm", "dkpp"}
+
+
+def names() -> list[str]:
+    """Names accepted by :func:`get`."""
+    return list(_LOSSES)
+
+
+def get(name: str, **kwargs) -> Loss:
+    """The loss ``name`` as a callable ``(student_logits, teacher_logits, labels) -> scalar``."""
+    if name not in _LOSSES:
+        raise KeyError(f"unknown loss {name!r}; choose one of {', '.join(_LOSSES)}")
+    return _LOSSES[name](**kwargs)

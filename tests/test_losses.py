@@ -1,0 +1,173 @@
+"""The losses of Section 3.2 against their defining identities, with autograd on random logits."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from banets import losses
+
+BATCH, CLASSES = 16, 10
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(BATCH, CLASSES, generator=gen, requires_grad=True)
+    teacher = torch.randn(BATCH, CLASSES, generator=gen) * 3
+    labels = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+    return student, teacher, labels
+
+
+def grad_of(loss_value, student):
+    (grad,) = torch.autograd.grad(loss_value, student)
+    return grad
+
+
+def test_ban_gradient_is_student_minus_teacher_probs_over_batch(batch):
+    student, teacher, labels = batch
+    grad = grad_of(losses.ban(student, teacher, labels), student)
+    expected = (F.softmax(student, -1) - F.softmax(teacher, -1)) / BATCH
+    torch.testing.assert_close(grad, expected)
+
+
+def test_ban_ignores_labels_and_does_not_touch_teacher(batch):
+    student, teacher, labels = batch
+    teacher = teacher.clone().requires_grad_(True)
+    value = losses.ban(student, teacher, labels)
+    assert value == losses.ban(student, teacher, (labels + 1) % CLASSES)
+    value.backward()
+    assert teacher.grad is None
+
+
+def test_ce_gradient_matches_eq6(batch):
+    student, _, labels = batch
+    grad = grad_of(losses.ce(student, None, labels), student)
+    expected = (F.softmax(student, -1) - F.one_hot(labels, CLASSES)) / BATCH
+    torch.testing.assert_close(grad, expected)
+
+
+def test_ban_l_is_ban_plus_weighted_label_term(batch):
+    student, teacher, labels = batch
+    value = losses.ban_l(student, teacher, labels, label_weight=0.3)
+    expected = losses.ban(student, teacher, labels) + 0.3 * F.cross_entropy(student, labels)
+    torch.testing.assert_close(value, expected)
+
+
+def test_kd_reduces_to_ban_at_temperature_one_without_labels(batch):
+    student, teacher, labels = batch
+    value = losses.kd(student, teacher, labels, temperature=1.0, label_weight=0.0)
+    torch.testing.assert_close(value, losses.ban(student, teacher, labels))
+
+
+def test_kd_gradient_has_temperature_scaling(batch):
+    student, teacher, labels = batch
+    temperature = 4.0
+    grad = grad_of(losses.kd(student, teacher, labels, temperature=temperature, label_weight=0.0), student)
+    expected = temperature * (F.softmax(student / temperature, -1) - F.softmax(teacher / temperature, -1)) / BATCH
+    torch.testing.assert_close(grad, expected)
+
+
+def test_cwtm_weights_are_teacher_max_prob_normalised(batch):
+    _, teacher, _ = batch
+    weights = losses.cwtm_weights(teacher)
+    confidence = F.softmax(teacher, -1).max(-1).values
+    torch.testing.assert_close(weights, confidence / confidence.sum())
+    assert torch.isclose(weights.sum(), torch.tensor(1.0))
+
+
+def test_cwtm_gradient_matches_eq10(batch):
+    student, teacher, labels = batch
+    grad = grad_of(losses.cwtm(student, teacher, labels), student)
+    weights = losses.cwtm_weights(teacher)[:, None]
+    expected = weights * (F.softmax(student, -1) - F.one_hot(labels, CLASSES))
+    torch.testing.assert_close(grad, expected)
+
+
+def test_cwtm_uses_no_non_argmax_information(batch):
+    """Changing the teacher's non-argmax logits while keeping its max probability leaves CWTM unchanged."""
+    student, teacher, labels = batch
+    probs = F.softmax(teacher, -1)
+    shuffled = losses.permute_non_argmax(probs, torch.Generator().manual_seed(1))
+    value = losses.cwtm(student, teacher, labels)
+    torch.testing.assert_close(losses.cwtm(student, shuffled.log(), labels), value)
+
+
+def test_permute_non_argmax_keeps_argmax_and_multiset_and_moves_entries():
+    probs = F.softmax(torch.randn(64, CLASSES, generator=torch.Generator().manual_seed(2)), -1)
+    permuted = losses.permute_non_argmax(probs, torch.Generator().manual_seed(3))
+    rows = torch.arange(64)
+    argmax = probs.argmax(-1)
+    assert torch.equal(permuted.argmax(-1), argmax)
+    assert torch.equal(permuted[rows, argmax], probs[rows, argmax])
+    assert torch.equal(permuted.sort(-1).values, probs.sort(-1).values)
+    moved = (permuted != probs).float().mean()
+    assert moved > 0.7  # a random permutation of 9 entries leaves about 1 in 9 in place
+
+
+def test_dkpp_is_seeded_and_reproducible(batch):
+    student, teacher, labels = batch
+    first = losses.get("dkpp", seed=7)
+    second = losses.get("dkpp", seed=7)
+    other = losses.get("dkpp", seed=8)
+    values = [loss(student, teacher, labels) for loss in (first, second, other)]
+    assert values[0] == values[1]
+    assert values[0] != values[2]
+
+
+def test_dkpp_gradient_targets_the_permuted_teacher(batch):
+    student, teacher, labels = batch
+    grad = grad_of(losses.dkpp(student, teacher, labels, torch.Generator().manual_seed(5)), student)
+    target = losses.permute_non_argmax(F.softmax(teacher, -1), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(grad, (F.softmax(student, -1) - target) / BATCH)
+
+
+@pytest.mark.parametrize("name", losses.names())
+def test_losses_flatten_sequence_logits(name, batch):
+    """A (N, T, V) language-model batch gives the loss of the flattened (N*T, V) logits."""
+    student, teacher, labels = batch
+    flat = losses.get(name)(student, teacher, labels)
+    unrolled = losses.get(name)(student.view(4, 4, CLASSES), teacher.view(4, 4, CLASSES), labels.view(4, 4))
+    torch.testing.assert_close(unrolled, flat)
+
+
+@pytest.mark.parametrize("name", losses.names())
+def test_losses_finite_for_extreme_logits_float32(name):
+    gen = torch.Generator().manual_seed(4)
+    student = (torch.randn(BATCH, CLASSES, generator=gen).sign() * 1e4).requires_grad_(True)
+    teacher = -student.detach()
+    labels = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+    value = losses.get(name)(student, teacher, labels)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(student.grad).all()
+
+
+@pytest.mark.parametrize("name", losses.names())
+def test_losses_finite_under_bf16_autocast(name):
+    gen = torch.Generator().manual_seed(6)
+    layer = torch.nn.Linear(8, CLASSES)
+    with torch.no_grad():
+        layer.weight.mul_(1e3)
+    inputs = torch.randn(BATCH, 8, generator=gen) * 10
+    labels = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        student = layer(inputs)
+        teacher = -student.detach()
+        value = losses.get(name)(student, teacher, labels)
+    assert student.dtype == torch.bfloat16
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
+    assert torch.isfinite(layer.weight.grad).all()
+
+
+def test_get_rejects_unknown_names_and_options():
+    with pytest.raises(KeyError, match="unknown loss 'bann'"):
+        losses.get("bann")
+    with pytest.raises(TypeError, match="temprature"):
+        losses.get("kd", temprature=2.0)
+
+
+def test_distillation_losses_need_a_teacher(batch):
+    student, _, labels = batch
+    with pytest.raises(ValueError, match="teacher"):
+        losses.ban(student, None, labels)
