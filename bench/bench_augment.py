@@ -6,6 +6,7 @@ Run: python bench/bench_augment.py [--batch 128] [--repeats 200] [--threads 2]
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Callable
 
@@ -27,13 +28,15 @@ def per_image_loop(x: torch.Tensor, padding: int, generator: torch.Generator) ->
 
 
 def images_per_second(augment: Callable[[], torch.Tensor], batch: int, repeats: int) -> float:
-    """Throughput of ``augment`` over ``repeats`` calls after a short warm-up."""
+    """Throughput of ``augment`` from the median of ``repeats`` timed calls (robust to a busy machine)."""
     for _ in range(5):
         augment()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(repeats):
+        start = time.perf_counter()
         augment()
-    return batch * repeats / (time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start)
+    return batch / statistics.median(seconds)
 
 
 def main() -> None:
@@ -49,7 +52,7 @@ def main() -> None:
         ("batched pad_crop_flip", images_per_second(lambda: pad_crop_flip(x, 4, generator), args.batch, args.repeats)),
         ("per-image loop", images_per_second(lambda: per_image_loop(x, 4, generator), args.batch, args.repeats // 10)),
     ]
-    print(f"pad-crop-flip, batch {args.batch} x 3 x 32 x 32 float32, CPU, {args.threads} threads")
+    print(f"pad-crop-flip, batch {args.batch} x 3 x 32 x 32 float32, CPU, {args.threads} threads, median of calls")
     print(f"| {'method':<22} | {'images/s':>12} | {'speed-up':>8} |")
     print(f"|{'-' * 24}|{'-' * 14}|{'-' * 10}|")
     for name, rate in rows:
