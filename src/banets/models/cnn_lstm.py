@@ -1,0 +1,145 @@
+"""Character-aware language model of Kim et al. (2016), the paper's "ConvLSTM, 19M" (Table 6).
+
+Each word is spelled as characters between begin- and end-of-word markers; 15-dimensional character
+embeddings pass through convolutions of several widths, max-over-time pooling and tanh, then highway layers
+(Srivastava et al., 2015), and the resulting word vectors feed a 2-layer LSTM whose output predicts the next
+word over the word vocabulary. The input is still word ids: the model holds each word's spelling in a buffer
+built from the vocabulary's word list, so data and training loop are those of the word LSTM, and it carries
+its state across calls the same way (``StatefulLSTMLanguageModel``).
+
+Kim et al.'s configurations (their Table 2), both with dropout 0.5 on the LSTM's non-recurrent connections
+except the highway-to-LSTM input, parameters uniform in [-0.05, 0.05] and highway gate biases at -2:
+
+- large: widths 1-7 with min(200, 50 w) filters (50, 100, 150, 200, 200, 200, 200: 1100 in all), 2 highway
+  layers, 2 x 650 LSTM. Kim et al. report 19M parameters on PTB; here, for 10,000 words, 19,372,400 plus 15 per
+  character of the character table (3 markers, the letters, one per special word): 19,372,865 for a
+  10,000-word vocabulary over a-z with ``<unk>`` and ``<eos>`` (31 characters).
+- small: widths 1-6 with 25 w filters (525 in all), 1 highway layer, 2 x 300 LSTM. Kim et al. report 5M;
+  here 5,311,750 plus 15 per character (5,312,215 for the same 31 characters).
+
+Words written ``<like this>`` (the vocabulary's ``<unk>`` and ``<eos>``) are spelled as one reserved
+character each, as Kim et al.'s code spells ``<unk>`` as ``|`` and the end of sentence as ``+``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from banets.models.lstm_lm import StatefulLSTMLanguageModel
+from banets.models.registry import register_model
+
+PADDING, BEGIN_OF_WORD, END_OF_WORD = 0, 1, 2
+
+
+def spell_words(words: Sequence[str], min_length: int = 1) -> Tensor:
+    """Character ids of ``words``, ``(len(words), L)``: begin-of-word, the characters, end-of-word, then padding
+    up to the longest spelling (at least ``min_length``). A ``<special>`` word is one character of its own."""
+    spellings = [[word] if _is_special(word) else list(word) for word in words]
+    alphabet = sorted({char for spelling in spellings for char in spelling})
+    char_ids = {char: i for i, char in enumerate(alphabet, start=END_OF_WORD + 1)}
+    length = max(min_length, 2 + max(map(len, spellings)))
+    table = torch.full((len(words), length), PADDING, dtype=torch.long)
+    for row, spelling in enumerate(spellings):
+        table[row, : len(spelling) + 2] = torch.tensor([BEGIN_OF_WORD, *map(char_ids.get, spelling), END_OF_WORD])
+    return table
+
+
+def _is_special(word: str) -> bool:
+    return len(word) > 2 and word.startswith("<") and word.endswith(">")
+
+
+class CharCNN(nn.Module):
+    """Character embeddings -> one convolution per width -> max over time -> tanh, concatenated (Kim et al.)."""
+
+    def __init__(self, num_chars: int, char_dim: int, widths: Sequence[int], filters: Sequence[int]):
+        super().__init__()
+        if len(widths) != len(filters):
+            raise ValueError(f"one filter count per width: {len(widths)} widths, {len(filters)} filter counts")
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=PADDING)
+        self.convolutions = nn.ModuleList(nn.Conv1d(char_dim, count, width) for width, count in zip(widths, filters))
+        self.output_dim = sum(filters)
+
+    def forward(self, spellings: Tensor) -> Tensor:
+        chars = self.embedding(spellings).transpose(1, 2)  # (N, char_dim, L)
+        # tanh is increasing, so tanh after the max equals Kim et al.'s max of tanh, on fewer values
+        return torch.cat([torch.tanh(conv(chars).amax(dim=2)) for conv in self.convolutions], dim=1)
+
+
+class Highway(nn.Module):
+    """``t * relu(W_H y + b_H) + (1 - t) * y`` with the transform gate ``t = sigmoid(W_T y + b_T)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.transform = nn.Linear(dim, dim)
+        self.gate = nn.Linear(dim, dim)
+
+    def forward(self, y: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.gate(y))
+        return gate * F.relu(self.transform(y)) + (1 - gate) * y
+
+
+class CharacterAwareLanguageModel(StatefulLSTMLanguageModel):
+    """Kim et al. (2016): word spellings -> CharCNN -> highway layers -> LSTM -> dropout -> decoder."""
+
+    def __init__(
+        self,
+        words: Sequence[str],
+        char_dim: int,
+        widths: Sequence[int],
+        filters: Sequence[int],
+        highway_layers: int,
+        hidden_dim: int,
+        num_layers: int,
+        dropout: float,
+        init_range: float,
+    ):
+        spellings = spell_words(words, min_length=max(widths))
+        char_cnn = CharCNN(int(spellings.max()) + 1, char_dim, widths, filters)
+        super().__init__(char_cnn.output_dim, hidden_dim, num_layers, len(words), dropout)
+        self.register_buffer("spellings", spellings)
+        self.char_cnn = char_cnn
+        self.highways = nn.Sequential(*(Highway(char_cnn.output_dim) for _ in range(highway_layers)))
+        self.init_uniform_(init_range)
+        with torch.no_grad():
+            char_cnn.embedding.weight[PADDING].zero_()
+            for highway in self.highways:
+                highway.gate.bias.fill_(-2.0)  # carry the input through at first (Kim et al.'s code)
+
+    def word_features(self, x: Tensor) -> Tensor:
+        """Word vectors of ``x``, computed once per distinct word of the batch."""
+        distinct_ids, positions = torch.unique(x, return_inverse=True)
+        return self.highways(self.char_cnn(self.spellings[distinct_ids]))[positions]
+
+
+@register_model("cnn_lstm")
+def cnn_lstm(
+    words: Sequence[str],
+    char_dim: int = 15,
+    widths: Sequence[int] = (1, 2, 3, 4, 5, 6, 7),
+    filters: Sequence[int] = (50, 100, 150, 200, 200, 200, 200),
+    highway_layers: int = 2,
+    hidden_dim: int = 650,
+    num_layers: int = 2,
+    dropout: float = 0.5,
+    init_range: float = 0.05,
+) -> nn.Module:
+    """The character-aware family over the vocabulary ``words`` (in id order); the defaults are Kim et al.'s
+    large model, the paper's ``cnn_lstm_large``."""
+    return CharacterAwareLanguageModel(
+        words, char_dim, tuple(widths), tuple(filters), highway_layers, hidden_dim, num_layers, dropout, init_range
+    )
+
+
+# The paper's 19M-parameter ConvLSTM (Table 6): Kim et al.'s LSTM-Char-Large.
+register_model("cnn_lstm_large", partial(cnn_lstm))
+# A CPU-scale model: Kim et al.'s LSTM-Char-Small.
+register_model(
+    "cnn_lstm_small",
+    partial(cnn_lstm, widths=(1, 2, 3, 4, 5, 6), filters=(25, 50, 75, 100, 125, 150), highway_layers=1, hidden_dim=300),
+)

@@ -1,0 +1,128 @@
+"""Word-level LSTM language model of Zaremba et al. (2014) with weight tying (Press & Wolf, 2017).
+
+Interface of every language model here: ``model(x)`` maps word ids ``(B, T)`` to next-word logits
+``(B, T, V)``. The model is stateful, as in Zaremba et al.'s truncated backpropagation through time: it
+carries the LSTM state from one call to the next (consecutive ``BpttBatches`` chunks continue the same
+streams), detached so that gradients stop at the chunk boundary and the previous chunk's graph is freed.
+``reset_state()`` forgets it (call it at the start of every pass over a data set); a batch of another size,
+or on another device, starts from zeros. The state is a plain attribute, never part of ``state_dict``.
+
+Which configuration is the paper's "LSTM, 52M" (Table 6)? Sec. 4.2 calls it "a single layer LSTM with 1500
+units (Zaremba et al., 2014)" with weight tying; Zaremba et al.'s large model has two layers of 1500 units.
+Parameter counts for the PTB vocabulary (10,000 words, embedding 1500, PyTorch's two bias vectors per gate):
+
+    =====================  ===========  ===========
+    LSTM of 1500 units      untied       tied
+    =====================  ===========  ===========
+    1 layer                 48,022,000   33,022,000
+    2 layers                66,034,000   51,034,000
+    =====================  ===========  ===========
+
+Only two tied layers come near 52M: 51.0M (51,022,000 with a single bias vector per gate, as in Zaremba et
+al.'s code; 66M untied is their own count for the large model; one layer gives 48M untied, 33M tied). Table 6's
+count thus fits Zaremba et al.'s two layers, tied as Sec. 4.2 states, rather than the text's "single layer", so
+``lstm_lm_large`` is Zaremba et al.'s large model with tied weights: 2 x 1500, dropout 0.65, initialisation
+uniform in [-0.04, 0.04].
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn as nn
+from torch import Tensor
+
+from banets.models.registry import register_model
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+class StatefulLSTMLanguageModel(nn.Module):
+    """Word features -> multi-layer LSTM carrying its state across calls -> dropout -> linear decoder.
+
+    Subclasses define ``word_features(x)``, the ``(B, T, input_dim)`` LSTM inputs of the word ids ``x``.
+    Dropout ``dropout`` acts between LSTM layers and before the decoder, on the non-recurrent connections
+    only (Zaremba et al., 2014).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, num_layers: int, vocab_size: int, dropout: float):
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden_dim, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.output_dropout = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden_dim, vocab_size)
+        self._state: LSTMState | None = None
+
+    def word_features(self, x: Tensor) -> Tensor:
+        """The LSTM inputs ``(B, T, input_dim)`` of the word ids ``x`` ``(B, T)``."""
+        raise NotImplementedError
+
+    def reset_state(self) -> None:
+        """Forget the carried LSTM state: the next call starts from zeros."""
+        self._state = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.word_features(x)
+        output, (hidden, cell) = self.lstm(features, self._carried_state(features))
+        self._state = hidden.detach(), cell.detach()  # truncated BPTT: no gradient into the previous chunk
+        return self.decoder(self.output_dropout(output))
+
+    def _carried_state(self, features: Tensor) -> LSTMState | None:
+        """The previous call's state in the dtype of ``features``, or None (zeros) if there is none that fits."""
+        if self._state is None:
+            return None
+        hidden, cell = self._state
+        if hidden.size(1) != features.size(0) or hidden.device != features.device:
+            return None
+        return hidden.to(features.dtype), cell.to(features.dtype)
+
+    def init_uniform_(self, init_range: float) -> None:
+        """Every parameter uniform in ``[-init_range, init_range]``, as Zaremba et al. and Kim et al. do."""
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -init_range, init_range)
+
+
+class LSTMLanguageModel(StatefulLSTMLanguageModel):
+    """Zaremba et al. (2014): word embedding -> dropout -> LSTM -> dropout -> decoder, optionally tied."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        dropout: float,
+        tie_weights: bool,
+        init_range: float,
+    ):
+        if tie_weights and embed_dim != hidden_dim:
+            raise ValueError(f"weight tying needs embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}")
+        super().__init__(embed_dim, hidden_dim, num_layers, vocab_size, dropout)
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.input_dropout = nn.Dropout(dropout)
+        if tie_weights:
+            self.decoder.weight = self.embedding.weight  # Press & Wolf (2017): one matrix for input and output
+        self.init_uniform_(init_range)
+
+    def word_features(self, x: Tensor) -> Tensor:
+        return self.input_dropout(self.embedding(x))
+
+
+@register_model("lstm_lm")
+def lstm_lm(
+    vocab_size: int,
+    embed_dim: int = 1500,
+    hidden_dim: int = 1500,
+    num_layers: int = 2,
+    dropout: float = 0.65,
+    tie_weights: bool = True,
+    init_range: float = 0.04,
+) -> nn.Module:
+    """The word LSTM family; the defaults are the paper's ``lstm_lm_large``."""
+    return LSTMLanguageModel(vocab_size, embed_dim, hidden_dim, num_layers, dropout, tie_weights, init_range)
+
+
+# The paper's 52M-parameter LSTM (Table 6): Zaremba et al.'s large 2 x 1500, dropout 0.65, tied weights.
+register_model("lstm_lm_large", partial(lstm_lm))
+# A CPU-scale stand-in: Zaremba et al.'s small model (2 x 200, no dropout, init +-0.1), weights tied as in the paper
+# (2,653,200 parameters for 10,000 words).
+register_model("lstm_lm_small", partial(lstm_lm, embed_dim=200, hidden_dim=200, dropout=0.0, init_range=0.1))
