@@ -1,0 +1,29 @@
+"""Pre-activation ResNets for CIFAR (He et al., 2016b, "Identity Mappings in Deep Residual Networks").
+
+With bottleneck units (the default) the depth is ``9n + 2``: a 16-channel 3x3 stem, three stages of ``n`` units
+with ``64, 128, 256`` output channels (``16, 32, 64`` inside the bottleneck), then BN-ReLU, pooling and the
+classifier. Pre-ResNet-164 has n = 18 and Pre-ResNet-1001 (Table 5's baseline, 10.2M parameters for
+CIFAR-100) has n = 111. With ``bottleneck=False`` the depth is ``6n + 2`` with basic units of ``16, 32, 64``
+channels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from banets.models.blocks import PreActResNet
+from banets.models.registry import register_model
+
+
+@register_model("preresnet")
+def preresnet(depth: int = 164, num_classes: int = 10, bottleneck: bool = True) -> PreActResNet:
+    """Pre-ResNet-``depth``: ``9n + 2`` with bottleneck units, ``6n + 2`` with basic units."""
+    per_unit, widths = (9, [64, 128, 256]) if bottleneck else (6, [16, 32, 64])
+    if depth < per_unit + 2 or (depth - 2) % per_unit:
+        raise ValueError(f"Pre-ResNet depth must be {per_unit}n+2 with n >= 1 (bottleneck={bottleneck}), got {depth}")
+    n = (depth - 2) // per_unit
+    return PreActResNet(widths, [n] * 3, num_classes, stem_channels=16, bottleneck=bottleneck)
+
+
+for _depth in (29, 164, 1001):
+    register_model(f"preresnet_{_depth}", functools.partial(preresnet, depth=_depth))
