@@ -142,7 +142,7 @@ def load_corpus(
     Every non-empty line is a sentence, split by ``tokenizer`` (``"whitespace"`` for pre-tokenised text
     such as PTB, ``"words"`` for raw text, see :func:`tokenize_words`), followed by ``<eos>``.
     The vocabulary is ``vocab`` when given (e.g. loaded with the run), else built from the training split
-    and capped at ``max_vocab`` words. ``download=True`` fetches Penn Tree Bank into an empty folder.
+    and capped at ``max_vocab`` words. ``download=True`` fetches Penn Tree Bank when the folder has no ``*.train.txt``.
     """
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
