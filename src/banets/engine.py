@@ -139,7 +139,7 @@ class Trainer:
         errors = torch.zeros((), device=self.device)
         rows = 0
         steps = tqdm(train_data, desc=f"{self.name} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
-                     disable=self.config.progress != "epoch", dynamic_ncols=True)
+                     disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         for step, batch in enumerate(steps):
             x, y = self._inputs(batch, augment_rng, train=True)
             logits, loss = self._step(x, y)
@@ -207,7 +207,7 @@ class Trainer:
     def _model_bar(self):
         if self.config.progress != "model":
             return None
-        return tqdm(total=self.config.epochs, initial=self.epoch, desc=self.name, leave=False, dynamic_ncols=True)
+        return tqdm(total=self.config.epochs, initial=self.epoch, desc=self.name, leave=False, dynamic_ncols=True, disable=None)
 
     def _report(self, record: dict, bar) -> None:
         if bar is not None:

@@ -40,10 +40,7 @@ class ModelSpec:
     init_from: Optional[str] = None  # start from this model's weights instead of a fresh initialisation
 
     def make_loss(self) -> losses.Loss:
-        options = dict(self.loss_options)
-        if self.loss == "dkpp":
-            options.setdefault("seed", self.seed)
-        return losses.get(self.loss, **options)
+        return losses.get(self.loss, **self.loss_options)
 
 
 def generation_name(loss: str, k: int) -> str:

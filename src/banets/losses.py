@@ -114,24 +114,11 @@ def dkpp(
 
     The student matches the teacher's distribution after all its non-argmax entries are permuted at
     random per sample; the argmax entry keeps its place and value, so only the permutation-invariant
-    moments of the dark knowledge survive. Labels unused.
+    moments of the dark knowledge survive. Labels unused. The permutation is drawn from ``generator``, or
+    from torch's global generator, which the engine reseeds every epoch from the model's seed.
     """
     probs = _teacher_probs(teacher_logits)
     return _soft_cross_entropy(student_logits, permute_non_argmax(probs, generator))
-
-
-class SeededDKPP:
-    """``dkpp`` with its own generator seeded by ``seed`` (created on the logits' device): reproducible."""
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-        self._generator: Optional[torch.Generator] = None
-
-    def __call__(self, student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor) -> Tensor:
-        device = student_logits.device
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return dkpp(student_logits, teacher_logits, labels, self._generator)
 
 
 def _with_options(fn: Callable[..., Tensor]) -> Callable[..., Loss]:
@@ -153,7 +140,7 @@ _LOSSES: dict[str, Callable[..., Loss]] = {
     "ban": _with_options(ban),
     "ban+l": _with_options(ban_l),
     "cwtm": _with_options(cwtm),
-    "dkpp": SeededDKPP,
+    "dkpp": _with_options(dkpp),
 }
 
 NEEDS_TEACHER = {"kd", "ban", "ban+l", "cwtm", "dkpp"}

@@ -118,7 +118,8 @@ class PreActResNet(nn.Module):
         width = stem_channels
         for i, (out, n) in enumerate(zip(channels, units)):
             stride = 1 if i == 0 else 2
-            stage = [PreActUnit(width if j == 0 else out, out, stride if j == 0 else 1, bottleneck, dropout) for j in range(n)]
+            stage = [PreActUnit(width, out, stride, bottleneck, dropout)]
+            stage += [PreActUnit(out, out, 1, bottleneck, dropout) for _ in range(n - 1)]
             stages.append(nn.Sequential(*stage))
             width = out
         self.stages = nn.ModuleList(stages)

@@ -56,7 +56,9 @@ class DenseLayer(nn.Module):
         inner = 4 * growth_rate if bottleneck else in_channels
         self.norm1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv1x1(in_channels, inner) if bottleneck else nn.Identity()
-        self.conv2 = nn.Sequential(bn_relu(inner), conv3x3(inner, growth_rate)) if bottleneck else conv3x3(inner, growth_rate)
+        self.conv2 = conv3x3(inner, growth_rate)
+        if bottleneck:
+            self.conv2 = nn.Sequential(bn_relu(inner), self.conv2)
         self.dropout = nn.Dropout(drop_rate)
         self.memory_efficient = memory_efficient
 
@@ -80,7 +82,9 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
     """``num_layers`` dense layers; the output concatenates the input and every layer's ``growth_rate`` channels."""
 
-    def __init__(self, num_layers: int, in_channels: int, growth_rate: int, bottleneck: bool, drop_rate: float, memory_efficient: bool):
+    def __init__(
+        self, num_layers: int, in_channels: int, growth_rate: int, bottleneck: bool, drop_rate: float, memory_efficient: bool
+    ):
         super().__init__()
         self.layers = nn.ModuleList(
             DenseLayer(in_channels + i * growth_rate, growth_rate, bottleneck, drop_rate, memory_efficient)
@@ -99,7 +103,8 @@ class Transition(nn.Sequential):
     """BN-ReLU-conv1x1 to ``out_channels``, then 2x2 average pooling (unless ``pool=False``)."""
 
     def __init__(self, in_channels: int, out_channels: int, pool: bool = True):
-        super().__init__(bn_relu(in_channels), conv1x1(in_channels, out_channels), nn.AvgPool2d(2) if pool else nn.Identity())
+        pooling = nn.AvgPool2d(2) if pool else nn.Identity()
+        super().__init__(bn_relu(in_channels), conv1x1(in_channels, out_channels), pooling)
         self.out_channels = out_channels
 
 
@@ -126,7 +131,7 @@ class DenseNet(nn.Module):
     ):
         super().__init__()
         if not block_layers or min(block_layers) < 1 or growth_rate < 1 or not 0 < compression <= 1:
-            raise ValueError(f"invalid DenseNet: block_layers={block_layers}, growth={growth_rate}, compression={compression}")
+            raise ValueError(f"invalid DenseNet: {block_layers=}, {growth_rate=}, {compression=}")
         channels = stem_channels or (2 * growth_rate if bottleneck else 16)
         self.conv1 = conv3x3(3, channels)
         stages = []

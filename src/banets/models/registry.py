@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -31,12 +32,21 @@ def register_model(name: str, factory: ModelFactory | None = None):
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` (e.g. ``num_classes=100``)."""
+    return _factory(name)(**kwargs)
+
+
+def model_parameters(name: str) -> set[str]:
+    """The keyword arguments that model ``name``'s factory accepts."""
+    return set(inspect.signature(_factory(name)).parameters)
+
+
+def _factory(name: str) -> ModelFactory:
     _import_builtin_models()
     if name not in _REGISTRY:
         near = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see `banets models` for the list"
         raise KeyError(f"unknown model {name!r}{hint}")
-    return _REGISTRY[name](**kwargs)
+    return _REGISTRY[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -47,3 +57,4 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def _import_builtin_models() -> None:
     import banets.models  # noqa: F401  (registers the built-in families on import)
+

@@ -71,7 +71,8 @@ class ResNetCifar(nn.Module):
         self.stem = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         stages, channels = [], width
         for i, out in enumerate((width, 2 * width, 4 * width)):
-            blocks = [BasicBlock(channels if j == 0 else out, out, 2 if i and j == 0 else 1, shortcut) for j in range(n)]
+            blocks = [BasicBlock(channels, out, 2 if i else 1, shortcut)]
+            blocks += [BasicBlock(out, out, 1, shortcut) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
             channels = out
         self.stages = nn.ModuleList(stages)
@@ -93,7 +94,9 @@ class ResNetCifar(nn.Module):
 
 
 @register_model("resnet_cifar")
-def resnet_cifar(depth: int = 20, width: int = 16, num_classes: int = 10, shortcut: Literal["A", "B"] = "A") -> ResNetCifar:
+def resnet_cifar(
+    depth: int = 20, width: int = 16, num_classes: int = 10, shortcut: Literal["A", "B"] = "A"
+) -> ResNetCifar:
     """ResNet-``depth`` (``6n + 2``) with ``width`` base channels (16 in the paper)."""
     return ResNetCifar(depth, width, num_classes, shortcut)
 

@@ -1,0 +1,5 @@
+import sys
+
+from banets.cli import main
+
+sys.exit(main())
