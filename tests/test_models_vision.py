@@ -69,8 +69,12 @@ def meta_count(name: str, **kwargs) -> int:
 
 
 def test_registered_names():
-    vision = {n for n in list_models() if n.startswith(("densenet", "wrn_", "wide_resnet", "preresnet", "resnet"))}
-    assert vision == set(PARAMS)
+    from banets.models.registry import _REGISTRY
+
+    mine = {"banets.models." + m for m in ("densenet", "wide_resnet", "preresnet", "resnet_cifar")}
+    registered = {n for n, f in _REGISTRY.items() if getattr(f, "func", f).__module__ in mine}
+    assert registered == set(PARAMS)
+    assert set(PARAMS) <= set(list_models())
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

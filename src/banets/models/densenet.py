@@ -56,9 +56,8 @@ class DenseLayer(nn.Module):
         inner = 4 * growth_rate if bottleneck else in_channels
         self.norm1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv1x1(in_channels, inner) if bottleneck else nn.Identity()
-        self.conv2 = conv3x3(inner, growth_rate)
-        if bottleneck:
-            self.conv2 = nn.Sequential(bn_relu(inner), self.conv2)
+        conv = conv3x3(inner, growth_rate)
+        self.conv2 = nn.Sequential(bn_relu(inner), conv) if bottleneck else conv
         self.dropout = nn.Dropout(drop_rate)
         self.memory_efficient = memory_efficient
 
@@ -83,7 +82,13 @@ class DenseBlock(nn.Module):
     """``num_layers`` dense layers; the output concatenates the input and every layer's ``growth_rate`` channels."""
 
     def __init__(
-        self, num_layers: int, in_channels: int, growth_rate: int, bottleneck: bool, drop_rate: float, memory_efficient: bool
+        self,
+        num_layers: int,
+        in_channels: int,
+        growth_rate: int,
+        bottleneck: bool,
+        drop_rate: float,
+        memory_efficient: bool,
     ):
         super().__init__()
         self.layers = nn.ModuleList(
