@@ -104,12 +104,12 @@ def test_permute_non_argmax_keeps_argmax_and_multiset_and_moves_entries():
     assert moved > 0.7  # a random permutation of 9 entries leaves about 1 in 9 in place
 
 
-def test_dkpp_is_seeded_and_reproducible(batch):
+def test_dkpp_is_reproducible_under_a_seed(batch):
     student, teacher, labels = batch
-    first = losses.get("dkpp", seed=7)
-    second = losses.get("dkpp", seed=7)
-    other = losses.get("dkpp", seed=8)
-    values = [loss(student, teacher, labels) for loss in (first, second, other)]
+    values = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        values.append(losses.get("dkpp")(student, teacher, labels))
     assert values[0] == values[1]
     assert values[0] != values[2]
 
@@ -125,7 +125,9 @@ def test_dkpp_gradient_targets_the_permuted_teacher(batch):
 def test_losses_flatten_sequence_logits(name, batch):
     """A (N, T, V) language-model batch gives the loss of the flattened (N*T, V) logits."""
     student, teacher, labels = batch
+    torch.manual_seed(0)  # dkpp draws its permutation from the global generator
     flat = losses.get(name)(student, teacher, labels)
+    torch.manual_seed(0)
     unrolled = losses.get(name)(student.view(4, 4, CLASSES), teacher.view(4, 4, CLASSES), labels.view(4, 4))
     torch.testing.assert_close(unrolled, flat)
 

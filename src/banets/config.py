@@ -85,7 +85,7 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(unknown_key_message(prefix + key, all_keys(ExperimentConfig)))
+            raise ConfigError(unknown_key_message(first_leaf(prefix + key, value), all_keys(ExperimentConfig)))
         kwargs[key] = coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
 
@@ -110,11 +110,19 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} expects a mapping, got {value!r}; write it as {{k: v}}")
         return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        return _as_float(value, key)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
         raise ConfigError(f"{key} expects {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def _as_float(value: int | str, key: str) -> float:
+    """Ints and numeric strings YAML 1.1 leaves unparsed, such as ``1e-3``, are floats."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{key} expects float, got {value!r} (str)") from None
 
 
 def all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -123,6 +131,14 @@ def all_keys(cls: type, prefix: str = "") -> list[str]:
         hint = typing.get_type_hints(cls)[f.name]
         keys += all_keys(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else [prefix + f.name]
     return keys
+
+
+def first_leaf(key: str, value: Any) -> str:
+    """The dotted key of the first leaf below ``key`` (``modle``, ``{name: x}`` -> ``modle.name``)."""
+    while isinstance(value, dict) and value:
+        inner, value = next(iter(value.items()))
+        key = f"{key}.{inner}"
+    return key
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:

@@ -1,0 +1,50 @@
+"""Typed configs, presets and --set overrides."""
+
+import pytest
+
+from banets import config as configs
+from banets.config import ConfigError, load_config
+
+
+def test_overrides_are_parsed_as_yaml_and_typed():
+    cfg = load_config("demo", ["optim.lr=0.3", "seeds=[1,2]", "optim.grad_clip=5", "data.path=/x", "ban.extra_losses=[cwtm]"])
+    assert cfg.optim.lr == 0.3 and cfg.seeds == [1, 2] and cfg.optim.grad_clip == 5.0
+    assert cfg.data.path == "/x" and cfg.ban.extra_losses == ["cwtm"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean optim.lr"),
+        ("optim.epochs=1.5", "optim.epochs expects int, got 1.5"),
+        ("optim.lr=fast", "optim.lr expects float, got 'fast'"),
+        ("optim.nesterov=1", "optim.nesterov expects bool"),
+        ("seeds=3", "seeds expects a list"),
+        ("data=3", "data is a section"),
+        ("optim.lr", "is not key=value"),
+        ("modle.name=x", "did you mean model.name"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config("demo", [override])
+
+
+def test_unknown_preset_suggests_near_names():
+    with pytest.raises(ConfigError, match="did you mean demo"):
+        load_config("dem0")
+
+
+@pytest.mark.parametrize("name", configs.preset_names())
+def test_every_preset_loads_and_validates(name):
+    cfg = load_config(name)
+    assert cfg.name == name and cfg.optim.epochs >= 0 and cfg.description
+
+
+def test_extends_merges_nested_keys(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: demo\noptim: {lr: 0.9}\ndescription: child\n")
+    cfg = load_config(str(child))
+    assert cfg.optim.lr == 0.9
+    assert cfg.optim.epochs == load_config("demo").optim.epochs
+    assert cfg.model.name == "small_cnn" and cfg.name == "child"
