@@ -103,6 +103,9 @@ def prepare_data(cfg: DataConfig, run_dir: Path, channels_last: bool = False) ->
 def model_factory(name: str, options: dict, data_options: dict) -> Callable:
     """A factory for model ``name``: the config's options plus those derived from the data that it takes."""
     accepted = model_parameters(name)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise RunError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     derived = {k: v for k, v in data_options.items() if k in accepted and k not in options}
     return lambda: create_model(name, **derived, **options)
 
