@@ -120,12 +120,16 @@ class DenseNet(nn.Module):
     final BN-ReLU. Huang et al. have no such layer, but it reproduces the born-again paper's Table 1 parameter
     counts for DenseNet-90-60, 80-80 and 80-120 to within 0.5% (docs/models.md), and Sec. 4.1 speaks of "the dense
     block output after the 1x1 convolution" for every block.
+
+    ``growth_rate`` may differ per block and ``transition_channels`` may set each transition's output size instead
+    of ``compression``: the depth and compression variants of Table 4 keep the teacher's stage outputs that way
+    (``models/students.py``).
     """
 
     def __init__(
         self,
         block_layers: Sequence[int],
-        growth_rate: int,
+        growth_rate: int | Sequence[int],
         num_classes: int = 10,
         compression: float = 0.5,
         bottleneck: bool = True,
@@ -133,21 +137,26 @@ class DenseNet(nn.Module):
         memory_efficient: bool = False,
         stem_channels: int | None = None,
         final_transition: bool = False,
+        transition_channels: Sequence[int] | None = None,
     ):
         super().__init__()
-        if not block_layers or min(block_layers) < 1 or growth_rate < 1 or not 0 < compression <= 1:
-            raise ValueError(f"invalid DenseNet: {block_layers=}, {growth_rate=}, {compression=}")
-        channels = stem_channels or (2 * growth_rate if bottleneck else 16)
+        growths = [growth_rate] * len(block_layers) if isinstance(growth_rate, int) else list(growth_rate)
+        outs = list(transition_channels or [])
+        if (not block_layers or min(block_layers) < 1 or len(growths) != len(block_layers) or min(growths) < 1
+                or not 0 < compression <= 1 or (outs and len(outs) != len(block_layers) - 1 + final_transition)):
+            raise ValueError(f"invalid DenseNet: {block_layers=}, {growth_rate=}, {compression=}, {transition_channels=}")
+        channels = stem_channels or (2 * growths[0] if bottleneck else 16)
         self.conv1 = conv3x3(3, channels)
         stages = []
-        for i, n in enumerate(block_layers):
-            block = DenseBlock(n, channels, growth_rate, bottleneck, drop_rate, memory_efficient)
+        for i, (n, growth) in enumerate(zip(block_layers, growths)):
+            block = DenseBlock(n, channels, growth, bottleneck, drop_rate, memory_efficient)
             parts: list[tuple[str, nn.Module]] = [("block", block)]
             channels = block.out_channels
             last = i == len(block_layers) - 1
             if not last or final_transition:
-                parts.append(("transition", Transition(channels, int(compression * channels), pool=not last)))
-                channels = int(compression * channels)
+                out = outs[i] if outs else int(compression * channels)
+                parts.append(("transition", Transition(channels, out, pool=not last)))
+                channels = out
             stages.append(nn.Sequential(OrderedDict(parts)))
         self.stages = nn.ModuleList(stages)
         self.norm = bn_relu(channels)
@@ -173,7 +182,7 @@ class DenseNet(nn.Module):
 @register_model("densenet_bc")
 def densenet_bc(
     depth: int = 100,
-    growth_rate: int = 12,
+    growth_rate: int | Sequence[int] = 12,
     num_classes: int = 10,
     compression: float = 0.5,
     bottleneck: bool = True,
@@ -182,6 +191,7 @@ def densenet_bc(
     block_layers: Sequence[int] | None = None,
     stem_channels: int | None = None,
     final_transition: bool = False,
+    transition_channels: Sequence[int] | None = None,
 ) -> DenseNet:
     """DenseNet-BC-``depth``-``growth_rate`` with three dense blocks; ``block_layers`` overrides the depth rule."""
     if block_layers is None:
@@ -191,7 +201,7 @@ def densenet_bc(
         block_layers = (n, n, n)
     return DenseNet(
         block_layers, growth_rate, num_classes, compression, bottleneck, drop_rate, memory_efficient, stem_channels,
-        final_transition,
+        final_transition, transition_channels,
     )
 
 
