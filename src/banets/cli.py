@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from banets import config as configs
+from banets import distributed
 from banets.data.cifar import DataError
 from banets.engine import DivergedError
 from banets.experiment import resume_experiment, run_experiment
@@ -36,6 +37,8 @@ def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
 
 
 def report_and_print(out: Path, report_dir: Path, keep: bool = True) -> None:
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     runs = [read_run(d) for d in find_seed_dirs([out])]
     print(write_report(runs, report_dir))
     if keep:
@@ -50,7 +53,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         out = Path(args.out) if args.out else Path(scratch)
         run_experiment(config, out)
         report_and_print(out, out, keep=bool(args.out))
-    print(f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device})")
+    if distributed.is_main():
+        print(f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"banets: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -60,6 +60,7 @@ class BornAgainConfig:
     controls: dict = field(default_factory=dict)  # students without a teacher: label -> ce options
     init_from_teacher: bool = False  # generation 1 starts from the teacher's weights
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
+    cache_teacher: Optional[str] = None  # language models: reuse the teacher's logits across epochs, in auto|fp32|bf16|fp16
 
 
 @dataclass

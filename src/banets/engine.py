@@ -3,15 +3,15 @@
 It knows nothing of the paper's tables: it trains ``model`` on ``loss(student_logits, teacher_logits,
 labels)``, with an optional frozen teacher evaluated on the same (augmented) batch. Each epoch starts by
 reseeding torch from ``(seed, epoch)``, so a run resumed at an epoch boundary repeats the uninterrupted
-run exactly (on CPU, bitwise). Checkpointing, data parallelism and reporting plug in through
-``callbacks`` and ``state_dict``.
+run exactly (on CPU, bitwise). Checkpointing and reporting plug in through ``callbacks`` and ``state_dict``;
+under torchrun each process trains on its rows of every global batch (see ``distributed``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from banets import distributed
 from banets.losses import Loss
 from banets.metrics import Predictions
 
@@ -57,7 +58,10 @@ class Callback(Protocol):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    """``auto`` is CUDA when available, else CPU; under torchrun, CUDA is this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.local_device(torch.device(name))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -96,14 +100,17 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         name: str = "model",
     ):
-        self.config, self.seed, self.device, self.name = config, seed, device, name
+        self.seed, self.device, self.name = seed, device, name
+        self.config = config if distributed.is_main() else replace(config, progress="none")  # rank 0 reports
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(device, memory_format=memory_format)
         self.teacher = teacher.to(device, memory_format=memory_format).eval() if teacher is not None else None
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
         self.loss, self.transform, self.callbacks = loss, transform, list(callbacks)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = distributed.data_parallel(self.model, device)  # DistributedDataParallel under torchrun
+        if config.compile:
+            self.forward = torch.compile(self.forward)
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.epoch = 0
@@ -142,19 +149,21 @@ class Trainer:
                      disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         for step, batch in enumerate(steps):
             x, y = self._inputs(batch, augment_rng, train=True)
-            logits, loss = self._step(x, y)
+            x, y, share = distributed.split_batch(x, y)
+            logits, loss = self._step(x, y, share)
             loss_sum += loss.detach() * y.numel()
             errors += (logits.detach().argmax(-1) != y).sum()
             rows += y.numel()
             if step % 25 == 0:
                 self._check_finite(loss.item(), step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
+        loss_sum, errors, rows = distributed.sum_over_processes(loss_sum, errors, torch.tensor(rows, device=self.device))
         self._check_finite(loss_sum.item(), "last")
         return {
             "epoch": self.epoch + 1,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / max(rows, 1),
-            "train_error": 100.0 * errors.item() / max(rows, 1),
+            "train_loss": loss_sum.item() / max(rows.item(), 1),
+            "train_error": 100.0 * errors.item() / max(rows.item(), 1),
         }
 
     def _inputs(self, batch: Batch, rng: torch.Generator, train: bool) -> tuple[Tensor, Tensor]:
@@ -165,7 +174,8 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _step(self, x: Tensor, y: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
+        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits and loss."""
         with self._autocast():
             teacher_logits = None
             if self.teacher is not None:
@@ -179,7 +189,7 @@ class Trainer:
                 )
             loss = self.loss(logits, teacher_logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share).backward()
         if self.config.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -284,7 +294,8 @@ def predict_batches(
 
     One pass over ``data`` serves all models (an ensemble's members see each batch once), and batches
     are yielded as they come so the caller reduces them at once: a language model's log-probabilities
-    over a whole split would not fit in memory.
+    over a whole split would not fit in memory. Under torchrun each process predicts its rows of each batch
+    and every process gets the whole batch's log-probabilities, in order.
     """
     for model in models:
         model.eval()
@@ -292,11 +303,12 @@ def predict_batches(
     dtype = autocast_dtype(config.precision, device)
     with torch.no_grad():
         for batch in data:
-            x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+            rows = distributed.shard(len(batch[1]))  # this process's rows; their predictions are gathered below
+            x, y = batch[0][rows].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             if transform is not None:
                 x = transform(x, None, False)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                logits = [model(x).float() for model in models]
+                logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
             yield [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
 
 

@@ -128,6 +128,7 @@ def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = 
             controls=ban.controls, teacher_fn=teacher_factory(config.model, data.model_options),
             init_from_teacher=ban.init_from_teacher, ensemble_teacher=ban.ensemble_teacher,
             seed=seed, config=config.optim, device=config.device, transform=data.transform, store=run,
+            cache_teacher=ban.cache_teacher,
         )
     except DivergedError as error:
         run.mark_failed(str(error).split(":")[0], str(error))

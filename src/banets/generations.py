@@ -21,6 +21,7 @@ from banets.data.tensors import TensorBatches
 from banets.engine import Batch, Trainer, TrainConfig, Transform, resolve_device
 from banets.ensemble import evaluate_with_ensembles, prefix_ensembles
 from banets.metrics import Predictions
+from banets.teacher_cache import CACHE_DTYPES, CachedTeacher
 
 ModelFn = Callable[[], nn.Module]
 SEED_STRIDE = 1000  # model i of a plan uses seed + 1000 * i: distinct within a run and across base seeds 0..999
@@ -127,6 +128,7 @@ class Driver:
     store: Store = field(default_factory=MemoryStore)
     models: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict]] = field(default_factory=dict)
+    cache_teacher: Optional[str] = None  # keep each teacher's logits across epochs in this dtype (teacher_cache)
 
     def run(self, plan: list[ModelSpec]) -> dict[str, nn.Module]:
         for spec in plan:
@@ -145,7 +147,8 @@ class Driver:
     def frozen_teacher(self, spec: ModelSpec) -> Optional[nn.Module]:
         if spec.teacher is None:
             return None
-        return copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
+        teacher = copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
+        return CachedTeacher(teacher, len(self.train_data), self.cache_teacher) if self.cache_teacher else teacher
 
     def train(self, spec: ModelSpec) -> nn.Module:
         model = self.build(spec)
@@ -224,19 +227,24 @@ def born_again(
     device: str = "auto",
     transform: Optional[Transform] = None,
     store: Optional[Store] = None,
+    cache_teacher: Optional[str] = None,
 ) -> BornAgainResult:
     """Train a teacher (or take ``teacher``), then ``generations`` born-again students, and evaluate all.
 
     ``model_fn`` builds a fresh student (any ``nn.Module`` returning logits); ``teacher_fn`` builds a teacher
     of another architecture. Data may be DataLoaders, Datasets or ``(x, y)`` tensor tuples. Returns the
     models and per-example predictions of every model and BANE ensemble on the validation split (and
-    the test split, evaluated once at the end, when given).
+    the test split, evaluated once at the end, when given). ``cache_teacher`` (a dtype: auto, fp32, bf16, fp16)
+    reuses the teacher's first-epoch logits in later epochs, for data that repeat exactly (language models).
     """
     config = config or TrainConfig()
+    if cache_teacher is not None and cache_teacher not in CACHE_DTYPES:
+        raise ValueError(f"cache_teacher must be None or one of {', '.join(CACHE_DTYPES)}, got {cache_teacher!r}")
     plan = plan_generations(generations, loss, seed, loss_options=loss_options, extra_losses=extra_losses,
                             controls=controls, init_from_teacher=init_from_teacher)
     driver = Driver(model_fn, as_batches(train_data, batch_size, shuffle=True), as_batches(val_data, batch_size, shuffle=False),
-                    config, resolve_device(device), teacher_fn=teacher_fn, transform=transform, store=store or MemoryStore())
+                    config, resolve_device(device), teacher_fn=teacher_fn, transform=transform,
+                    store=store or MemoryStore(), cache_teacher=cache_teacher)
     if teacher is not None:
         driver.models["teacher"] = teacher.to(driver.device)
     models = driver.run(plan)

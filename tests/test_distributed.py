@@ -1,0 +1,149 @@
+"""torchrun data parallelism: two CPU processes (gloo) through the real CLI against one process.
+
+One run is started under ``torchrun --nproc-per-node 2``, killed on rank 0 after three epochs and resumed
+under torchrun; the weights, per-example predictions and files must match an uninterrupted one-process run
+with the same global batch. Every process but rank 0 runs with an audit hook that raises on any write under
+the test's directory, so a stray write by another rank fails the run loudly. The digits splits and batch
+sizes are chosen so that neither the last training batch (53 rows) nor the evaluation batches (97, 69 rows)
+split evenly over two processes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from banets import distributed
+from banets.config import load_config
+from banets.experiment import run_experiment
+from banets.runs import RunDirectory, RunError, load_checkpoint
+
+TINY = """\
+name: tiny
+seeds: [0]
+device: cpu
+data: {dataset: digits, val_size: 360, batch_size: 64, eval_batch_size: 97}
+model: {name: mlp, options: {hidden: [32]}}
+optim: {epochs: 2, lr: 0.1, schedule: constant, progress: none}
+ban: {generations: 1, loss: ban}
+"""
+
+WORKER = """\
+import os, sys
+from banets.cli import main
+
+ROOT = os.path.realpath(sys.argv[1])
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+
+def refuse_writes(event, args):
+    if event == "open":
+        paths = [args[0]] if args[2] & WRITE_FLAGS else []
+    elif event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree"):
+        paths = [a for a in args[:2] if isinstance(a, (str, os.PathLike))]
+    else:
+        return
+    for path in paths:
+        if isinstance(path, (str, os.PathLike)) and os.path.realpath(path).startswith(ROOT):
+            raise PermissionError(f"rank {os.environ['RANK']} must not write {path} ({event})")
+
+
+if os.environ["RANK"] != "0":
+    sys.addaudithook(refuse_writes)
+elif "CRASH_AFTER_EPOCHS" in os.environ:
+    from banets.runs import RunDirectory
+    original, calls = RunDirectory.on_epoch_end, []
+
+    def crash(self, spec, trainer, record):
+        original(self, spec, trainer, record)
+        calls.append(spec.name)
+        if len(calls) == int(os.environ["CRASH_AFTER_EPOCHS"]):
+            raise KeyboardInterrupt("simulated kill")
+
+    RunDirectory.on_epoch_end = crash
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def torchrun(tmp_path, *argv, **env):
+    """``torchrun --standalone`` (a free port of its own) with two CPU processes running the worker."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(tmp_path / "worker.py"), str(tmp_path), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def files(root):
+    """The run's files but TensorBoard's (a resumed run adds an event file per resumed model)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.parts[len(root.parts)] != "tensorboard")
+
+
+def weights(seed_dir, name):
+    entry = RunDirectory(seed_dir).manifest["models"][name]
+    return load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])["model"]
+
+
+def test_torchrun_matches_one_process_resumes_and_only_rank_0_writes(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "worker.py").write_text(WORKER)
+    run_experiment(load_config(str(tmp_path / "tiny.yaml")), tmp_path / "single")
+
+    killed = torchrun(tmp_path, "run", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "dist"), CRASH_AFTER_EPOCHS="3")
+    assert killed.returncode != 0 and "simulated kill" in killed.stderr, killed.stderr[-3000:]
+    models = RunDirectory(tmp_path / "dist" / "seed-0").manifest["models"]
+    assert (models["teacher"]["status"], models["BAN-1"]["status"], models["BAN-1"]["epoch"]) == ("done", "running", 1)
+
+    resumed = torchrun(tmp_path, "resume", str(tmp_path / "dist"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "must not write" not in killed.stderr + resumed.stderr
+    assert resumed.stdout.count("## test") == 1  # the report is printed by rank 0 only
+
+    single, dist = tmp_path / "single" / "seed-0", tmp_path / "dist" / "seed-0"
+    assert files(dist) == files(single)
+    assert len((dist / "metrics.jsonl").read_text().splitlines()) == 4  # 2 models x 2 epochs, each written once
+    for name in ("teacher", "BAN-1"):
+        ours, theirs = weights(dist, name), weights(single, name)
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    for split, rows in (("val", 360), ("test", 360), ("train", 1077)):
+        ours, theirs = RunDirectory(dist).load_predictions(split), RunDirectory(single).load_predictions(split)
+        for name in ("teacher", "BAN-1"):
+            assert len(ours[name].labels) == rows
+            assert torch.equal(ours[name].labels, theirs[name].labels)  # every example once, in order
+            torch.testing.assert_close(ours[name].nll, theirs[name].nll, rtol=1e-4, atol=1e-5)
+    results = json.loads((dist / "results.json").read_text())
+    expected = json.loads((single / "results.json").read_text())
+    assert [r["error"] for r in results["test"]] == pytest.approx([r["error"] for r in expected["test"]], abs=0.3)
+
+
+def test_rows_of_splits_a_batch_into_contiguous_near_equal_parts():
+    for total in (1, 53, 64, 97):
+        parts = [distributed.rows_of(total, rank, 4) for rank in range(4)]
+        assert [i for part in parts for i in range(total)[part]] == list(range(total))
+        sizes = [part.stop - part.start for part in parts]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_shares_make_the_average_of_per_process_gradients_the_global_mean(monkeypatch):
+    """DDP averages the processes' gradients: with uneven rows, each mean loss must be weighted by its share."""
+    weight = torch.randn(5, 3, requires_grad=True)
+    x, y = torch.randn(53, 5), torch.randint(0, 3, (53,))
+    torch.nn.functional.cross_entropy(x @ weight, y).backward()
+    expected, weight.grad = weight.grad.clone(), None
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        xs, ys, share = distributed.split_batch(x, y)
+        (torch.nn.functional.cross_entropy(xs @ weight, ys) * share / 2).backward()
+    torch.testing.assert_close(weight.grad, expected)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("batch_size: 64", "batch_size: 63"))
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(RunError, match="data.batch_size=63 .* split evenly over 2 processes"):
+        run_experiment(load_config(str(tmp_path / "tiny.yaml")), tmp_path / "out")

@@ -1,0 +1,89 @@
+"""The teacher-output cache: same students as without it, one teacher pass, refusals that say why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from banets.data.text import BpttBatches
+from banets.engine import TrainConfig
+from banets.generations import born_again
+from banets.models import create_model
+from banets.teacher_cache import CacheError, CachedTeacher
+
+VOCAB = 12
+
+
+class CountingTeacher(nn.Module):
+    """A fixed random 'language model' that counts its forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(VOCAB, VOCAB)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.table(x)
+
+
+def stream(seed: int, length: int = 600) -> torch.Tensor:
+    return torch.randint(VOCAB, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+def epochs(cache: nn.Module, batches, n: int) -> list[list[torch.Tensor]]:
+    outputs = []
+    for _ in range(n):
+        cache.reset_state()
+        outputs.append([cache(x) for x, _ in batches])
+    return outputs
+
+
+def test_cache_runs_the_teacher_in_the_first_epoch_only():
+    batches = BpttBatches(stream(0), batch_size=4, bptt=10)
+    teacher = CountingTeacher()
+    cache = CachedTeacher(teacher, len(batches), "fp32")
+    first, *later = epochs(cache, batches, 3)
+    assert teacher.calls == len(batches) == 15
+    for outputs in later:
+        assert all(torch.equal(a, b) for a, b in zip(first, outputs))
+    assert epochs(CachedTeacher(CountingTeacher(), len(batches), "bf16"), batches, 1)[0][0].dtype == torch.bfloat16
+
+
+def test_changed_batches_are_refused():
+    batches = BpttBatches(stream(0), batch_size=4, bptt=10)
+    cache = CachedTeacher(CountingTeacher(), len(batches))
+    epochs(cache, batches, 1)
+    cache.reset_state()
+    with pytest.raises(CacheError, match="batch 0 differs"):
+        cache(next(iter(BpttBatches(stream(1), batch_size=4, bptt=10)))[0])
+
+
+def test_a_cache_over_budget_warns_and_keeps_nothing():
+    batches = BpttBatches(stream(0), batch_size=4, bptt=10)
+    teacher = CountingTeacher()
+    cache = CachedTeacher(teacher, len(batches), "fp32", max_bytes=1000)  # one epoch needs 15 x 40 x 12 x 4 B = 28.8 kB
+    with pytest.warns(UserWarning, match=r"15 batches x 40 tokens x 12 classes x 4 B = 0.00 GB exceeds"):
+        epochs(cache, batches, 2)
+    assert teacher.calls == 30 and cache.logits == []
+
+
+def test_cached_and_uncached_distillation_give_identical_students(monkeypatch):
+    torch.set_num_threads(1)
+    replayed = []
+    replay = CachedTeacher._replay
+    monkeypatch.setattr(CachedTeacher, "_replay", lambda self, x: replayed.append(x) or replay(self, x))
+    data = [BpttBatches(stream(seed), batch_size=4, bptt=10) for seed in (0, 1)]
+    config = TrainConfig(epochs=2, lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant", grad_clip=1.0, progress="none")
+
+    def model():
+        return create_model("lstm_lm", vocab_size=VOCAB, embed_dim=8, hidden_dim=8, num_layers=1, dropout=0.2)
+
+    runs = [born_again(model, data[0], data[1], generations=1, loss="ban+l", extra_losses=["ban"], config=config,
+                       device="cpu", cache_teacher=cache) for cache in (None, "fp32")]
+    assert set(runs[0].models) == {"teacher", "BAN+L-1", "BAN"}
+    assert len(replayed) == 2 * 15  # two students, epoch 2 from the cache, 15 batches each
+    for name, uncached in runs[0].models.items():
+        cached = runs[1].models[name].state_dict()
+        assert all(torch.equal(value, cached[key]) for key, value in uncached.state_dict().items()), name
