@@ -1,5 +1,6 @@
 """From a configuration to a finished run: data, model factories and loss handed to the driver, one run
-directory per seed. This is what ``banets run`` and ``banets resume`` call."""
+directory per seed. This is what ``banets run`` and ``banets resume`` call, also under torchrun, where every
+process trains and evaluates and rank 0 alone writes the run directory."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from banets import distributed
 from banets.config import DataConfig, ExperimentConfig, ModelConfig, from_dict, to_dict
 from banets.data.augment import cifar_transform, pad_crop_flip
 from banets.data.digits import load_digits_splits
 from banets.data.tensors import TensorBatches
 from banets.engine import Batch, DivergedError, Transform, resolve_device
 from banets.ensemble import evaluate_with_ensembles
-from banets.generations import BornAgainResult, born_again
+from banets.generations import BornAgainResult, ReadOnlyStore, born_again
 from banets.models.registry import create_model, model_parameters
 from banets.runs import RunDirectory, RunError
 
@@ -115,10 +117,21 @@ def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[Callable]:
 
 
 def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = False) -> BornAgainResult:
-    """Train and evaluate one seed's plan into ``run_dir``; a resumed run skips what is already done."""
-    run = RunDirectory(run_dir)
-    run.start(to_dict(replace(config, seeds=[seed])), resume=resume)
-    data = prepare_data(config.data, run_dir, config.optim.channels_last)
+    """Train and evaluate one seed's plan into ``run_dir``; a resumed run skips what is already done.
+
+    Under torchrun every process runs this; rank 0 alone creates and writes ``run_dir``, the others read
+    from it the checkpoints to resume from.
+    """
+    distributed.init_from_env(resolve_device(config.device))
+    main = distributed.is_main()
+    if config.data.batch_size % distributed.world_size():
+        raise RunError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
+                       f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}")
+    with distributed.main_first():  # rank 0 creates or checks the directory (and any vocabulary), then the others read
+        run = RunDirectory(run_dir)
+        if main:
+            run.start(to_dict(replace(config, seeds=[seed])), resume=resume)
+        data = prepare_data(config.data, run_dir, config.optim.channels_last)
     ban = config.ban
     try:
         result = born_again(
@@ -127,18 +140,21 @@ def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = 
             generations=ban.generations, loss=ban.loss, loss_options=ban.loss_options, extra_losses=ban.extra_losses,
             controls=ban.controls, teacher_fn=teacher_factory(config.model, data.model_options),
             init_from_teacher=ban.init_from_teacher, ensemble_teacher=ban.ensemble_teacher,
-            seed=seed, config=config.optim, device=config.device, transform=data.transform, store=run,
+            seed=seed, config=config.optim, device=config.device, transform=data.transform,
+            store=run if main else ReadOnlyStore(run),
             cache_teacher=ban.cache_teacher,
         )
     except DivergedError as error:
-        run.mark_failed(str(error).split(":")[0], str(error))
+        if main:
+            run.mark_failed(str(error).split(":")[0], str(error))
         raise
     if data.train_eval is not None:
         result.predictions["train"] = evaluate_with_ensembles(
             result.models, result.ensembles, data.train_eval, resolve_device(config.device), config.optim, data.transform)
-    for split, predictions in result.predictions.items():
-        run.save_predictions(split, predictions)
-    run.save_results({split: result.rows(split) for split in result.predictions})
+    if main:
+        for split, predictions in result.predictions.items():
+            run.save_predictions(split, predictions)
+        run.save_results({split: result.rows(split) for split in result.predictions})
     return result
 
 

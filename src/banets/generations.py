@@ -114,6 +114,26 @@ class MemoryStore:
         pass
 
 
+class ReadOnlyStore:
+    """Reads what another process saved in ``store`` (to resume from it) and writes nothing: the store of
+    every process but rank 0 under torchrun."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def finished(self, spec: ModelSpec) -> Optional[dict]:
+        return self.store.finished(spec)
+
+    def progress(self, spec: ModelSpec) -> Optional[dict]:
+        return self.store.progress(spec)
+
+    def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None:
+        pass
+
+    def on_finished(self, spec: ModelSpec, trainer: Trainer) -> None:
+        pass
+
+
 @dataclass
 class Driver:
     """Trains the models of a plan in order with one engine; each teacher is a frozen copy."""
