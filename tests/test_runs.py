@@ -1,59 +1,103 @@
-"""Run directories: files, checkpoints, resume after a crash, refusals."""
+"""Run directories: files, checkpoints, TensorBoard, resume after a crash, refusals of bad input."""
 
 import json
+import sys
 
 import pytest
 import torch
 
+from banets.cli import main
 from banets.config import load_config
 from banets.engine import DivergedError
 from banets.experiment import resume_experiment, run_experiment
+from banets.generations import ModelSpec
 from banets.runs import RunDirectory, RunError, load_checkpoint, save_checkpoint, sha256_of
 
 QUICK = ["optim.epochs=3", "ban.generations=2", "ban.extra_losses=[]", "model.options.width=4", "optim.progress=none"]
+CLI_QUICK = [arg for setting in QUICK for arg in ("--set", setting)]
 
 
-def quick_config(*extra):
-    return load_config("demo", [*QUICK, *extra])
+def quick_config(*extra, controls=False):
+    config = load_config("demo", [*QUICK, *extra])
+    if not controls:
+        config.ban.controls = {}
+    return config
+
+
+def checkpoint(run_dir, name):
+    entry = RunDirectory(run_dir).manifest["models"][name]
+    return load_checkpoint(run_dir / entry["checkpoint"], entry["sha256"])
 
 
 def weights(run_dir, name):
-    entry = RunDirectory(run_dir).manifest["models"][name]
-    return load_checkpoint(run_dir / entry["checkpoint"], entry["sha256"])["model"]
+    return checkpoint(run_dir, name)["model"]
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def crash_after_epochs(monkeypatch, epochs):
+    """Make the ``epochs``-th end of epoch of the run raise, as a crash right after its checkpoint would."""
+    calls = {"n": 0}
+    original = RunDirectory.on_epoch_end
+
+    def on_epoch_end(self, spec, trainer, record):
+        original(self, spec, trainer, record)
+        calls["n"] += 1
+        if calls["n"] == epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDirectory, "on_epoch_end", on_epoch_end)
+    return original
 
 
 def test_a_run_writes_config_manifest_metrics_checkpoints_and_results(tmp_path):
-    run_experiment(quick_config(), tmp_path)
+    run_experiment(quick_config(controls=True), tmp_path)
     seed_dir = tmp_path / "seed-0"
     manifest = json.loads((seed_dir / "manifest.json").read_text())
-    assert set(manifest["models"]) == {"teacher", "BAN-1", "BAN-2"}
+    assert list(manifest["models"]) == ["teacher", "BAN-1", "BAN-2", "LS", "CE"]
     for name, entry in manifest["models"].items():
         assert entry["status"] == "done"
         assert sha256_of(seed_dir / entry["checkpoint"]) == entry["sha256"]
     assert manifest["models"]["BAN-2"]["teacher"] == "BAN-1"
-    assert len({e["seed"] for e in manifest["models"].values()}) == 3
+    assert manifest["models"]["LS"]["role"] == "control" and manifest["models"]["LS"]["teacher"] is None
+    assert manifest["models"]["LS"]["loss_options"] == {"label_smoothing": 0.1}
+    assert len({e["seed"] for e in manifest["models"].values()}) == 5
     lines = [json.loads(line) for line in (seed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(r["model"], r["epoch"]) for r in lines][:3] == [("teacher", 1), ("teacher", 2), ("teacher", 3)]
-    assert len(lines) == 9
+    assert len(lines) == 15
     results = json.loads((seed_dir / "results.json").read_text())
-    assert {r["model"] for r in results["val"]} == {"teacher", "BAN-1", "BAN-2", "Ens*2"}
+    assert [r["model"] for r in results["val"]] == ["teacher", "BAN-1", "BAN-2", "LS", "CE", "Ens*2"]
     assert set(results) == {"val", "test", "train"}
     assert not list((seed_dir / "checkpoints").glob("*.epoch*.pt"))  # epoch checkpoints go when a model is done
 
 
+def test_tensorboard_event_files_hold_the_per_epoch_scalars(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run_experiment(quick_config("ban.generations=1"), tmp_path)
+    for model in ("teacher", "BAN-1"):
+        log_dir = tmp_path / "seed-0" / "tensorboard" / model
+        assert list(log_dir.glob("events.out.tfevents.*"))
+        events = accumulator.EventAccumulator(str(log_dir))
+        events.Reload()
+        assert {"train/loss", "train/error", "val/error", "val/nll", "lr"} <= set(events.Tags()["scalars"])
+        loss = events.Scalars("train/loss")
+        assert [e.step for e in loss] == [1, 2, 3]
+        history = checkpoint(tmp_path / "seed-0", model)["history"]
+        assert [e.value for e in loss] == pytest.approx([h["train_loss"] for h in history])
+
+
+def test_without_tensorboard_the_run_is_the_same_and_silent(tmp_path, monkeypatch, recwarn):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    run_experiment(quick_config("ban.generations=1"), tmp_path)
+    assert not (tmp_path / "seed-0" / "tensorboard").exists()
+    assert not [w for w in recwarn if "tensorboard" in str(w.message).lower()]
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     run_experiment(quick_config(), tmp_path / "straight")
-
-    calls = {"n": 0}
-    original = RunDirectory.on_epoch_end
-
-    def crash_on_fifth_epoch(self, spec, trainer, record):
-        original(self, spec, trainer, record)
-        calls["n"] += 1
-        if calls["n"] == 5:  # BAN-1, epoch 2 of 3
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDirectory, "on_epoch_end", crash_on_fifth_epoch)
+    original = crash_after_epochs(monkeypatch, 5)  # BAN-1, epoch 2 of 3
     with pytest.raises(KeyboardInterrupt):
         run_experiment(quick_config(), tmp_path / "crashed")
     monkeypatch.setattr(RunDirectory, "on_epoch_end", original)
@@ -62,14 +106,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
 
     resume_experiment(tmp_path / "crashed")
     for name in ("teacher", "BAN-1", "BAN-2"):
-        a, b = weights(tmp_path / "straight" / "seed-0", name), weights(tmp_path / "crashed" / "seed-0", name)
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert same_weights(weights(tmp_path / "straight" / "seed-0", name), weights(tmp_path / "crashed" / "seed-0", name)), name
     straight = json.loads((tmp_path / "straight" / "seed-0" / "results.json").read_text())
     resumed = json.loads((tmp_path / "crashed" / "seed-0" / "results.json").read_text())
     assert straight == resumed
 
 
-def test_corrupt_checkpoint_is_detected_and_the_previous_one_used(tmp_path):
+def test_corrupt_checkpoint_is_detected_by_its_sha256(tmp_path):
     good = save_checkpoint(tmp_path / "a.pt", {"epoch": 1, "w": torch.ones(3)})
     path = tmp_path / "a.pt"
     path.write_bytes(path.read_bytes()[:-10])
@@ -78,39 +121,79 @@ def test_corrupt_checkpoint_is_detected_and_the_previous_one_used(tmp_path):
 
 
 def test_progress_skips_a_truncated_newest_checkpoint(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    original = RunDirectory.on_epoch_end
-
-    def crash_on_second_epoch(self, spec, trainer, record):
-        original(self, spec, trainer, record)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunDirectory, "on_epoch_end", crash_on_second_epoch)
+    crash_after_epochs(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(quick_config(), tmp_path)
     seed_dir = tmp_path / "seed-0"
     run = RunDirectory(seed_dir)
     newest = run.manifest["models"]["teacher"]["epoch_checkpoints"][-1]
     (seed_dir / newest["path"]).write_bytes(b"garbage")
-    spec = type("Spec", (), {"name": "teacher"})()
     with pytest.warns(UserWarning, match="skipping checkpoint"):
-        state = run.progress(spec)
+        state = run.progress(ModelSpec("teacher", "teacher"))
     assert state["epoch"] == 1
 
 
-def test_refuses_to_overwrite_or_to_resume_with_another_config(tmp_path):
+def test_a_corrupt_final_checkpoint_is_retrained_to_the_same_weights(tmp_path):
+    run_experiment(quick_config(), tmp_path)
+    seed_dir = tmp_path / "seed-0"
+    before = {name: weights(seed_dir, name) for name in ("teacher", "BAN-1", "BAN-2")}
+    ban2_sha = RunDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"]
+    path = seed_dir / "checkpoints" / "BAN-1.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="BAN-1: .*sha256.*training BAN-1 again from its seed"):
+        resume_experiment(tmp_path)
+    entry = RunDirectory(seed_dir).manifest["models"]["BAN-1"]
+    assert entry["status"] == "done" and sha256_of(path) == entry["sha256"]
+    assert all(same_weights(before[name], weights(seed_dir, name)) for name in before)
+    assert RunDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"] == ban2_sha  # the model it taught is kept
+
+
+def test_refuses_to_overwrite_or_to_resume_with_another_config_or_format(tmp_path, capsys):
     run_experiment(quick_config(), tmp_path)
     with pytest.raises(RunError, match="already holds a run"):
         run_experiment(quick_config(), tmp_path)
-    with pytest.raises(RunError, match="another config .*optim.lr"):
+    with pytest.raises(RunError, match="another config .*optim.lr.*start a new run"):
         run_experiment(quick_config("optim.lr=0.5"), tmp_path, resume=True)
+    assert main(["resume", str(tmp_path), "--set", "optim.lr=0.5"]) == 1
+    assert "differs in optim.lr" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path), "--set", "optim.progress=model"]) == 0  # runtime keys may change
+    manifest = tmp_path / "seed-0" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 0'))
+    with pytest.raises(RunError, match="run format 0, this banets writes 1"):
+        resume_experiment(tmp_path)
 
 
-def test_divergence_marks_the_model_failed_in_the_manifest(tmp_path):
-    config = quick_config("optim.lr=.inf")
-    with pytest.raises(DivergedError):
-        run_experiment(config, tmp_path)
-    entry = RunDirectory(tmp_path / "seed-0").manifest["models"]["teacher"]
-    assert entry["status"] == "failed" and "lower the learning rate" in entry["error"]
+def nan_after(calls: int):
+    """A loss for BAN-1 that becomes NaN after ``calls`` steps (epoch 2: an epoch has 17 steps)."""
+    original = ModelSpec.make_loss
+    count = {"n": 0}
+
+    def make_loss(spec):
+        loss = original(spec)
+        if spec.name != "BAN-1":
+            return loss
+
+        def diverging(*args):
+            count["n"] += 1
+            return loss(*args) * (float("nan") if count["n"] > calls else 1.0)
+
+        return diverging
+
+    return make_loss
+
+
+def test_divergence_marks_the_model_failed_and_keeps_the_good_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ModelSpec, "make_loss", nan_after(20))
+    with pytest.raises(DivergedError, match="BAN-1: loss became nan at epoch 2"):
+        run_experiment(quick_config(), tmp_path)
+    seed_dir = tmp_path / "seed-0"
+    models = RunDirectory(seed_dir).manifest["models"]
+    assert models["BAN-1"]["status"] == "failed" and "lower the learning rate" in models["BAN-1"]["error"]
+    (kept,) = models["BAN-1"]["epoch_checkpoints"]  # the last good epoch
+    assert kept["epoch"] == 1 and sha256_of(seed_dir / kept["path"]) == kept["sha256"]
+    teacher = models["teacher"]
+    assert teacher["status"] == "done" and sha256_of(seed_dir / teacher["checkpoint"]) == teacher["sha256"]
+    # Resuming the same recipe would diverge again: refused, with the way out.
+    assert main(["resume", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "BAN-1 failed" in err and "start a new run with the fix" in err and "--set optim.lr=" in err

@@ -14,7 +14,7 @@ from banets.data.cifar import DataError
 from banets.engine import DivergedError
 from banets.experiment import resume_experiment, run_experiment
 from banets.models.registry import list_models
-from banets.report import find_seed_dirs, read_run, write_report
+from banets.report import read_runs, write_report
 from banets.runs import RunError
 
 USER_ERRORS = (configs.ConfigError, DataError, RunError, DivergedError, KeyError, FileNotFoundError)
@@ -39,8 +39,8 @@ def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
 def report_and_print(out: Path, report_dir: Path, keep: bool = True) -> None:
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return
-    runs = [read_run(d) for d in find_seed_dirs([out])]
-    print(write_report(runs, report_dir))
+    runs, skipped = read_runs([out])
+    print(write_report(runs, report_dir, skipped=tuple(skipped)))
     if keep:
         print(f"report written to {report_dir}/report.md")
 
@@ -65,14 +65,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    resume_experiment(Path(args.dir))
+    overrides = [*(args.set or []), *([f"data.path={args.data_dir}"] if args.data_dir else [])]
+    resume_experiment(Path(args.dir), overrides)
     report_and_print(Path(args.dir), Path(args.dir))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    runs = [read_run(d) for d in find_seed_dirs([Path(p) for p in args.dirs])]
+    runs, skipped = read_runs([Path(p) for p in args.dirs])
     out = Path(args.out or args.dirs[0])
-    print(write_report(runs, out))
+    print(write_report(runs, out, skipped=tuple(skipped)))
     print(f"report written to {out}/report.md")
 
 
@@ -106,12 +107,17 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("preset")
     add_config_arguments(run)
     run.set_defaults(func=cmd_run)
-    resume = commands.add_parser("resume", help="continue a killed run from its last completed epoch")
+    resume = commands.add_parser("resume", help="continue a killed run from its last completed epoch",
+                                 description="Continue a killed run with the config it was started with. --set may change "
+                                             "only runtime keys (device, optim.progress, data.path); a run with a failed "
+                                             "model is refused: start a new run with the fix.")
     resume.add_argument("dir")
+    resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="a runtime key, e.g. device=cuda")
+    resume.add_argument("--data-dir", help="where the dataset is now")
     resume.set_defaults(func=cmd_resume)
     report = commands.add_parser("report", help="tables from one or more run directories")
     report.add_argument("dirs", nargs="+")
-    report.add_argument("--out", help="where to write report.md/csv/json (default: the first directory)")
+    report.add_argument("--out", help="where to write report.md, its PNG plots, CSV and JSON (default: the first directory)")
     report.set_defaults(func=cmd_report)
     presets = commands.add_parser("presets", help="list the presets with their expected cost")
     presets.add_argument("--keys", action="store_true", help="list every config key instead")

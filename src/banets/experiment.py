@@ -7,10 +7,10 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from banets import distributed
-from banets.config import DataConfig, ExperimentConfig, ModelConfig, from_dict, to_dict
+from banets.config import DataConfig, ExperimentConfig, ModelConfig, load_config, to_dict
 from banets.data.augment import cifar_transform, pad_crop_flip
 from banets.data.digits import load_digits_splits
 from banets.data.tensors import TensorBatches
@@ -170,11 +170,12 @@ def seed_dirs(out: Path) -> list[Path]:
     return dirs
 
 
-def resume_experiment(out: Path) -> dict[int, BornAgainResult]:
-    """Continue every seed of the run in ``out`` with the config it was started with."""
+def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> dict[int, BornAgainResult]:
+    """Continue every seed of the run in ``out`` with the config it was started with; ``overrides`` may change
+    runtime keys only (device, progress, data path), anything else is refused by the run directory."""
     results = {}
     for seed_dir in seed_dirs(out):
-        config = from_dict(ExperimentConfig, RunDirectory(seed_dir).config())
+        config = load_config(str(seed_dir / "config.yaml"), overrides)
         (seed,) = config.seeds
         results[seed] = run_seed(config, seed, seed_dir, resume=True)
     return results

@@ -9,10 +9,16 @@ Layout of one run (one seed)::
     checkpoints/       <model>.pt when finished; <model>.epoch<N>.pt while training (the last two kept)
     predictions/       per-example predictions on each split, for reports and intervals
     results.json       the final table rows
+    tensorboard/       <model>/events.out.tfevents.*: the per-epoch scalars, when tensorboard is installed
 
 Checkpoints are written to a temporary file and renamed, hold only tensors and plain containers (loaded
 with ``weights_only=True``, so loading never runs code), and are verified by their sha256 before use: a
-corrupt one is skipped in favour of the previous good one.
+corrupt epoch checkpoint is skipped in favour of the previous good one; a corrupt final checkpoint makes
+its model train again from its recorded seed (on CPU bitwise the same model, so later generations stay valid).
+
+A run is resumed with the config it was started with: only runtime keys (device, progress, data path) may
+change. A run with a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail
+again, so the fix (say a lower learning rate) starts a new run.
 """
 
 from __future__ import annotations
@@ -84,6 +90,37 @@ def load_checkpoint(path: Path, sha256: Optional[str] = None) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class TensorBoardLog:
+    """Per-epoch scalars of each model as TensorBoard event files in ``root/<model>``, when tensorboard is
+    installed (``pip install banets[tensorboard]``); otherwise nothing, silently. Never prompts or logs in."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.writers: dict[str, Any] = {}
+
+    def log(self, model: str, record: dict) -> None:
+        writer = self.writers.get(model) or self._open(model, purge_step=record["epoch"])
+        if writer is None:
+            return
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                writer.add_scalar(key.replace("_", "/", 1), value, global_step=record["epoch"])
+        writer.flush()  # a killed run keeps its curves up to the last finished epoch
+
+    def close(self, model: str) -> None:
+        if model in self.writers:
+            self.writers.pop(model).close()
+
+    def _open(self, model: str, purge_step: int):
+        """A writer for ``model`` that hides events from ``purge_step`` on (epochs redone after a crash)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        self.writers[model] = SummaryWriter(str(self.root / model), purge_step=purge_step)
+        return self.writers[model]
+
+
 class RunDirectory:
     """A run directory; implements the driver's ``Store`` so that training resumes from it."""
 
@@ -91,6 +128,7 @@ class RunDirectory:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self.tensorboard = TensorBoardLog(self.root / "tensorboard")
 
     # -- creation and compatibility --------------------------------------------------------------------
 
@@ -101,6 +139,8 @@ class RunDirectory:
             if not resume:
                 raise RunError(f"{self.root} already holds a run; continue it with `banets resume {self.root}` or choose another --out")
             self._check_compatible(config)
+            self._check_not_failed()
+            self._remove_temporary_files()
             return
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
@@ -114,7 +154,20 @@ class RunDirectory:
         saved, wanted = _without_runtime(self.config()), _without_runtime(config)
         changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if changed:
-            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged or start a new run")
+            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
+                           f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
+
+    def _check_not_failed(self) -> None:
+        failed = {name: e.get("error", "") for name, e in self.manifest.get("models", {}).items() if e.get("status") == "failed"}
+        if failed:
+            name, error = next(iter(failed.items()))
+            raise RunError(f"{self.root}: {name} failed ({error}); resuming the same config would fail again, so start a new "
+                           f"run with the fix, e.g. `banets run {self.config()['name']} --set optim.lr=... --out NEW`")
+
+    def _remove_temporary_files(self) -> None:
+        """Temporary files of writes a crash interrupted (never renamed into place, so never referenced)."""
+        for tmp in self.root.glob("**/.*.tmp"):
+            tmp.unlink()
 
     def config(self) -> dict:
         return yaml.safe_load((self.root / "config.yaml").read_text())
@@ -128,10 +181,17 @@ class RunDirectory:
         })
 
     def finished(self, spec: ModelSpec) -> Optional[dict]:
+        """A finished model's final checkpoint; None (train it again) when it is not finished or corrupt."""
         entry = self.manifest.get("models", {}).get(spec.name)
         if not entry or entry.get("status") != "done":
             return None
-        return load_checkpoint(self.root / entry["checkpoint"], entry["sha256"])
+        try:
+            return load_checkpoint(self.root / entry["checkpoint"], entry["sha256"])
+        except (RunError, OSError, RuntimeError) as error:
+            warnings.warn(f"{spec.name}: {error}; training {spec.name} again from its seed {spec.seed} (on CPU the same "
+                          f"model bit for bit; finished models it taught are kept)")
+            entry["status"] = "pending"
+            return None
 
     def progress(self, spec: ModelSpec) -> Optional[dict]:
         """The newest epoch checkpoint whose sha256 matches; corrupt ones are reported and skipped."""
@@ -147,6 +207,7 @@ class RunDirectory:
         path = Path("checkpoints") / f"{spec.name}.epoch{trainer.epoch}.pt"
         sha = save_checkpoint(self.root / path, trainer.state_dict())
         self._append_jsonl("metrics.jsonl", {"model": spec.name, **record})
+        self.tensorboard.log(spec.name, record)
         entry = self.entry(spec)
         kept = [*entry.get("epoch_checkpoints", []), {"path": str(path), "sha256": sha, "epoch": trainer.epoch}]
         for old in kept[:-KEEP_EPOCH_CHECKPOINTS]:
@@ -163,6 +224,20 @@ class RunDirectory:
         entry.update(status="done", epoch=trainer.epoch, checkpoint=str(path), sha256=sha,
                      final=trainer.history[-1] if trainer.history else {})
         self._write_manifest()
+        self.tensorboard.close(spec.name)
+
+    def epochs(self) -> list[dict]:
+        """The per-epoch records of ``metrics.jsonl``, the last one per model and epoch (an epoch redone after
+        a crash appears twice; a line cut short by a crash is skipped)."""
+        path = self.root / "metrics.jsonl"
+        latest: dict[tuple, dict] = {}
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[record["model"], record["epoch"]] = record
+        return list(latest.values())
 
     def mark_failed(self, name: str, message: str) -> None:
         self.manifest["models"].setdefault(name, {}).update(status="failed", error=message)

@@ -1,0 +1,121 @@
+"""Reports: Table 2's wide shape, per-model tables with paired intervals, perplexity for language models,
+metrics.jsonl read back, plots embedded in report.md. Run directories are written directly (no training)."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from banets.generations import ModelSpec
+from banets.metrics import Predictions
+from banets.report import read_run, read_runs, summarize, wide_rows, write_report
+from banets.runs import RunDirectory, RunError
+
+EXAMPLES = 100
+PLAN = [ModelSpec("teacher", "teacher", generation=0), ModelSpec("BAN-1", "generation", "ban", teacher="teacher", generation=1),
+        ModelSpec("BAN-2", "generation", "ban", teacher="BAN-1", generation=2), ModelSpec("BAN+L", "student", "ban+l", teacher="teacher"),
+        ModelSpec("LS", "control", "ce", {"label_smoothing": 0.1}), ModelSpec("CE", "control")]
+
+
+def predictions(wrong: int, nll: float = 0.5) -> Predictions:
+    """Label 0 everywhere; the first ``wrong`` examples predicted as class 1."""
+    pred = torch.zeros(EXAMPLES, dtype=torch.long)
+    pred[:wrong] = 1
+    return Predictions(nll=torch.full((EXAMPLES,), nll), pred=pred, confidence=torch.full((EXAMPLES,), 0.9),
+                       labels=torch.zeros(EXAMPLES, dtype=torch.long))
+
+
+def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", nll=0.5, splits=("val", "test", "train")):
+    """A finished seed directory whose models get ``wrong[model]`` errors out of 100 on every split."""
+    run = RunDirectory(root / f"seed-{seed}")
+    run.start({"name": name, "seeds": [seed], "data": {"dataset": dataset}, "model": {"name": "small_cnn", "teacher_name": None}},
+              resume=False)
+    for spec in PLAN:
+        run.entry(spec)["status"] = "done"
+    run._write_manifest()
+    for split in splits:
+        run.save_predictions(split, {model: predictions(n, nll) for model, n in wrong.items()})
+    return run.root
+
+
+def three_seeds(tmp_path, student_gain=5):
+    """Teacher errors 10/20/30 %; every other model ``student_gain`` points better (on a subset of the teacher's errors)."""
+    dirs = []
+    for seed, teacher in enumerate((10, 20, 30)):
+        wrong = {m.name: teacher - (0 if m.name == "teacher" else student_gain) for m in PLAN}
+        dirs.append(fake_run(tmp_path, seed, {**wrong, "Ens*2": teacher - 2 * student_gain}))
+    return [read_run(d) for d in dirs]
+
+
+def test_wide_table_has_the_papers_columns_and_mean_sd_per_cell(tmp_path):
+    rows = summarize(three_seeds(tmp_path), "test")
+    (wide,) = wide_rows(rows)
+    assert [k for k in wide if k not in ("experiment", "architecture", "metric", "seeds")] == \
+        ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2"]
+    assert wide["teacher"] == "20.00 ± 10.00" and wide["BAN-1"] == "15.00 ± 10.00" and wide["Ens*2"] == "10.00 ± 10.00"
+    assert wide["seeds"] == 3 and wide["architecture"] == "small_cnn"
+
+
+def test_student_better_on_a_subset_of_examples_has_an_interval_below_zero(tmp_path):
+    rows = {r["model"]: r for r in summarize(three_seeds(tmp_path), "val")}
+    ban = rows["BAN-1"]
+    assert ban["delta"] == pytest.approx(-5.0) and ban["delta_low"] < ban["delta_high"] < 0
+    assert "delta" not in rows["teacher"]
+    assert ban["agreement"] == pytest.approx(95.0) and ban["agreement_with"] == "teacher"
+    assert rows["BAN-2"]["agreement"] == pytest.approx(100.0) and rows["BAN-2"]["agreement_with"] == "BAN-1"
+    assert rows["LS"]["agreement_with"] == "teacher"  # controls are compared with the teacher
+    assert rows["teacher"]["train_error"] == pytest.approx(20.0)
+
+
+def test_identical_models_have_a_zero_width_interval(tmp_path):
+    rows = {r["model"]: r for r in summarize(three_seeds(tmp_path, student_gain=0), "val")}
+    assert (rows["BAN-1"]["delta"], rows["BAN-1"]["delta_low"], rows["BAN-1"]["delta_high"]) == (0.0, 0.0, 0.0)
+
+
+def test_language_model_runs_report_perplexity_and_nll_differences(tmp_path):
+    run = read_run(fake_run(tmp_path, 0, {"teacher": 0, "BAN-1": 0}, dataset="text", name="ptb", nll=math.log(50.0),
+                            splits=("val", "test")))
+    rows = {r["model"]: r for r in summarize([run], "val")}
+    assert rows["teacher"]["metric"] == "perplexity" and rows["teacher"]["perplexity"] == pytest.approx(50.0, rel=1e-5)
+    assert "train_perplexity" not in rows["teacher"] and rows["BAN-1"]["delta"] == pytest.approx(0.0)
+    markdown = write_report([run], tmp_path / "report")
+    assert "| experiment | model | loss | seeds | perplexity | train perplexity |" in markdown
+    assert "Δ NLL vs teacher, nats/token" in markdown and "error %" not in markdown
+
+
+def test_report_writes_tables_csv_json_and_embedded_plots(tmp_path):
+    out = tmp_path / "report"
+    markdown = write_report(three_seeds(tmp_path / "runs"), out)
+    val, test = markdown.index("## val"), markdown.index("## test")
+    assert 0 < val < test  # validation and test kept apart, validation first
+    assert "| demo | small_cnn | 3 | 20.00 ± 10.00 | 15.00 ± 10.00 |" in markdown  # Table 2's row: teacher, then BAN-1
+    assert "| demo | teacher | ce | 3 | 20.00 ± 10.00 | 20.00 ± 10.00 |" in markdown  # test error, then training error
+    images = [line[line.index("(") + 1 : -1] for line in markdown.splitlines() if line.startswith("![")]
+    assert sorted(images) == sorted(f"{kind}-{split}-error.png" for kind in ("generations", "ensembles") for split in ("val", "test"))
+    for image in images:
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "table-test-error.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["BAN-2"] == "15.00 ± 10.00"
+    saved = json.loads((out / "report.json").read_text())
+    assert {r["model"] for r in saved["splits"]["val"]} == {m.name for m in PLAN} | {"Ens*2"}
+
+
+def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
+    fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5})
+    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]}, resume=False)
+    runs, skipped = read_runs([tmp_path])
+    assert [r.seed for r in runs] == [0] and "seed-1 has no predictions yet" in skipped[0]
+    assert "skipped: " in write_report(runs, tmp_path / "report", skipped=tuple(skipped))
+    with pytest.raises(RunError, match="no finished runs"):
+        read_runs([tmp_path / "seed-1"])
+
+
+def test_metrics_jsonl_keeps_the_last_line_per_model_and_epoch(tmp_path):
+    run = RunDirectory(tmp_path)
+    lines = [{"model": "teacher", "epoch": 1, "train_loss": 2.0}, {"model": "teacher", "epoch": 2, "train_loss": 1.5},
+             {"model": "teacher", "epoch": 2, "train_loss": 1.4}, {"model": "BAN-1", "epoch": 1, "train_loss": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"model": "BAN-1", "ep')
+    assert run.epochs() == [lines[0], lines[2], lines[3]]  # the redone epoch wins; the line cut by a crash is dropped
