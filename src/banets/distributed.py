@@ -8,21 +8,22 @@ step on N processes relates to the single-process step:
   same permutation and see the same global batches; each keeps the contiguous rows ``shard(len(batch))``, and
   the union over processes is the global batch.
 - Augmentation: each process augments the whole global batch from the same generator state, then keeps its
-  rows, so every example gets the crop and flip it gets in a single process (the cost: each process
-  augments N times the rows it trains on, which is small next to a forward and backward pass).
+  rows, so every example gets the crop and flip it gets in a single process (the cost: each process copies
+  to its device and augments N times the rows it trains on, small next to a forward and backward pass).
 - Gradients: DDP averages the processes' gradients; each process's mean loss is weighted by its ``share``
   of the rows so that the average is the gradient of the global batch's mean loss, also when the last batch
   does not split evenly.
 - What differs from one process: randomness drawn inside the model or the loss (dropout masks, DKPP's
-  permutations) is drawn by each process for its own rows from the same seed; statistics over a batch are
-  taken over each process's rows: BatchNorm (converted to SyncBatchNorm on CUDA, which PyTorch supports only
-  there) and CWTM's normalisation of the teacher-confidence weights.
+  permutations) is drawn by each process for its own rows from the same seed, so the draws repeat from one
+  process to the next; CWTM normalises its teacher-confidence weights over each process's rows; BatchNorm
+  normalises over each process's rows on CPU (on CUDA it becomes SyncBatchNorm, which PyTorch has only for
+  accelerators, and normalises over the global batch).
 - Evaluation: each process predicts its rows of every evaluation batch and the predictions are gathered back
   in order, so every example counts once whatever the number of processes, and every process holds the whole
   split's predictions (and so takes the same learning-rate decisions).
 - Files: only rank 0 writes (``experiment.run_seed``); the others read checkpoints to resume.
 
-With one process (no torchrun, or ``--nproc-per-node 1``) every function here is a no-op.
+With one process (no torchrun, or ``--nproc-per-node 1``) nothing here changes what a single process does.
 """
 
 from __future__ import annotations
