@@ -7,6 +7,7 @@ import json
 import math
 import random
 import string
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ import torch
 
 from banets import losses
 from banets.cli import main
+from banets.config import load_config
 from banets.data.text import BpttBatches, Vocabulary, load_corpus
+from banets.experiment import model_factory
 from banets.models import create_model
 from banets.runs import RunDirectory, load_checkpoint
 
@@ -111,3 +114,16 @@ def test_distillation_loss_is_the_vision_loss_per_token(lm_run, loss_name: str) 
     per_token = [loss(s[i, j][None], t[i, j][None], y[i, j][None]) for i in range(4) for j in range(6)]  # 24 one-row batches
     assert s.shape == (4, 6, len(vocab))
     torch.testing.assert_close(loss(s, t, y), torch.stack(per_token).mean())
+
+
+@pytest.mark.parametrize("preset", ["ptb_paper", "table6_lstm", "table6_cnn_lstm", "wap_quick"])
+def test_preset_costs_state_the_parameter_count(preset: str) -> None:
+    config = load_config(preset)
+    size = config.data.max_vocab
+    words = ["<unk>", "<eos>", *("".join(w) for w in product(string.ascii_lowercase, repeat=3))][:size]
+    model = model_factory(config.model.name, config.model.options, {"vocab_size": size, "words": words})()
+    params = sum(p.numel() for p in model.parameters())
+    if config.model.name.startswith("cnn_lstm"):  # less the character table: padding, word begin and end, a-z, <unk>, <eos>
+        assert f"{params - 15 * 31:,} params + 15 per character" in config.cost
+    else:
+        assert f"{params:,} params" in config.cost
