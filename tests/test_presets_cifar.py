@@ -1,0 +1,118 @@
+"""The CIFAR presets: the paper's recipe (Section 4), every row of Tables 1 and 2, the CPU quick preset; their
+models and stated costs; and `banets run` of shrunk rows end to end on fake data in the official formats."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from banets.cli import main
+from banets.config import load_config, preset_names
+from banets.experiment import model_factory
+from banets.generations import plan_ensembles, plan_generations
+from test_cifar import make_cifar10, make_cifar100
+
+TABLE1 = [f"table1_wrn_28_{k}" for k in (1, 2, 5, 10)] + [f"table1_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
+TABLE2 = [f"table2_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
+CIFAR_PRESETS = ["cifar_paper", "cifar100_paper", "cifar10_quick", *TABLE1, *TABLE2]
+CLASSES = {"cifar10": 10, "cifar100": 100}
+FAST = ["--set", "optim.progress=none", "--set", "optim.epochs=1", "--set", "data.val_size=10", "--set", "data.batch_size=8",
+        "--set", "data.eval_batch_size=16"]
+
+
+def build(config, device: str = "meta") -> torch.nn.Module:
+    with torch.device(device):
+        return model_factory(config.model.name, config.model.options, {"num_classes": CLASSES[config.data.dataset]})()
+
+
+def plan_names(config) -> list[str]:
+    ban = config.ban
+    plan = plan_generations(ban.generations, ban.loss, extra_losses=ban.extra_losses, controls=ban.controls)
+    return [s.name for s in plan] + list(plan_ensembles(plan))
+
+
+def test_every_table_row_and_the_quick_preset_are_listed(capsys):
+    assert set(CIFAR_PRESETS) <= set(preset_names())
+    assert main(["presets"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in CIFAR_PRESETS:
+        assert re.search(r"\d+ trainings x \d+ ep", listed[name]), listed[name]
+
+
+@pytest.mark.parametrize("name", CIFAR_PRESETS)
+def test_preset_builds_its_model_with_the_dataset_classes_and_states_its_flops(name):
+    config = load_config(name)
+    model = build(config)
+    assert model.classifier.out_features == CLASSES[config.data.dataset]
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(torch.empty(1, 3, 32, 32, device="meta"))
+    stated = re.search(r"(\d+) trainings x (\d+) ep.*?([\d.]+) GFLOP/img", config.cost)
+    assert stated, f"{name}: cost {config.cost!r} states no trainings x epochs and GFLOP/img"
+    trainings, epochs, gflops = int(stated[1]), int(stated[2]), float(stated[3])
+    assert trainings == len(plan_generations(config.ban.generations, extra_losses=config.ban.extra_losses,
+                                             controls=config.ban.controls))
+    assert epochs == config.optim.epochs
+    assert gflops == pytest.approx(counter.get_total_flops() / 1e9, abs=0.006)
+
+
+@pytest.mark.parametrize("name", [*TABLE1, *TABLE2])
+def test_table_rows_follow_the_paper_recipe(name):
+    """Section 4: Wide-ResNet's CIFAR setting, no mean/std normalisation, dropout for Wide-ResNets only."""
+    config = load_config(name)
+    optim, data = config.optim, config.data
+    assert (optim.optimizer, optim.lr, optim.momentum, optim.nesterov, optim.weight_decay) == ("sgd", 0.1, 0.9, True, 5e-4)
+    assert (optim.epochs, optim.schedule, optim.milestones, optim.gamma) == (200, "multistep", [0.3, 0.6, 0.8], 0.2)
+    assert (optim.precision, optim.channels_last, data.batch_size, data.augment, data.normalize) == ("auto", True, 128, True, False)
+    assert (config.model.options.get("dropout", 0) > 0) == name.startswith("table1_wrn")
+
+
+def test_table_rows_train_the_paper_columns():
+    for name in TABLE1:
+        assert load_config(name).data.dataset == "cifar10"
+        assert plan_names(load_config(name)) == ["teacher", "BAN-1"]
+    for name in TABLE2:
+        assert load_config(name).data.dataset == "cifar100"
+        assert plan_names(load_config(name)) == ["teacher", "BAN-1", "BAN-2", "BAN-3", "BAN+L", "CWTM", "DKPP", "Ens*2", "Ens*3"]
+
+
+def test_quick_preset_runs_ban_l_and_the_controls_on_a_subset():
+    config = load_config("cifar10_quick")
+    assert plan_names(config) == ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2"]
+    assert config.ban.controls["LS"] == {"label_smoothing": 0.1} and config.data.train_subset
+    assert config.device == "cpu" and config.data.dataset == "cifar10"
+
+
+def run_and_read(args: list[str], out, capsys) -> tuple[dict, str]:
+    assert main(["run", *args, *FAST, "--seeds", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    return json.loads((out / "seed-0" / "results.json").read_text()), printed
+
+
+def test_table2_row_runs_end_to_end_on_fake_cifar100(tmp_path, capsys):
+    make_cifar100(tmp_path / "data")
+    tiny = ["--set", "model.options={depth: 10, growth_rate: 4}", "--set", "ban.generations=2"]
+    results, printed = run_and_read(["table2_densenet_80_80", "--data-dir", str(tmp_path / "data"), *tiny], tmp_path / "out", capsys)
+    models = ["teacher", "BAN-1", "BAN-2", "BAN+L", "CWTM", "DKPP", "Ens*2"]
+    assert [row["model"] for row in results["val"]] == models
+    assert set(results) == {"val", "test", "train"}
+    assert all(0 <= row["error"] <= 100 for row in results["val"])
+    for model in models:
+        assert f"| table2_densenet_80_80 | {model} |" in printed
+    seed_dir = tmp_path / "out" / "seed-0"
+    assert (seed_dir / "config.yaml").is_file() and (tmp_path / "out" / "report.md").is_file()
+    manifest = json.loads((seed_dir / "manifest.json").read_text())
+    assert manifest["models"]["CWTM"]["status"] == "done" and manifest["models"]["DKPP"]["teacher"] == "teacher"
+    test_labels = torch.load(seed_dir / "predictions" / "test.pt", weights_only=True)["teacher"]["labels"]
+    assert len(test_labels) == 12  # the whole fake test set, evaluated once
+
+
+def test_quick_preset_runs_end_to_end_on_fake_cifar10(tmp_path, capsys):
+    make_cifar10(tmp_path / "data", per_batch=8)
+    tiny = ["--set", "model.options={width: 4}", "--set", "data.train_subset=24"]
+    results, printed = run_and_read(["cifar10_quick", "--data-dir", str(tmp_path / "data"), *tiny], tmp_path / "out", capsys)
+    assert [row["model"] for row in results["train"]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2"]
+    assert "| cifar10_quick | LS | ce |" in printed
