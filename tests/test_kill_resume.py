@@ -1,0 +1,115 @@
+"""Kill a real `banets run` with SIGKILL at chosen moments, resume it, and compare with an uninterrupted run.
+
+The kill points are made deterministic by a wrapper around ``banets.cli.main`` that patches one function in
+the child process (no test hooks in the library): the training step (mid-epoch), the end of a model (between
+generations), and the atomic write of a checkpoint (half of the temporary file written, then death).
+On CPU the resumed run must end with the same weights, metrics and results, bit for bit.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from banets.cli import main
+from banets.runs import RunDirectory, load_checkpoint
+
+RUN = ["run", "demo", "--seeds", "0", "--set", "optim.epochs=3", "--set", "ban.generations=2", "--set", "ban.extra_losses=[]",
+       "--set", "model.options.width=4", "--set", "optim.progress=none"]
+STEPS_PER_EPOCH = 17  # 1077 training digits in batches of 64
+
+WRAPPER = r"""
+import os, signal, sys, tempfile
+import banets.engine, banets.runs
+from banets.cli import main
+
+mode, at = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+def due():
+    calls[0] += 1
+    return calls[0] == at
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if mode == "step":  # before the at-th optimisation step of the run
+    step = banets.engine.Trainer._step
+    def _step(self, *args):
+        if due():
+            die()
+        return step(self, *args)
+    banets.engine.Trainer._step = _step
+elif mode == "finished":  # right after the at-th model is finished and saved
+    finished = banets.runs.RunDirectory.on_finished
+    def on_finished(self, *args):
+        finished(self, *args)
+        if due():
+            die()
+    banets.runs.RunDirectory.on_finished = on_finished
+elif mode == "write":  # half-way through writing the at-th checkpoint file
+    write = banets.runs.atomic_write_bytes
+    def atomic_write_bytes(path, data):
+        if path.suffix == ".pt" and due():
+            fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            die()
+        write(path, data)
+    banets.runs.atomic_write_bytes = atomic_write_bytes
+sys.exit(main(sys.argv[3:]))
+"""
+
+KILLS = {
+    "mid-epoch": ("step", 3 * STEPS_PER_EPOCH + STEPS_PER_EPOCH + 8),  # BAN-1, epoch 2, step 8
+    "between-generations": ("finished", 2),  # BAN-1 saved, BAN-2 not started
+    "epoch-checkpoint-write": ("write", 6),  # teacher epochs 1-3, teacher.pt, BAN-1 epoch 1, then BAN-1 epoch 2
+    "final-checkpoint-write": ("write", 4),  # the teacher's final checkpoint
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The uninterrupted run and one killed run per kill point (the killed ones run in parallel)."""
+    root = tmp_path_factory.mktemp("kill")
+    children = {name: subprocess.Popen([sys.executable, "-c", WRAPPER, mode, str(at), *RUN, "--out", str(root / name)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for name, (mode, at) in KILLS.items()}
+    assert main([*RUN, "--out", str(root / "straight")]) == 0
+    for name, child in children.items():
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == -signal.SIGKILL, f"{name}: the kill point was never reached\n{err}"
+    return root
+
+
+def final_weights(seed_dir):
+    return {name: load_checkpoint(seed_dir / e["checkpoint"], e["sha256"])["model"]
+            for name, e in RunDirectory(seed_dir).manifest["models"].items()}
+
+
+def test_the_kill_points_hit_where_intended(runs):
+    models = {name: RunDirectory(runs / name / "seed-0").manifest["models"] for name in KILLS}
+    assert models["mid-epoch"]["BAN-1"]["status"] == "running" and models["mid-epoch"]["BAN-1"]["epoch"] == 1
+    assert models["between-generations"]["BAN-1"]["status"] == "done" and "BAN-2" not in models["between-generations"]
+    assert models["final-checkpoint-write"]["teacher"]["status"] == "running"
+    for name in ("epoch-checkpoint-write", "final-checkpoint-write"):
+        assert list((runs / name / "seed-0" / "checkpoints").glob(".*.tmp")), name  # the half-written temporary file
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_resume_after_sigkill_is_bitwise_the_uninterrupted_run(runs, kill):
+    assert main(["resume", str(runs / kill)]) == 0
+    straight, resumed = runs / "straight" / "seed-0", runs / kill / "seed-0"
+    expected, got = final_weights(straight), final_weights(resumed)
+    assert list(got) == list(expected) == ["teacher", "BAN-1", "BAN-2", "LS", "CE"]
+    for name, state in expected.items():
+        assert state.keys() == got[name].keys()
+        assert all(torch.equal(state[k], got[name][k]) for k in state), name
+    assert json.loads((resumed / "results.json").read_text()) == json.loads((straight / "results.json").read_text())
+    assert RunDirectory(resumed).epochs() == RunDirectory(straight).epochs()  # redone epochs replace the lost ones
+    leftovers = sorted(p.name for p in (resumed / "checkpoints").iterdir())
+    assert leftovers == sorted(f"{name}.pt" for name in expected)  # no temporary file, no stale epoch checkpoint
+    assert not list(resumed.glob("**/.*.tmp"))
