@@ -7,6 +7,7 @@ On CPU the resumed run must end with the same weights, metrics and results, bit 
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -73,16 +74,23 @@ KILLS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The uninterrupted run and one killed run per kill point (the killed ones run in parallel)."""
+    """The uninterrupted run and one killed run per kill point, the killed ones in parallel; every part of every
+    run uses one thread (the same arithmetic everywhere, and no oversubscribed cores)."""
     root = tmp_path_factory.mktemp("kill")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     children = {name: subprocess.Popen([sys.executable, "-c", WRAPPER, mode, str(at), *RUN, "--out", str(root / name)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                       env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True)
                 for name, (mode, at) in KILLS.items()}
-    assert main([*RUN, "--out", str(root / "straight")]) == 0
-    for name, child in children.items():
-        _, err = child.communicate(timeout=300)
-        assert child.returncode == -signal.SIGKILL, f"{name}: the kill point was never reached\n{err}"
-    return root
+    try:
+        assert main([*RUN, "--out", str(root / "straight")]) == 0
+        for name, child in children.items():
+            _, err = child.communicate(timeout=600)
+            assert child.returncode == -signal.SIGKILL, f"{name}: the kill point was never reached\n{err}"
+        yield root
+    finally:
+        torch.set_num_threads(threads)
 
 
 def final_weights(seed_dir):
