@@ -61,6 +61,7 @@ class BornAgainConfig:
     init_from_teacher: bool = False  # generation 1 starts from the teacher's weights
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
     cache_teacher: Optional[str] = None  # language models: reuse the teacher's logits across epochs, in auto|fp32|bf16|fp16
+    share_layers: list[str] = field(default_factory=list)  # teacher's modules copied and frozen, e.g. [conv1, classifier]
 
 
 @dataclass

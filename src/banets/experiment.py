@@ -113,7 +113,16 @@ def model_factory(name: str, options: dict, data_options: dict) -> Callable:
 
 
 def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[Callable]:
-    return model_factory(cfg.teacher_name, cfg.teacher_options, data_options) if cfg.teacher_name else None
+    """A factory for a teacher of another architecture, checked to predict the students' classes from the same inputs."""
+    if not cfg.teacher_name:
+        return None
+    for key in ("num_classes", "in_channels"):
+        ours, theirs = (options.get(key, data_options.get(key)) if key in model_parameters(name) else None
+                        for name, options in ((cfg.name, cfg.options), (cfg.teacher_name, cfg.teacher_options)))
+        if None not in (ours, theirs) and ours != theirs:
+            raise RunError(f"teacher {cfg.teacher_name} has {key}={theirs} but the students ({cfg.name}) have {key}={ours}; "
+                           f"teacher and students must share classes and inputs")
+    return model_factory(cfg.teacher_name, cfg.teacher_options, data_options)
 
 
 def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = False) -> BornAgainResult:
@@ -138,7 +147,7 @@ def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = 
             model_factory(config.model.name, config.model.options, data.model_options),
             data.train, data.val, data.test,
             generations=ban.generations, loss=ban.loss, loss_options=ban.loss_options, extra_losses=ban.extra_losses,
-            controls=ban.controls, teacher_fn=teacher_factory(config.model, data.model_options),
+            controls=ban.controls, teacher_fn=teacher_factory(config.model, data.model_options), share_layers=ban.share_layers,
             init_from_teacher=ban.init_from_teacher, ensemble_teacher=ban.ensemble_teacher,
             seed=seed, config=config.optim, device=config.device, transform=data.transform,
             store=run if main else ReadOnlyStore(run),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ from banets.data.tensors import TensorBatches
 from banets.engine import Batch, Trainer, TrainConfig, Transform, resolve_device
 from banets.ensemble import evaluate_with_ensembles, prefix_ensembles
 from banets.metrics import Predictions
+from banets.models.students import share_frozen
 from banets.teacher_cache import CACHE_DTYPES, CachedTeacher
 
 ModelFn = Callable[[], nn.Module]
@@ -136,7 +137,8 @@ class ReadOnlyStore:
 
 @dataclass
 class Driver:
-    """Trains the models of a plan in order with one engine; each teacher is a frozen copy."""
+    """Trains the models of a plan in order with one engine; each teacher is a frozen copy. A model with a teacher
+    takes the teacher's ``share_layers`` (module paths) copied and frozen (Section 4.1, Table 5)."""
 
     student_fn: ModelFn
     train_data: Iterable[Batch]
@@ -144,6 +146,7 @@ class Driver:
     config: TrainConfig
     device: torch.device
     teacher_fn: Optional[ModelFn] = None
+    share_layers: Sequence[str] = ()
     transform: Optional[Transform] = None
     store: Store = field(default_factory=MemoryStore)
     models: dict[str, nn.Module] = field(default_factory=dict)
@@ -162,6 +165,8 @@ class Driver:
         model = factory()
         if spec.init_from is not None:
             model.load_state_dict(self.models[spec.init_from].state_dict())
+        if self.share_layers and spec.teacher is not None:
+            share_frozen(model, self.models[spec.teacher], self.share_layers)
         return model
 
     def frozen_teacher(self, spec: ModelSpec) -> Optional[nn.Module]:
@@ -239,6 +244,7 @@ def born_again(
     controls: dict[str, dict] | None = None,
     teacher: Optional[nn.Module] = None,
     teacher_fn: Optional[ModelFn] = None,
+    share_layers: Sequence[str] = (),
     init_from_teacher: bool = False,
     ensemble_teacher: bool = False,
     seed: int = 0,
@@ -252,7 +258,8 @@ def born_again(
     """Train a teacher (or take ``teacher``), then ``generations`` born-again students, and evaluate all.
 
     ``model_fn`` builds a fresh student (any ``nn.Module`` returning logits); ``teacher_fn`` builds a teacher
-    of another architecture. Data may be DataLoaders, Datasets or ``(x, y)`` tensor tuples. Returns the
+    of another architecture; ``share_layers`` (e.g. ``["conv1", "classifier"]``) are copied from each model's teacher
+    and frozen. Data may be DataLoaders, Datasets or ``(x, y)`` tensor tuples. Returns the
     models and per-example predictions of every model and BANE ensemble on the validation split (and
     the test split, evaluated once at the end, when given). ``cache_teacher`` (a dtype: auto, fp32, bf16, fp16)
     reuses the teacher's first-epoch logits in later epochs, for data that repeat exactly (language models).
@@ -263,8 +270,8 @@ def born_again(
     plan = plan_generations(generations, loss, seed, loss_options=loss_options, extra_losses=extra_losses,
                             controls=controls, init_from_teacher=init_from_teacher)
     driver = Driver(model_fn, as_batches(train_data, batch_size, shuffle=True), as_batches(val_data, batch_size, shuffle=False),
-                    config, resolve_device(device), teacher_fn=teacher_fn, transform=transform,
-                    store=store or MemoryStore(), cache_teacher=cache_teacher)
+                    config, resolve_device(device), teacher_fn=teacher_fn, share_layers=tuple(share_layers),
+                    transform=transform, store=store or MemoryStore(), cache_teacher=cache_teacher)
     if teacher is not None:
         driver.models["teacher"] = teacher.to(driver.device)
     models = driver.run(plan)

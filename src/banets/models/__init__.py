@@ -6,6 +6,7 @@ from banets.models import densenet  # noqa: F401
 from banets.models import wide_resnet  # noqa: F401
 from banets.models import preresnet  # noqa: F401
 from banets.models import resnet_cifar  # noqa: F401
+from banets.models import students  # noqa: F401
 from banets.models import lstm_lm  # noqa: F401
 from banets.models import cnn_lstm  # noqa: F401
 
