@@ -277,8 +277,9 @@ def plot_generations(rows: list[dict], path: Path, title: str) -> bool:
 
 
 def plot_ensembles(rows: list[dict], path: Path, title: str) -> bool:
-    """BANE: Ens*k (generations 1..k averaged, Eq. 4) against k, with the single generation BAN-k beside it and
-    the teacher as a dashed line. False (no file) when no experiment has an ensemble."""
+    """BANE: Ens*k (generations 1..k averaged, Eq. 4) against k, with the single generation BAN-k beside it
+    (shifted a little to the right so the error bars stay apart) and the teacher as a dashed line. False (no file)
+    when no experiment has an ensemble."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     drawn = False
@@ -292,7 +293,7 @@ def plot_ensembles(rows: list[dict], path: Path, title: str) -> bool:
         ax.errorbar(ks, [ensembles[k][key] for k in ks], yerr=[ensembles[k][key + "_sd"] for k in ks], color=color,
                     marker="o", capsize=4, label=f"{label}: Ens*k")
         singles = sorted(by_gen)
-        ax.errorbar(singles, [by_gen[k][key] for k in singles], yerr=[by_gen[k][key + "_sd"] for k in singles],
+        ax.errorbar([k + 0.04 for k in singles], [by_gen[k][key] for k in singles], yerr=[by_gen[k][key + "_sd"] for k in singles],
                     color=color, marker="s", linestyle=":", capsize=4, alpha=0.7, label=f"{label}: BAN-k alone")
         teacher = next((r for r in group if r["role"] == "teacher"), None)
         if teacher:
