@@ -357,7 +357,8 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
         f"{len(runs)} seed run(s), seeds {', '.join(map(str, seeds))}. Cells are the mean over seeds ± the standard "
         "deviation; Δ is the paired difference to the teacher, averaged over seeds and examples, with a 95% percentile "
         "bootstrap interval resampling seeds and examples (2000 draws). Agreement is with the model that taught each "
-        "one (the teacher for controls and ensembles). The training score is measured without augmentation.\n",
+        "one (the teacher for controls and ensembles). The training score is measured without augmentation. Per-epoch "
+        "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run directories).\n",
         *(f"- skipped: {note}" for note in skipped),
     ]
     sections, everything = [], {}
