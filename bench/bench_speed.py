@@ -1,13 +1,15 @@
 """Images per second of a training step, bare and through the engine, plain and distilling.
 
-Three measurements per model, interleaved round by round, each the fastest of its rounds (as ``timeit`` does: on
+Four measurements per model, interleaved round by round, each the fastest of its rounds (as ``timeit`` does: on
 a shared machine the fastest epoch is the one least slowed by other processes):
 
 - bare: forward, cross-entropy, backward and SGD step on one fixed, pre-made float batch (no data, no loop);
 - engine: ``Trainer.train_epoch`` over ``TensorBatches`` of uint8 images with the batched pad-crop-flip, i.e.
   everything a real epoch does (shuffled gather, augmentation, the step, loss and error bookkeeping);
 - distill: the same, with a frozen teacher of the same architecture evaluated on each augmented batch and the
-  BAN loss (Furlanello et al. 2018, Eq. 2), i.e. the cost of one born-again generation's step.
+  BAN loss (Furlanello et al. 2018, Eq. 2), i.e. the cost of one born-again generation's step;
+- teacher: the frozen teacher's forward alone (evaluation mode, no grad) on the fixed batch, which bounds the
+  distillation step from below at ``1 + teacher time / bare time`` of the plain step.
 
 The targets of issue 3: engine within 5% of bare, distill at most 1.25x the engine step.
 
@@ -61,6 +63,18 @@ def bare_steps(model: torch.nn.Module, config: TrainConfig, x: torch.Tensor, y: 
     return run
 
 
+def teacher_forwards(teacher: torch.nn.Module, x: torch.Tensor, steps: int) -> Callable[[], None]:
+    """``steps`` forwards of a frozen teacher on the fixed batch ``x``, as the engine runs them."""
+    teacher.eval().requires_grad_(False)
+
+    def run() -> None:
+        with torch.no_grad():
+            for _ in range(steps):
+                teacher(x)
+
+    return run
+
+
 def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.device, data: TensorBatches,
                  teacher: torch.nn.Module | None = None) -> Callable[[], None]:
     """One engine epoch over ``data``: with a teacher, a BAN student's epoch; without, the teacher's own."""
@@ -70,7 +84,7 @@ def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.devi
 
 
 def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int, channels_last: bool) -> dict[str, float]:
-    """Images/s of the bare, engine and distillation steps of model ``name``: the fastest of ``rounds`` epochs."""
+    """Images/s of the bare, engine and distillation steps and of the teacher forward of model ``name``: the fastest of ``rounds`` epochs."""
     torch.manual_seed(0)
     config = TrainConfig(progress="none", channels_last=channels_last)
     images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, device=device)
@@ -82,6 +96,7 @@ def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int
         "bare": bare_steps(create_model(name).to(device, memory_format=memory_format), config, x, labels[:batch], steps),
         "engine": engine_epoch(create_model(name), config, device, data),
         "distill": engine_epoch(create_model(name), config, device, data, teacher=copy.deepcopy(create_model(name))),
+        "teacher": teacher_forwards(create_model(name).to(device, memory_format=memory_format), x, steps),
     }
     for run in runs.values():  # warm-up: allocator, kernels, optimizer state
         run()
@@ -103,14 +118,16 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), batch {args.batch}, "
           f"{args.steps} steps per epoch, fastest of {args.rounds}, channels_last {args.channels_last}\n")
-    print("| device | model | bare step img/s | engine step img/s | data+loop overhead | distill step img/s | distill / engine time |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| device | model | bare step img/s | engine step img/s | data+loop overhead | distill step img/s | "
+          "distill / engine time | teacher forward img/s | bound: 1 + teacher / bare time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for device in devices:
         for name in args.models.split(","):
             rate = measure(name, device, args.batch, args.steps, args.rounds, args.channels_last)
             overhead = rate["bare"] / rate["engine"] - 1
             print(f"| {device.type} | {name} | {rate['bare']:,.0f} | {rate['engine']:,.0f} | {100 * overhead:+.1f}% | "
-                  f"{rate['distill']:,.0f} | {rate['engine'] / rate['distill']:.2f}x |", flush=True)
+                  f"{rate['distill']:,.0f} | {rate['engine'] / rate['distill']:.2f}x | {rate['teacher']:,.0f} | "
+                  f"{1 + rate['bare'] / rate['teacher']:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
