@@ -18,6 +18,7 @@ from test_cifar import make_cifar10, make_cifar100
 
 TABLE1 = [f"table1_wrn_28_{k}" for k in (1, 2, 5, 10)] + [f"table1_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
 TABLE2 = [f"table2_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
+pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official md5 sums:UserWarning")  # fake data
 CIFAR_PRESETS = ["cifar_paper", "cifar100_paper", "cifar10_quick", *TABLE1, *TABLE2]
 CLASSES = {"cifar10": 10, "cifar100": 100}
 FAST = ["--set", "optim.progress=none", "--set", "optim.epochs=1", "--set", "data.val_size=10", "--set", "data.batch_size=8",
