@@ -206,7 +206,9 @@ def densenet_variant(
 def share_frozen(student: nn.Module, teacher: nn.Module, paths: Sequence[str] = ("conv1", "classifier")) -> nn.Module:
     """Copy the teacher's modules at ``paths`` (e.g. its first convolution and classifier) into the student and
     freeze them (``requires_grad=False``: the optimiser skips them, so no weight decay), as the Table 5 students
-    do. Raises ``ValueError`` naming the module when a path is missing or its shapes differ."""
+    do. Raises ``ValueError`` naming the module when a path is missing or its shapes differ. (BatchNorm running
+    statistics inside a shared module would still update in training mode; the paper shares a convolution and a
+    linear layer, which have none.)"""
     for path in paths:
         try:
             mine, theirs = student.get_submodule(path), teacher.get_submodule(path)
