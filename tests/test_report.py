@@ -83,6 +83,7 @@ def test_language_model_runs_report_perplexity_and_nll_differences(tmp_path):
     markdown = write_report([run], tmp_path / "report")
     assert "| experiment | model | loss | seeds | perplexity | train perplexity |" in markdown
     assert "Δ NLL vs teacher, nats/token" in markdown and "error %" not in markdown
+    assert "resamples tokens" in markdown and (tmp_path / "report" / "generations-val-perplexity.png").is_file()
 
 
 def test_report_writes_tables_csv_json_and_embedded_plots(tmp_path):

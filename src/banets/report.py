@@ -359,6 +359,8 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
         "bootstrap interval resampling seeds and examples (2000 draws). Agreement is with the model that taught each "
         "one (the teacher for controls and ensembles). The training score is measured without augmentation. Per-epoch "
         "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run directories).\n",
+        *(["For language models Δ resamples tokens, which are correlated within a sentence: read its interval as "
+           "narrower than the true uncertainty.\n"] if any(r.metric is PERPLEXITY for r in runs) else []),
         *(f"- skipped: {note}" for note in skipped),
     ]
     sections, everything = [], {}
