@@ -176,18 +176,22 @@ def summarize_model(experiment: str, architecture: str, model: str, group: list[
     return row
 
 
+def _pm(row: dict, key: str, digits: int = 2) -> str:
+    return f"{row[key]:.{digits}f} ± {row[key + '_sd']:.{digits}f}" if key in row else "—"
+
+
 def wide_rows(rows: list[dict]) -> list[dict]:
     """Table 2's shape: one row per experiment and architecture, one ``mean ± SD`` cell per model."""
     wide: dict[tuple[str, str], dict] = {}
     for r in rows:
         line = wide.setdefault((r["experiment"], r["architecture"]), {
             "experiment": r["experiment"], "architecture": r["architecture"], "metric": r["metric"], "seeds": r["seeds"]})
-        line[r["model"]] = f"{r[r['metric']]:.2f} ± {r[r['metric'] + '_sd']:.2f}" + ("" if r["seeds"] == line["seeds"] else f" (n={r['seeds']})")
+        line[r["model"]] = _pm(r, r["metric"]) + ("" if r["seeds"] == line["seeds"] else f" (n={r['seeds']})")
     return list(wide.values())
 
 
 def column_order(rows: list[dict]) -> list[str]:
-    """Teacher, generations, other students, controls, then ensembles: the paper's column order."""
+    """Teacher, generations, the teacher's other students (BAN+L, CWTM, DKPP, KD), controls, then ensembles."""
     rank = {"teacher": 0, "generation": 1, "student": 2, "control": 3, "ensemble": 4}
     first = {}
     for r in rows:
@@ -196,10 +200,6 @@ def column_order(rows: list[dict]) -> list[str]:
 
 
 # -- tables ------------------------------------------------------------------------------------------------
-
-
-def _pm(row: dict, key: str, digits: int = 2) -> str:
-    return f"{row[key]:.{digits}f} ± {row[key + '_sd']:.{digits}f}" if key in row else "—"
 
 
 def markdown_wide_table(rows: list[dict]) -> str:
