@@ -88,23 +88,25 @@ def runs(tmp_path_factory):
         for name, child in children.items():
             _, err = child.communicate(timeout=600)
             assert child.returncode == -signal.SIGKILL, f"{name}: the kill point was never reached\n{err}"
+        assert_killed_where_intended(root)
         yield root
     finally:
         torch.set_num_threads(threads)
 
 
+def assert_killed_where_intended(root):
+    models = {name: RunDirectory(root / name / "seed-0").manifest["models"] for name in KILLS}
+    assert models["mid-epoch"]["BAN-1"]["status"] == "running" and models["mid-epoch"]["BAN-1"]["epoch"] == 1
+    assert models["between-generations"]["BAN-1"]["status"] == "done" and "BAN-2" not in models["between-generations"]
+    assert models["epoch-checkpoint-write"]["BAN-1"]["epoch"] == 1
+    assert models["final-checkpoint-write"]["teacher"]["status"] == "running"
+    for name in ("epoch-checkpoint-write", "final-checkpoint-write"):
+        assert list((root / name / "seed-0" / "checkpoints").glob(".*.tmp")), name  # the half-written temporary file
+
+
 def final_weights(seed_dir):
     return {name: load_checkpoint(seed_dir / e["checkpoint"], e["sha256"])["model"]
             for name, e in RunDirectory(seed_dir).manifest["models"].items()}
-
-
-def test_the_kill_points_hit_where_intended(runs):
-    models = {name: RunDirectory(runs / name / "seed-0").manifest["models"] for name in KILLS}
-    assert models["mid-epoch"]["BAN-1"]["status"] == "running" and models["mid-epoch"]["BAN-1"]["epoch"] == 1
-    assert models["between-generations"]["BAN-1"]["status"] == "done" and "BAN-2" not in models["between-generations"]
-    assert models["final-checkpoint-write"]["teacher"]["status"] == "running"
-    for name in ("epoch-checkpoint-write", "final-checkpoint-write"):
-        assert list((runs / name / "seed-0" / "checkpoints").glob(".*.tmp")), name  # the half-written temporary file
 
 
 @pytest.mark.parametrize("kill", list(KILLS))
