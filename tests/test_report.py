@@ -120,3 +120,6 @@ def test_metrics_jsonl_keeps_the_last_line_per_model_and_epoch(tmp_path):
              {"model": "teacher", "epoch": 2, "train_loss": 1.4}, {"model": "BAN-1", "epoch": 1, "train_loss": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"model": "BAN-1", "ep')
     assert run.epochs() == [lines[0], lines[2], lines[3]]  # the redone epoch wins; the line cut by a crash is dropped
+    redone = {"model": "BAN-1", "epoch": 2, "train_loss": 0.9}
+    run._append_jsonl("metrics.jsonl", redone)  # the resumed run's next line is not glued to the cut one
+    assert run.epochs() == [lines[0], lines[2], lines[3], redone]

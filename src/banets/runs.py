@@ -256,8 +256,14 @@ class RunDirectory:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
 
     def _append_jsonl(self, name: str, record: dict) -> None:
-        with open(self.root / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one JSON line; after a line a crash cut short, start a new line (readers skip the cut one)."""
+        with open(self.root / name, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write(json.dumps(record).encode() + b"\n")
 
     def _write_manifest(self) -> None:
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
