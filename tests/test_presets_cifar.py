@@ -16,17 +16,18 @@ from banets.experiment import model_factory
 from banets.generations import plan_ensembles, plan_generations
 from test_cifar import make_cifar10, make_cifar100
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official md5 sums:UserWarning")  # fake data
 TABLE1 = [f"table1_wrn_28_{k}" for k in (1, 2, 5, 10)] + [f"table1_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
 TABLE2 = [f"table2_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
-pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official md5 sums:UserWarning")  # fake data
 CIFAR_PRESETS = ["cifar_paper", "cifar100_paper", "cifar10_quick", *TABLE1, *TABLE2]
 CLASSES = {"cifar10": 10, "cifar100": 100}
 FAST = ["--set", "optim.progress=none", "--set", "optim.epochs=1", "--set", "data.val_size=10", "--set", "data.batch_size=8",
         "--set", "data.eval_batch_size=16"]
 
 
-def build(config, device: str = "meta") -> torch.nn.Module:
-    with torch.device(device):
+def build(config) -> torch.nn.Module:
+    """The preset's model, constructed on the meta device (no weights allocated)."""
+    with torch.device("meta"):
         return model_factory(config.model.name, config.model.options, {"num_classes": CLASSES[config.data.dataset]})()
 
 
@@ -54,10 +55,16 @@ def test_preset_builds_its_model_with_the_dataset_classes_and_states_its_flops(n
     stated = re.search(r"(\d+) trainings x (\d+) ep.*?([\d.]+) GFLOP/img", config.cost)
     assert stated, f"{name}: cost {config.cost!r} states no trainings x epochs and GFLOP/img"
     trainings, epochs, gflops = int(stated[1]), int(stated[2]), float(stated[3])
-    assert trainings == len(plan_generations(config.ban.generations, extra_losses=config.ban.extra_losses,
-                                             controls=config.ban.controls))
-    assert epochs == config.optim.epochs
-    assert gflops == pytest.approx(counter.get_total_flops() / 1e9, abs=0.006)
+    plan = plan_generations(config.ban.generations, extra_losses=config.ban.extra_losses, controls=config.ban.controls)
+    assert trainings == len(plan) and epochs == config.optim.epochs
+    forward = counter.get_total_flops()
+    assert gflops == pytest.approx(forward / 1e9, abs=0.006)
+    total = re.search(r"([\d.]+) PFLOP", config.cost)
+    if total:  # a training step counted as 3 forwards, plus 1 for each distilled student's teacher
+        forwards = 3 * len(plan) + sum(spec.teacher is not None for spec in plan)
+        expected = (50_000 - config.data.val_size) * epochs * forward * forwards / 1e15
+        decimals = len(total[1].partition(".")[2])
+        assert float(total[1]) == pytest.approx(expected, abs=0.5 * 10**-decimals), f"{name}: {expected:.4g} PFLOP"
 
 
 @pytest.mark.parametrize("name", [*TABLE1, *TABLE2])
