@@ -19,6 +19,7 @@ Run: OMP_NUM_THREADS=1 python bench/bench_speed.py [--models resnet8,resnet20] [
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 from typing import Callable
@@ -28,13 +29,19 @@ import torch
 from banets import losses
 from banets.data.augment import cifar_transform
 from banets.data.tensors import TensorBatches
-from banets.engine import Trainer, TrainConfig, make_optimizer
+from banets.engine import Trainer, TrainConfig, autocast_dtype, make_optimizer
 from banets.models import create_model
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    """The engine's mixed precision (bf16 on CUDA with precision auto, none on CPU), for the steps outside it."""
+    dtype = autocast_dtype(config.precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def timed(run: Callable[[], None], device: torch.device) -> float:
@@ -55,7 +62,8 @@ def bare_steps(model: torch.nn.Module, config: TrainConfig, x: torch.Tensor, y: 
 
     def run() -> None:
         for _ in range(steps):
-            loss = losses.ce(model(x), None, y)
+            with autocast(config, x.device):
+                loss = losses.ce(model(x), None, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -63,12 +71,12 @@ def bare_steps(model: torch.nn.Module, config: TrainConfig, x: torch.Tensor, y: 
     return run
 
 
-def teacher_forwards(teacher: torch.nn.Module, x: torch.Tensor, steps: int) -> Callable[[], None]:
+def teacher_forwards(teacher: torch.nn.Module, config: TrainConfig, x: torch.Tensor, steps: int) -> Callable[[], None]:
     """``steps`` forwards of a frozen teacher on the fixed batch ``x``, as the engine runs them."""
     teacher.eval().requires_grad_(False)
 
     def run() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(config, x.device):
             for _ in range(steps):
                 teacher(x)
 
@@ -84,7 +92,7 @@ def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.devi
 
 
 def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int, channels_last: bool) -> dict[str, float]:
-    """Images/s of the bare, engine and distillation steps and of the teacher forward of model ``name``: the fastest of ``rounds`` epochs."""
+    """Images/s of model ``name``'s bare, engine and distillation steps and teacher forward (fastest of ``rounds``)."""
     torch.manual_seed(0)
     config = TrainConfig(progress="none", channels_last=channels_last)
     images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, device=device)
@@ -96,7 +104,7 @@ def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int
         "bare": bare_steps(create_model(name).to(device, memory_format=memory_format), config, x, labels[:batch], steps),
         "engine": engine_epoch(create_model(name), config, device, data),
         "distill": engine_epoch(create_model(name), config, device, data, teacher=copy.deepcopy(create_model(name))),
-        "teacher": teacher_forwards(create_model(name).to(device, memory_format=memory_format), x, steps),
+        "teacher": teacher_forwards(create_model(name).to(device, memory_format=memory_format), config, x, steps),
     }
     for run in runs.values():  # warm-up: allocator, kernels, optimizer state
         run()
