@@ -48,6 +48,30 @@ def pool_classify(features: torch.Tensor, classifier: nn.Linear) -> torch.Tensor
     return classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
 
 
+class StagedNetwork(nn.Module):
+    """The layout the pre-activation families share: ``conv1``, ``stages`` (each ending in a module with
+    ``out_channels``), a final BN-ReLU ``norm``, global average pooling and ``classifier``. Subclasses build them."""
+
+    conv1: nn.Module
+    stages: nn.ModuleList
+    norm: nn.Module
+    classifier: nn.Linear
+
+    def stage_channels(self) -> list[int]:
+        """Output channels of each stage; the last entry is the classifier's input."""
+        return [stage[-1].out_channels for stage in self.stages]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map after the final BN-ReLU, ``(N, C, H/4, W/4)`` for three stages."""
+        x = self.conv1(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_classify(self.forward_features(x), self.classifier)
+
+
 class PreActUnit(nn.Module):
     """Pre-activation residual unit, ``x + F(BN-ReLU(x))`` (He et al., 2016b, "Identity Mappings in Deep
     Residual Networks").
@@ -91,7 +115,7 @@ class PreActUnit(nn.Module):
         return skip + self.branch(pre)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StagedNetwork):
     """A pre-activation ResNet for 32x32 inputs: ``conv1`` (3x3, ``stem_channels``), then one stage per entry of
     ``channels``/``units`` (the first unit of every stage but the first halves the resolution), then BN-ReLU,
     global average pooling and ``classifier``.
@@ -126,17 +150,3 @@ class PreActResNet(nn.Module):
         self.norm = bn_relu(width)
         self.classifier = nn.Linear(width, num_classes)
         init_weights(self)
-
-    def stage_channels(self) -> list[int]:
-        """Output channels of each stage."""
-        return [stage[-1].out_channels for stage in self.stages]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map after the final BN-ReLU, ``(N, C, H/4, W/4)``."""
-        x = self.conv1(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_classify(self.forward_features(x), self.classifier)

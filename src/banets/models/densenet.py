@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from banets.models.blocks import bn_relu, conv1x1, conv3x3, init_weights, pool_classify
+from banets.models.blocks import StagedNetwork, bn_relu, conv1x1, conv3x3, init_weights
 from banets.models.registry import register_model
 
 
@@ -113,7 +113,7 @@ class Transition(nn.Sequential):
         self.out_channels = out_channels
 
 
-class DenseNet(nn.Module):
+class DenseNet(StagedNetwork):
     """DenseNet(-BC) for 32x32 inputs with one stage (dense block + transition) per entry of ``block_layers``.
 
     ``final_transition=True`` also compresses the last block's output with BN-ReLU-conv1x1 (no pooling) before the
@@ -162,21 +162,6 @@ class DenseNet(nn.Module):
         self.norm = bn_relu(channels)
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
-
-    def stage_channels(self) -> list[int]:
-        """Output channels of each stage: after its transition's 1x1 convolution, or the last dense block's output
-        when the last stage has no transition; the last entry is the classifier's input."""
-        return [stage[-1].out_channels for stage in self.stages]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map after the final BN-ReLU, ``(N, C, H/4, W/4)`` for three stages."""
-        x = self.conv1(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_classify(self.forward_features(x), self.classifier)
 
 
 @register_model("densenet_bc")

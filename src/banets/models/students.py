@@ -23,7 +23,7 @@ from typing import Literal, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from banets.models.blocks import PreActUnit, bn_relu, conv3x3, init_weights, pool_classify
+from banets.models.blocks import PreActUnit, StagedNetwork, bn_relu, conv3x3, init_weights
 from banets.models.densenet import DenseNet, Transition, densenet_bc
 from banets.models.registry import create_model, register_model
 
@@ -80,7 +80,7 @@ def check_stage_shapes(student: nn.Module, shape: DenseShape) -> None:
 # -- residual students (Section 3.4, Table 5) --------------------------------------------------------------
 
 
-class DenseShapedResNet(nn.Module):
+class DenseShapedResNet(StagedNetwork):
     """A pre-activation ResNet with a DenseNet teacher's stage shapes: ``conv1`` (the teacher's stem width), then per
     stage ``units`` residual units of ``ratio`` x the stage's channels and the teacher's transition back to them,
     then BN-ReLU, global average pooling and ``classifier`` (the teacher's input size)."""
@@ -102,19 +102,6 @@ class DenseShapedResNet(nn.Module):
         self.norm = bn_relu(shape.stage_channels[-1])
         self.classifier = nn.Linear(shape.stage_channels[-1], num_classes)
         init_weights(self)
-
-    def stage_channels(self) -> list[int]:
-        """Output channels of each stage: the teacher's."""
-        return [stage.transition.out_channels for stage in self.stages]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.norm(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_classify(self.forward_features(x), self.classifier)
 
 
 @register_model("dense_shaped_resnet")
