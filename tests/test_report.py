@@ -123,3 +123,13 @@ def test_metrics_jsonl_keeps_the_last_line_per_model_and_epoch(tmp_path):
     redone = {"model": "BAN-1", "epoch": 2, "train_loss": 0.9}
     run._append_jsonl("metrics.jsonl", redone)  # the resumed run's next line is not glued to the cut one
     assert run.epochs() == [lines[0], lines[2], lines[3], redone]
+
+
+def test_a_seed_reported_twice_is_refused(tmp_path):
+    from banets.cli import main
+
+    quick = ["--set", "optim.epochs=1", "--set", "ban.generations=1", "--set", "model.options.width=4",
+             "--set", "optim.progress=none", "--set", "ban.extra_losses=[]", "--seeds", "0"]
+    for out in ("a", "b"):
+        assert main(["run", "demo", *quick, "--out", str(tmp_path / out)]) == 0
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 1

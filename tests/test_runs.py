@@ -207,3 +207,16 @@ def test_divergence_marks_the_model_failed_and_keeps_the_good_checkpoints(tmp_pa
     assert main(["resume", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "BAN-1 failed" in err and "start a new run with the fix" in err and "--set optim.lr=" in err
+
+
+def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
+    import yaml
+
+    run_experiment(quick_config(), tmp_path)
+    config_path = tmp_path / "seed-0" / "config.yaml"
+    saved = yaml.safe_load(config_path.read_text())
+    del saved["ban"]["share_layers"]  # as written by a banets that did not know the key yet
+    config_path.write_text(yaml.safe_dump(saved))
+    run_experiment(quick_config(), tmp_path, resume=True)
+    with pytest.raises(RunError, match="ban.share_layers"):
+        run_experiment(quick_config("ban.share_layers=[conv1]"), tmp_path, resume=True)

@@ -76,6 +76,7 @@ class SeedRun:
     predictions: dict[str, dict[str, Predictions]]  # split -> model -> predictions
     models: dict[str, dict]  # the manifest's entries: role, generation, loss, teacher, ...
     epochs: list[dict]  # metrics.jsonl, the last record per model and epoch
+    path: Path = Path()  # the seed's run directory
 
     @property
     def metric(self) -> Metric:
@@ -99,6 +100,7 @@ def read_run(seed_dir: Path) -> SeedRun:
         predictions={split: run.load_predictions(split) for split in splits},
         models=run.manifest.get("models", {}),
         epochs=run.epochs(),
+        path=Path(seed_dir),
     )
 
 
@@ -122,7 +124,19 @@ def read_runs(paths: list[Path]) -> tuple[list[SeedRun], list[str]]:
             skipped.append(str(error))
     if not runs:
         raise RunError("no finished runs to report: " + "; ".join(skipped))
+    check_distinct_seeds(runs)
     return runs, skipped
+
+
+def check_distinct_seeds(runs: list[SeedRun]) -> None:
+    """Refuse to count one (experiment, architecture, seed) twice: its intervals would be too narrow."""
+    seen: dict[tuple[str, str, int], Path] = {}
+    for run in runs:
+        key = (run.experiment, run.architecture, run.seed)
+        if key in seen:
+            raise RunError(f"seed {run.seed} of {run.experiment} ({run.architecture}) appears twice, in {seen[key]} and "
+                           f"{run.path}; report each seed once (or give the runs different names with --set name=...)")
+        seen[key] = run.path
 
 
 # -- statistics ------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
+from banets.config import ExperimentConfig, from_dict, to_dict
 from banets.engine import Trainer
 from banets.generations import ModelSpec
 from banets.metrics import Predictions
@@ -151,7 +152,7 @@ class RunDirectory:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunError(f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run")
-        saved, wanted = _without_runtime(self.config()), _without_runtime(config)
+        saved, wanted = _without_runtime(with_defaults(self.config())), _without_runtime(with_defaults(config))
         changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if changed:
             raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
@@ -277,6 +278,11 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     for key, value in values.items():
         flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
     return flat
+
+
+def with_defaults(config: dict) -> dict:
+    """``config`` with every key of the current schema, so a run saved before a key existed compares by its default."""
+    return to_dict(from_dict(ExperimentConfig, config))
 
 
 def _without_runtime(config: dict) -> dict:
