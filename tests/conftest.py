@@ -28,3 +28,12 @@ def tiny_config():
 @pytest.fixture
 def mlp_fn():
     return lambda: create_model("mlp", in_features=8, num_classes=4, hidden=(16,))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest, and leave a shared machine alone, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

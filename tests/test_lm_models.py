@@ -38,13 +38,7 @@ def tokens(batch_size: int, steps: int, seed: int = 1) -> torch.Tensor:
 FAMILIES = ["lstm_lm", "cnn_lstm"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and leave the machine alone, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only spins on shared cores
 
 
 def test_registered_names() -> None:

@@ -17,13 +17,7 @@ QUICK = ["optim.epochs=3", "ban.generations=2", "ban.extra_losses=[]", "model.op
 CLI_QUICK = [arg for setting in QUICK for arg in ("--set", setting)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: a second thread only spins when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only spins on shared cores
 
 
 def quick_config(*extra, controls=False):

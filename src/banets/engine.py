@@ -77,11 +77,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def reset_state(model: nn.Module) -> None:
     """Forget carried state (language models' hidden state) before a new pass over a dataset."""
-    for module in model.modules():
-        if module is not model and hasattr(module, "reset_state"):
+    for module in model.modules():  # the model itself, or a wrapper's (ensemble, cache) members
+        if hasattr(module, "reset_state"):
             module.reset_state()
-    if hasattr(model, "reset_state"):
-        model.reset_state()
 
 
 class Trainer:

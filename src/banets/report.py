@@ -270,8 +270,7 @@ def _by_experiment(rows: list[dict]) -> dict[str, list[dict]]:
 def plot_generations(rows: list[dict], path: Path, title: str) -> bool:
     """The score of the teacher (generation 0) and of BAN-1..k, mean ± SD over seeds, one line per experiment
     and generation loss. False (no file) when no experiment has a generation."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     drawn = False
     for label, group in _by_experiment(rows).items():
         chain = sorted((r for r in group if r["role"] in ("teacher", "generation")), key=lambda r: r["generation"] or 0)
@@ -281,21 +280,14 @@ def plot_generations(rows: list[dict], path: Path, title: str) -> bool:
         ax.errorbar([r["generation"] or 0 for r in chain], [r[key] for r in chain], yerr=[r[key + "_sd"] for r in chain],
                     marker="o", capsize=4, label=f"{label}, loss {chain[1]['loss']}, n={chain[0]['seeds']}")
         drawn = True
-    if drawn:
-        ax.set_xlabel("generation (0 = teacher)")
-        ax.set_ylabel(_axis_label(rows))
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        _finish(fig, ax, path, title)
-    plt.close(fig)
-    return drawn
+    return _save_if_drawn(fig, ax, drawn, path, title, "generation (0 = teacher)", rows)
 
 
 def plot_ensembles(rows: list[dict], path: Path, title: str) -> bool:
     """BANE: Ens*k (generations 1..k averaged, Eq. 4) against k, with the single generation BAN-k beside it
     (shifted a little to the right so the error bars stay apart) and the teacher as a dashed line. False (no file)
     when no experiment has an ensemble."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     drawn = False
     for i, (label, group) in enumerate(_by_experiment(rows).items()):
         by_gen = {r["generation"]: r for r in group if r["role"] == "generation"}
@@ -313,25 +305,26 @@ def plot_ensembles(rows: list[dict], path: Path, title: str) -> bool:
         if teacher:
             ax.axhline(teacher[key], color=color, linestyle="--", linewidth=1, label=f"{label}: teacher")
         drawn = True
-    if drawn:
-        ax.set_xlabel("k (generations averaged)")
-        ax.set_ylabel(_axis_label(rows))
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        _finish(fig, ax, path, title)
-    plt.close(fig)
-    return drawn
+    return _save_if_drawn(fig, ax, drawn, path, title, "k (generations averaged)", rows)
 
 
 def _axis_label(rows: list[dict]) -> str:
     return f"{METRICS[rows[0]['metric']].label} (mean ± SD over seeds)"
 
 
-def _finish(fig, ax, path: Path, title: str) -> None:
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, rows: list[dict]) -> bool:
+    """Label, title and save the figure when anything was drawn; close it either way."""
+    if drawn:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(_axis_label(rows))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return drawn
 
 
 # -- the report ---------------------------------------------------------------------------------------------

@@ -237,12 +237,9 @@ def _read_class_names(folder: Path, spec: _CifarSpec) -> tuple[str, ...]:
 
 
 def _md5(path: Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5()
+    """Hex md5 of a file."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _stack(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
