@@ -50,7 +50,11 @@ class TrainConfig:
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss of model ``model`` became NaN or infinite."""
+
+    def __init__(self, model: str, message: str):
+        super().__init__(f"{model}: {message}")
+        self.model = model
 
 
 class Callback(Protocol):
@@ -200,7 +204,7 @@ class Trainer:
     def _check_finite(self, value: float, step) -> None:
         if not math.isfinite(value):
             raise DivergedError(
-                f"{self.name}: loss became {value} at epoch {self.epoch + 1} (step {step}); lower the learning "
+                self.name, f"loss became {value} at epoch {self.epoch + 1} (step {step}); lower the learning "
                 f"rate (--set optim.lr=...) or set optim.grad_clip; checkpoints up to epoch {self.epoch} are kept"
             )
 

@@ -155,7 +155,7 @@ def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = 
         )
     except DivergedError as error:
         if main:
-            run.mark_failed(str(error).split(":")[0], str(error))
+            run.mark_failed(error.model, str(error))
         raise
     if data.train_eval is not None:
         result.predictions["train"] = evaluate_with_ensembles(
