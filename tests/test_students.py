@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from banets.cli import main
-from banets.config import ExperimentConfig, ModelConfig, load_config, preset_names
+from banets.config import ExperimentConfig, ModelConfig, load_config
 from banets.engine import TrainConfig
 from banets.experiment import model_factory, teacher_factory
 from banets.generations import born_again, plan_generations

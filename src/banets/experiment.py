@@ -4,7 +4,6 @@ process trains and evaluates and rank 0 alone writes the run directory."""
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
