@@ -13,7 +13,7 @@ a shared machine the fastest epoch is the one least slowed by other processes):
 
 The targets of issue 3: engine within 5% of bare, distill at most 1.25x the engine step.
 
-Run: OMP_NUM_THREADS=1 python bench/bench_speed.py [--models resnet8,resnet20] [--steps 4] [--rounds 15]
+Run: OMP_NUM_THREADS=1 python bench/bench_speed.py [--models resnet8,resnet20] [--steps 4] [--rounds 15] [--channels-last] [--wall]
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def timed(run: Callable[[], None], device: torch.device) -> float:
-    """Seconds taken by ``run``: on CPU the process's CPU time, which other processes on a shared machine do not
-    inflate (with one thread it is the wall-clock time on an idle core); on CUDA the synchronised wall-clock time."""
-    clock = time.process_time if device.type == "cpu" else time.perf_counter
+def timed(run: Callable[[], None], device: torch.device, wall: bool) -> float:
+    """Seconds taken by ``run``: on CPU by default the process's CPU time, which other processes on a shared
+    machine do not inflate (with one thread it is the wall-clock time on an idle core; with several it is their
+    sum); with ``wall``, and always on CUDA, the synchronised wall-clock time."""
+    clock = time.perf_counter if wall or device.type != "cpu" else time.process_time
     sync(device)
     start = clock()
     run()
@@ -91,7 +92,8 @@ def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.devi
     return lambda: trainer.train_epoch(data)
 
 
-def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int, channels_last: bool) -> dict[str, float]:
+def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int, channels_last: bool,
+            wall: bool) -> dict[str, float]:
     """Images/s of model ``name``'s bare, engine and distillation steps and teacher forward (fastest of ``rounds``)."""
     torch.manual_seed(0)
     config = TrainConfig(progress="none", channels_last=channels_last)
@@ -111,7 +113,7 @@ def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int
     seconds: dict[str, list[float]] = {kind: [] for kind in runs}
     for _ in range(rounds):
         for kind, run in runs.items():
-            seconds[kind].append(timed(run, device))
+            seconds[kind].append(timed(run, device, wall))
     return {kind: batch * steps / min(s) for kind, s in seconds.items()}
 
 
@@ -122,16 +124,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per timed epoch")
     parser.add_argument("--rounds", type=int, default=15, help="timed epochs per measurement (the fastest is kept)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--wall", action="store_true", help="time wall-clock seconds on CPU (an idle machine, several threads)")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), batch {args.batch}, "
-          f"{args.steps} steps per epoch, fastest of {args.rounds}, channels_last {args.channels_last}\n")
+          f"{args.steps} steps per epoch, fastest of {args.rounds}, channels_last {args.channels_last}, "
+          f"{'wall-clock' if args.wall else 'CPU'} time\n")
     print("| device | model | bare step img/s | engine step img/s | data+loop overhead | distill step img/s | "
           "distill / engine time | teacher forward img/s | bound: 1 + teacher / bare time |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for device in devices:
         for name in args.models.split(","):
-            rate = measure(name, device, args.batch, args.steps, args.rounds, args.channels_last)
+            rate = measure(name, device, args.batch, args.steps, args.rounds, args.channels_last, args.wall)
             overhead = rate["bare"] / rate["engine"] - 1
             print(f"| {device.type} | {name} | {rate['bare']:,.0f} | {rate['engine']:,.0f} | {100 * overhead:+.1f}% | "
                   f"{rate['distill']:,.0f} | {rate['engine'] / rate['distill']:.2f}x | {rate['teacher']:,.0f} | "

@@ -12,6 +12,14 @@ def test_overrides_are_parsed_as_yaml_and_typed():
     assert cfg.data.path == "/x" and cfg.ban.extra_losses == ["cwtm"]
 
 
+def test_an_override_replaces_a_mapping_instead_of_merging_into_it():
+    demo = load_config("demo")
+    assert demo.ban.controls and demo.model.options == {"in_channels": 1, "width": 8}
+    cfg = load_config("demo", ["ban.controls={}", "model.options={in_channels: 1}", "model.options.width=4"])
+    assert cfg.ban.controls == {} and cfg.model.options == {"in_channels": 1, "width": 4}
+    assert cfg.model.name == demo.model.name and cfg.optim == demo.optim  # the keys beside it are kept
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

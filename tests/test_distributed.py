@@ -146,3 +146,19 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_pa
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(RunError, match="data.batch_size=63 .* split evenly over 2 processes"):
         run_experiment(load_config(str(tmp_path / "tiny.yaml")), tmp_path / "out")
+
+
+def test_each_process_draws_its_own_dropout_masks_and_one_process_keeps_its_stream(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    masks = []
+    for rank in (0, 1, 0):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        distributed.reseed_per_process(7)
+        masks.append(torch.nn.functional.dropout(torch.ones(256), 0.5))
+    assert not torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])  # per rank, and reproducible
+    monkeypatch.setattr(distributed, "world_size", lambda: 1)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    distributed.reseed_per_process(7)
+    assert torch.equal(torch.rand(4), expected)

@@ -133,3 +133,20 @@ def test_a_seed_reported_twice_is_refused(tmp_path):
     for out in ("a", "b"):
         assert main(["run", "demo", *quick, "--out", str(tmp_path / out)]) == 0
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 1
+
+
+def test_training_minutes_sum_each_models_epochs_and_skip_untimed_runs(tmp_path):
+    runs = []
+    for seed, (teacher_seconds, ban_seconds) in enumerate(((60.0, 90.0), (120.0, 150.0))):
+        run = RunDirectory(fake_run(tmp_path, seed, {"teacher": 10, "BAN-1": 5, "Ens*2": 5}))
+        for epoch, seconds in enumerate((teacher_seconds / 2, teacher_seconds / 2), 1):
+            run._append_jsonl("metrics.jsonl", {"model": "teacher", "epoch": epoch, "seconds": seconds})
+        run._append_jsonl("metrics.jsonl", {"model": "BAN-1", "epoch": 1, "seconds": ban_seconds})
+        runs.append(read_run(run.root))
+    rows = {r["model"]: r for r in summarize(runs, "val")}
+    assert (rows["teacher"]["minutes"], rows["teacher"]["minutes_sd"]) == pytest.approx((1.5, math.sqrt(0.5)))
+    assert rows["BAN-1"]["minutes"] == pytest.approx(2.0) and "minutes" not in rows["Ens*2"]
+    assert "| 1.50 ± 0.71 |" not in write_report(runs, tmp_path / "report")  # one decimal
+    assert "| 1.5 ± 0.7 |" in write_report(runs, tmp_path / "report")
+    untimed = read_run(fake_run(tmp_path / "old", 0, {"teacher": 10}))
+    assert "minutes" not in summarize([untimed], "val")[0]

@@ -177,25 +177,28 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def parse_override(text: str) -> dict:
-    """``"optim.lr=0.05"`` -> ``{"optim": {"lr": 0.05}}`` (the value parsed as YAML)."""
+def apply_override(values: dict, text: str) -> dict:
+    """``values`` with ``"optim.lr=0.05"`` applied: the value, parsed as YAML, replaces what the key held, a
+    mapping included (``ban.controls={}`` removes every control; presets' ``extends:`` merges instead)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value, e.g. optim.lr=0.05")
     key, raw = text.split("=", 1)
-    nested: dict = {}
-    cursor = nested
     *parents, leaf = key.strip().split(".")
+    updated = dict(values)
+    cursor = updated
     for part in parents:
-        cursor = cursor.setdefault(part, {})
+        inner = cursor.get(part)
+        cursor[part] = dict(inner) if isinstance(inner, dict) else {}
+        cursor = cursor[part]
     cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
-    return nested
+    return updated
 
 
 def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
     """The preset (or the defaults) with ``overrides`` applied, validated."""
     values = preset_dict(preset) if preset else {}
     for override in overrides:
-        values = deep_merge(values, parse_override(override))
+        values = apply_override(values, override)
     return from_dict(ExperimentConfig, values)
 
 

@@ -13,9 +13,11 @@ step on N processes relates to the single-process step:
 - Gradients: DDP averages the processes' gradients; each process's mean loss is weighted by its ``share``
   of the rows so that the average is the gradient of the global batch's mean loss, also when the last batch
   does not split evenly.
-- What differs from one process: randomness drawn inside the model or the loss (dropout masks, DKPP's
-  permutations) is drawn by each process for its own rows from the same seed, so the draws repeat from one
-  process to the next; CWTM normalises its teacher-confidence weights over each process's rows; BatchNorm
+- Randomness inside the model or the loss (dropout masks, DKPP's permutations): once an epoch's data order
+  is drawn, each process reseeds from ``(seed, epoch)`` and its rank (``reseed_per_process``), so the
+  processes draw different masks for their different rows, as one process draws different masks for the
+  rows of its batch (the draws themselves differ from a one-process run's).
+- What differs from one process otherwise: CWTM normalises its teacher-confidence weights over each process's rows; BatchNorm
   normalises over each process's rows on CPU (on CUDA it becomes SyncBatchNorm, which PyTorch has only for
   accelerators, and normalises over the global batch).
 - Evaluation: each process predicts its rows of every evaluation batch and the predictions are gathered back
@@ -117,6 +119,13 @@ def rows_of(total: int, rank: int, world: int) -> slice:
 def shard(total: int) -> slice:
     """This process's rows of a batch of ``total`` rows (all of them for one process)."""
     return rows_of(total, rank(), world_size())
+
+
+def reseed_per_process(seed: int) -> None:
+    """Under torchrun, reseed torch's generator from ``seed`` and this process's rank, so that dropout masks and
+    DKPP's permutations differ from one process to the next; with one process, leave the generator alone."""
+    if world_size() > 1:
+        torch.manual_seed(seed * 1009 + rank())
 
 
 def split_batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
@@ -124,9 +125,11 @@ class Trainer:
         """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch."""
         bar = self._model_bar()
         while self.epoch < self.config.epochs:
+            start = time.perf_counter()
             record = self.train_epoch(train_data)
             if val_data is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(self.model, val_data, self.device, self.config, self.transform).summary().items()})
+            record["seconds"] = time.perf_counter() - start  # wall clock of the epoch and its validation
             self._step_schedule(record)
             self.epoch += 1
             self.history.append(record)
@@ -150,6 +153,8 @@ class Trainer:
         steps = tqdm(train_data, desc=f"{self.name} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                      disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         for step, batch in enumerate(steps):
+            if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
+                distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
             x, y = self._inputs(batch, augment_rng, train=True)
             x, y, share = distributed.split_batch(x, y)
             logits, loss = self._step(x, y, share)

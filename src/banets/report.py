@@ -178,6 +178,9 @@ def summarize_model(experiment: str, architecture: str, model: str, group: list[
     if trained:
         row[f"train_{metric.key}"], row[f"train_{metric.key}_sd"] = mean_sd([metric.value(p) for p in trained])
     row["nll"], row["nll_sd"] = mean_sd([p.mean_nll() for p in preds])
+    seconds = [sum(e.get("seconds", 0.0) for e in r.epochs if e["model"] == model) for r in group]
+    if all(seconds):  # trained models of runs that timed their epochs (not ensembles)
+        row["minutes"], row["minutes_sd"] = mean_sd([s / 60 for s in seconds])
     row["ece"], row["ece_sd"] = mean_sd([p.ece() for p in preds])
     teacher = entry.get("teacher") or (reference if model != reference else None)
     if teacher and all(teacher in r.predictions[split] for r in group):
@@ -230,13 +233,14 @@ def markdown_table(rows: list[dict]) -> str:
     """One row per model (all of one metric): mean ± SD over seeds, and the paired difference to the teacher."""
     metric = METRICS[rows[0]["metric"]]
     header = (f"| experiment | model | loss | seeds | {metric.label} | train {metric.label} | NLL | ECE % | "
-              f"agreement % (with) | {metric.delta_label} |")
-    lines = [header, "|" + "---|" * 10]
+              f"agreement % (with) | {metric.delta_label} | training min |")
+    lines = [header, "|" + "---|" * 11]
     for r in rows:
         delta = f"{r['delta']:+.2f} [{r['delta_low']:+.2f}, {r['delta_high']:+.2f}]" if "delta" in r else "—"
         agreement = f"{_pm(r, 'agreement')} ({r['agreement_with']})" if "agreement" in r else "—"
         lines.append(f"| {r['experiment']} | {r['model']} | {r['loss']} | {r['seeds']} | {_pm(r, metric.key)} | "
-                     f"{_pm(r, 'train_' + metric.key)} | {_pm(r, 'nll', 4)} | {_pm(r, 'ece')} | {agreement} | {delta} |")
+                     f"{_pm(r, 'train_' + metric.key)} | {_pm(r, 'nll', 4)} | {_pm(r, 'ece')} | {agreement} | {delta} | "
+                     f"{_pm(r, 'minutes', 1)} |")
     return "\n".join(lines)
 
 
