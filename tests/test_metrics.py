@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +68,19 @@ def test_bootstrap_over_seeds_and_examples_is_wider_than_one_seed():
     _, low1, high1 = bootstrap_paired_difference(seeds_a[:1], seeds_b[:1], samples=300)
     _, low3, high3 = bootstrap_paired_difference(seeds_a, seeds_b, samples=300)
     assert high3 - low3 > (high1 - low1) * 0.9
+
+
+def test_block_bootstrap_widens_the_interval_of_correlated_examples_and_block_1_is_the_plain_one():
+    rng = np.random.default_rng(2)
+    per_block = rng.normal(0.0, 1.0, 100)
+    a = np.repeat(per_block, 35)[:3490]  # 100 runs of 35 equal examples, the last one cut short
+    b = np.zeros_like(a)
+    mean, low, high = bootstrap_paired_difference(a, b, samples=400)
+    block_mean, block_low, block_high = bootstrap_paired_difference(a, b, samples=400, block=35)
+    assert block_mean == mean == pytest.approx(a.mean())
+    assert (block_high - block_low) > 4 * (high - low)  # about sqrt(35) times wider
+    reference, draw = [], np.random.default_rng(0)  # block 1: the plain resampling of single examples
+    for _ in range(50):
+        rows, cols = draw.integers(0, 1, 1), draw.integers(0, len(a), len(a))
+        reference.append((a - b)[None][rows][:, cols].mean())
+    assert bootstrap_paired_difference(a, b, samples=50)[1:] == pytest.approx(tuple(np.quantile(reference, [0.025, 0.975])))

@@ -30,8 +30,8 @@ def predictions(wrong: int, nll: float = 0.5) -> Predictions:
 def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", nll=0.5, splits=("val", "test", "train")):
     """A finished seed directory whose models get ``wrong[model]`` errors out of 100 on every split."""
     run = RunDirectory(root / f"seed-{seed}")
-    run.start({"name": name, "seeds": [seed], "data": {"dataset": dataset}, "model": {"name": "small_cnn", "teacher_name": None}},
-              resume=False)
+    data = {"dataset": dataset, "bptt": 7}  # bptt is read for text only
+    run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}}, resume=False)
     for spec in PLAN:
         run.entry(spec)["status"] = "done"
     run._write_manifest()
@@ -83,7 +83,8 @@ def test_language_model_runs_report_perplexity_and_nll_differences(tmp_path):
     markdown = write_report([run], tmp_path / "report")
     assert "| experiment | model | loss | seeds | perplexity | train perplexity |" in markdown
     assert "Δ NLL vs teacher, nats/token" in markdown and "error %" not in markdown
-    assert "resamples tokens" in markdown and (tmp_path / "report" / "generations-val-perplexity.png").is_file()
+    assert run.block == 7 and read_run(fake_run(tmp_path / "digits", 0, {"teacher": 0})).block == 1
+    assert "resamples BPTT segments" in markdown and (tmp_path / "report" / "generations-val-perplexity.png").is_file()
 
 
 def test_report_writes_tables_csv_json_and_embedded_plots(tmp_path):

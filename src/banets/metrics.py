@@ -74,22 +74,27 @@ class Predictions:
 
 
 def bootstrap_paired_difference(
-    a: np.ndarray, b: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0
+    a: np.ndarray, b: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0, block: int = 1
 ) -> tuple[float, float, float]:
     """Mean of ``a - b`` and its percentile bootstrap interval, resampling examples (rows) jointly.
 
     ``a`` and ``b`` hold per-example scores of two models on the same examples (e.g. 100 * error
     indicators), shaped ``(examples,)`` or ``(seeds, examples)``; with several seeds each bootstrap draw
-    resamples seeds and examples, so the interval covers both sources of variation.
+    resamples seeds and examples, so the interval covers both sources of variation. With ``block > 1`` the
+    draws take runs of ``block`` consecutive examples (the last one may be shorter) instead of single examples:
+    a block bootstrap, for examples correlated with their neighbours, such as the tokens of a text.
     """
     diff = np.atleast_2d(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
     rng = np.random.default_rng(seed)
     seeds, examples = diff.shape
+    starts = np.arange(0, examples, block)
+    block_sums = np.add.reduceat(diff, starts, axis=1)  # (seeds, blocks)
+    block_sizes = np.diff(np.append(starts, examples))
     draws = np.empty(samples)
     for i in range(samples):
         rows = rng.integers(0, seeds, seeds)
-        cols = rng.integers(0, examples, examples)
-        draws[i] = diff[rows][:, cols].mean()
+        cols = rng.integers(0, len(starts), len(starts))
+        draws[i] = block_sums[rows][:, cols].sum() / (seeds * block_sizes[cols].sum())
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [tail, 1.0 - tail])
     return float(diff.mean()), float(low), float(high)

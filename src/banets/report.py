@@ -77,6 +77,7 @@ class SeedRun:
     models: dict[str, dict]  # the manifest's entries: role, generation, loss, teacher, ...
     epochs: list[dict]  # metrics.jsonl, the last record per model and epoch
     path: Path = Path()  # the seed's run directory
+    block: int = 1  # consecutive examples resampled together by the bootstrap (a BPTT segment of a text)
 
     @property
     def metric(self) -> Metric:
@@ -101,6 +102,7 @@ def read_run(seed_dir: Path) -> SeedRun:
         models=run.manifest.get("models", {}),
         epochs=run.epochs(),
         path=Path(seed_dir),
+        block=config["data"].get("bptt", 1) if config["data"]["dataset"] == "text" else 1,
     )
 
 
@@ -189,7 +191,7 @@ def summarize_model(experiment: str, architecture: str, model: str, group: list[
     if model != reference and all(reference in r.predictions[split] for r in group):
         ours = [metric.per_example(p) for p in preds]
         theirs = [metric.per_example(r.predictions[split][reference]) for r in group]
-        row["delta"], row["delta_low"], row["delta_high"] = bootstrap_paired_difference(ours, theirs)
+        row["delta"], row["delta_low"], row["delta_high"] = bootstrap_paired_difference(ours, theirs, block=group[0].block)
     return row
 
 
@@ -370,8 +372,9 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
         "bootstrap interval resampling seeds and examples (2000 draws). Agreement is with the model that taught each "
         "one (the teacher for controls and ensembles). The training score is measured without augmentation. Per-epoch "
         "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run directories).\n",
-        *(["For language models Δ resamples tokens, which are correlated within a sentence: read its interval as "
-           "narrower than the true uncertainty.\n"] if any(r.metric is PERPLEXITY for r in runs) else []),
+        *(["For language models Δ resamples BPTT segments (runs of `data.bptt` consecutive tokens of one stream) "
+           "rather than single tokens, which are correlated within a sentence (a block bootstrap).\n"]
+          if any(r.metric is PERPLEXITY for r in runs) else []),
         *(f"- skipped: {note}" for note in skipped),
     ]
     sections, everything = [], {}
