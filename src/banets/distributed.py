@@ -17,9 +17,9 @@ step on N processes relates to the single-process step:
   is drawn, each process reseeds from ``(seed, epoch)`` and its rank (``reseed_per_process``), so the
   processes draw different masks for their different rows, as one process draws different masks for the
   rows of its batch (the draws themselves differ from a one-process run's).
-- What differs from one process otherwise: CWTM normalises its teacher-confidence weights over each process's rows; BatchNorm
-  normalises over each process's rows on CPU (on CUDA it becomes SyncBatchNorm, which PyTorch has only for
-  accelerators, and normalises over the global batch).
+- What differs from one process otherwise: CWTM normalises its teacher-confidence weights over each
+  process's rows; BatchNorm normalises over each process's rows on CPU (on CUDA it becomes SyncBatchNorm,
+  which PyTorch has only for accelerators, and normalises over the global batch).
 - Evaluation: each process predicts its rows of every evaluation batch and the predictions are gathered back
   in order, so every example counts once whatever the number of processes, and every process holds the whole
   split's predictions (and so takes the same learning-rate decisions).
