@@ -68,6 +68,7 @@ def test_plateau_schedule_cuts_when_perplexity_stalls(blobs, mlp_fn):
     trainer = make_trainer(mlp_fn, config)
     trainer.fit(TensorBatches(*train, batch_size=64), TensorBatches(*val, batch_size=64))
     assert [h["lr"] for h in trainer.history] == pytest.approx([0.01, 0.01, 0.0025])
+    assert all(0 < h["seconds"] < 60 for h in trainer.history)  # each epoch's wall clock, validation included
 
 
 def test_evaluate_counts_every_example_once(blobs, mlp_fn):
