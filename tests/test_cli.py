@@ -35,6 +35,8 @@ def test_run_then_report_merges_run_directories(tmp_path, capsys):
         (["run", "demo", "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean optim.lr"),
         (["run", "no-such-preset"], "no preset 'no-such-preset'"),
         (["run", "demo", "--set", "model.name=resnet9000"], "unknown model 'resnet9000'"),
+        (["run", "demo", "--set", "ban.ensembles={T+CE: [teacher, CEE]}"], "ensemble 'T+CE' names CEE; the trained models are teacher"),
+        (["run", "demo", "--set", "ban.ensembles={BAN-1: [teacher, CE]}"], "ensemble name 'BAN-1' is already taken"),
         (["resume", "/nonexistent/run"], "holds no run"),
         (["report", "/nonexistent/run"], "no run directories"),
     ],
@@ -46,6 +48,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(argv, message, capsys, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith("banets: error: ") and message in err
     assert len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("**/checkpoints/*.pt"))  # refused before anything trained
 
 
 def test_console_entry_point_exit_code():

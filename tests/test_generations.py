@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from banets.engine import TrainConfig
+from banets.ensemble import Ensemble
 from banets.generations import born_again, plan_ensembles, plan_generations
 from banets.models import create_model
 
@@ -87,6 +88,20 @@ def test_students_learn_and_results_cover_models_and_ensembles(blobs, mlp_fn):
     assert rows["BAN-2"]["agreement"] > 80.0
     assert set(result.predictions) == {"val", "test"}
     assert len(result.predictions["test"]["Ens*2"].labels) == 128
+
+
+def test_named_ensembles_average_any_trained_models(blobs, tiny_config, mlp_fn):
+    train, val, _ = blobs
+    result = born_again(mlp_fn, train, val, generations=1, controls={"CE": {}}, ensembles={"T+CE": ["teacher", "CE"]},
+                        config=tiny_config)
+    assert result.ensembles == {"T+CE": ["teacher", "CE"]}  # one generation: no Ens*k
+    x = val[0]
+    with torch.no_grad():
+        average = Ensemble([result.models["teacher"].eval(), result.models["CE"].eval()])(x)
+    got = result.predictions["val"]["T+CE"]
+    assert torch.equal(got.pred, average.argmax(-1))
+    assert torch.allclose(got.nll, -average.gather(1, val[1][:, None]).squeeze(1), atol=1e-6)
+    assert {r["model"]: r["loss"] for r in result.rows("val")}["T+CE"] == "ensemble"
 
 
 def test_pretrained_teacher_is_used_as_given(blobs, tiny_config, mlp_fn):

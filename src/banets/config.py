@@ -60,6 +60,7 @@ class BornAgainConfig:
     controls: dict = field(default_factory=dict)  # students without a teacher: label -> ce options
     init_from_teacher: bool = False  # generation 1 starts from the teacher's weights
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
+    ensembles: dict = field(default_factory=dict)  # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
     cache_teacher: Optional[str] = None  # language models: reuse the teacher's logits across epochs, in auto|fp32|bf16|fp16
     share_layers: list[str] = field(default_factory=list)  # teacher's modules copied and frozen, e.g. [conv1, classifier]
 

@@ -147,7 +147,7 @@ def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = 
             data.train, data.val, data.test,
             generations=ban.generations, loss=ban.loss, loss_options=ban.loss_options, extra_losses=ban.extra_losses,
             controls=ban.controls, teacher_fn=teacher_factory(config.model, data.model_options), share_layers=ban.share_layers,
-            init_from_teacher=ban.init_from_teacher, ensemble_teacher=ban.ensemble_teacher,
+            init_from_teacher=ban.init_from_teacher, ensemble_teacher=ban.ensemble_teacher, ensembles=ban.ensembles,
             seed=seed, config=config.optim, device=config.device, transform=data.transform,
             store=run if main else ReadOnlyStore(run),
             cache_teacher=ban.cache_teacher,

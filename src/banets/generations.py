@@ -82,11 +82,23 @@ def chain(plan: list[ModelSpec]) -> list[str]:
     return [s.name for s in sorted(plan, key=lambda s: s.generation or 0) if s.role == "generation"]
 
 
-def plan_ensembles(plan: list[ModelSpec], include_teacher: bool = False) -> dict[str, list[str]]:
-    """BANE (Eq. 4) over every prefix of the generations: Ens*2 = gens 1-2, Ens*3 = gens 1-3, ..."""
+def plan_ensembles(plan: list[ModelSpec], include_teacher: bool = False,
+                   extra: Optional[dict[str, list[str]]] = None) -> dict[str, list[str]]:
+    """BANE (Eq. 4) over every prefix of the generations: Ens*2 = gens 1-2, Ens*3 = gens 1-3, ...; and the
+    ``extra`` ensembles of any trained models by name, e.g. ``{"T+CE": ["teacher", "CE"]}``: two models
+    trained without a teacher, the plain ensemble that BANE's gain is measured against."""
     ensembles = prefix_ensembles(chain(plan))
     if include_teacher:
         ensembles.update(prefix_ensembles(["teacher", *chain(plan)], label="T+Ens*{k}", min_size=2))
+    trained = [s.name for s in plan]
+    for label, members in (extra or {}).items():
+        if label in trained or label in ensembles:
+            raise KeyError(f"ensemble name {label!r} is already taken by a model or a BANE ensemble; choose another")
+        unknown = [m for m in members if m not in trained]
+        if unknown or not members:
+            raise KeyError(f"ensemble {label!r} names {', '.join(unknown) or 'no model'}; the trained models are "
+                           f"{', '.join(trained)}")
+        ensembles[label] = list(members)
     return ensembles
 
 
@@ -247,6 +259,7 @@ def born_again(
     share_layers: Sequence[str] = (),
     init_from_teacher: bool = False,
     ensemble_teacher: bool = False,
+    ensembles: Optional[dict[str, list[str]]] = None,
     seed: int = 0,
     config: Optional[TrainConfig] = None,
     batch_size: int = 128,
@@ -263,21 +276,22 @@ def born_again(
     models and per-example predictions of every model and BANE ensemble on the validation split (and
     the test split, evaluated once at the end, when given). ``cache_teacher`` (a dtype: auto, fp32, bf16, fp16)
     reuses the teacher's first-epoch logits in later epochs, for data that repeat exactly (language models).
+    ``ensembles`` adds named ensembles of any trained models (``plan_ensembles``' ``extra``).
     """
     config = config or TrainConfig()
     if cache_teacher is not None and cache_teacher not in CACHE_DTYPES:
         raise ValueError(f"cache_teacher must be None or one of {', '.join(CACHE_DTYPES)}, got {cache_teacher!r}")
     plan = plan_generations(generations, loss, seed, loss_options=loss_options, extra_losses=extra_losses,
                             controls=controls, init_from_teacher=init_from_teacher)
+    all_ensembles = plan_ensembles(plan, include_teacher=ensemble_teacher, extra=ensembles)  # checked before training
     driver = Driver(model_fn, as_batches(train_data, batch_size, shuffle=True), as_batches(val_data, batch_size, shuffle=False),
                     config, resolve_device(device), teacher_fn=teacher_fn, share_layers=tuple(share_layers),
                     transform=transform, store=store or MemoryStore(), cache_teacher=cache_teacher)
     if teacher is not None:
         driver.models["teacher"] = teacher.to(driver.device)
     models = driver.run(plan)
-    ensembles = plan_ensembles(plan, include_teacher=ensemble_teacher)
     splits = {"val": driver.val_data} | ({"test": as_batches(test_data, batch_size, shuffle=False)} if test_data is not None else {})
     predictions = {
-        split: evaluate_with_ensembles(models, ensembles, data, driver.device, config, transform) for split, data in splits.items()
+        split: evaluate_with_ensembles(models, all_ensembles, data, driver.device, config, transform) for split, data in splits.items()
     }
-    return BornAgainResult(models, plan, ensembles, predictions, driver.histories)
+    return BornAgainResult(models, plan, all_ensembles, predictions, driver.histories)
