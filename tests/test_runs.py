@@ -214,3 +214,18 @@ def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     run_experiment(quick_config(), tmp_path, resume=True)
     with pytest.raises(RunError, match="ban.share_layers"):
         run_experiment(quick_config("ban.share_layers=[conv1]"), tmp_path, resume=True)
+
+
+def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_training(tmp_path, capsys):
+    run_experiment(quick_config(controls=True), tmp_path)
+    seed_dir = tmp_path / "seed-0"
+    before = {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()}
+    epochs = (seed_dir / "metrics.jsonl").read_text()
+    assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+CE: [teacher, CE]}"]) == 0
+    results = json.loads((seed_dir / "results.json").read_text())
+    rows = {r["model"]: r for r in results["val"]}
+    assert rows["T+CE"]["loss"] == "ensemble" and {"teacher", "CE", "Ens*2"} <= set(rows)
+    assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # the run records it
+    assert {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()} == before  # nothing retrained
+    assert (seed_dir / "metrics.jsonl").read_text() == epochs
+    assert "| demo | T+CE | ensemble |" in capsys.readouterr().out

@@ -109,8 +109,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     resume = commands.add_parser("resume", help="continue a killed run from its last completed epoch",
                                  description="Continue a killed run with the config it was started with. --set may change "
-                                             "only runtime keys (device, optim.progress, data.path); a run with a failed "
-                                             "model is refused: start a new run with the fix.")
+                                             "only runtime keys (device, optim.progress, data.path) and ban.ensembles (evaluated "
+                                             "from the saved models); a run with a failed model is refused: start a new "
+                                             "run with the fix.")
     resume.add_argument("dir")
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="a runtime key, e.g. device=cuda")
     resume.add_argument("--data-dir", help="where the dataset is now")

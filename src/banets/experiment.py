@@ -180,7 +180,7 @@ def seed_dirs(out: Path) -> list[Path]:
 
 def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> dict[int, BornAgainResult]:
     """Continue every seed of the run in ``out`` with the config it was started with; ``overrides`` may change
-    runtime keys only (device, progress, data path), anything else is refused by the run directory."""
+    runtime keys (device, progress, data path) and the ensembles only, anything else is refused by the run directory."""
     results = {}
     for seed_dir in seed_dirs(out):
         config = load_config(str(seed_dir / "config.yaml"), overrides)

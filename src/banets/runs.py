@@ -17,7 +17,8 @@ corrupt epoch checkpoint is skipped in favour of the previous good one; a corrup
 its model train again from its recorded seed (on CPU bitwise the same model, so later generations stay valid).
 
 A run is resumed with the config it was started with: only runtime keys (device, progress, data path) may
-change. A run with a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail
+change, and ``ban.ensembles``, which only evaluation uses: resuming a finished run with new ensembles
+evaluates them from the saved models and records them in ``config.yaml``. A run with a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail
 again, so the fix (say a lower learning rate) starts a new run.
 """
 
@@ -139,6 +140,7 @@ class RunDirectory:
             self._check_compatible(config)
             self._check_not_failed()
             self._remove_temporary_files()
+            self._record_ensembles(config)
             return
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
@@ -154,6 +156,13 @@ class RunDirectory:
         if changed:
             raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
                            f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
+
+    def _record_ensembles(self, config: dict) -> None:
+        saved = self.config()
+        ensembles = config.get("ban", {}).get("ensembles", {})
+        if saved.get("ban", {}).get("ensembles", {}) != ensembles:
+            saved.setdefault("ban", {})["ensembles"] = ensembles
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
 
     def _check_not_failed(self) -> None:
         failed = {name: e.get("error", "") for name, e in self.manifest.get("models", {}).items() if e.get("status") == "failed"}
@@ -267,7 +276,7 @@ class RunDirectory:
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
 
 
-RUNTIME_KEYS = ("device", "optim.progress", "seeds", "data.path")  # may differ between a run and its resume
+RUNTIME_KEYS = ("device", "optim.progress", "seeds", "data.path", "ban.ensembles")  # may differ between a run and its resume
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
