@@ -229,3 +229,6 @@ def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_train
     assert {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()} == before  # nothing retrained
     assert (seed_dir / "metrics.jsonl").read_text() == epochs
     assert "| demo | T+CE | ensemble |" in capsys.readouterr().out
+    assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+X: [teacher, X]}"]) == 1  # a typo: refused,
+    assert "ensemble 'T+X' names X" in capsys.readouterr().err
+    assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # and not recorded

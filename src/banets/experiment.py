@@ -163,6 +163,7 @@ def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = 
         for split, predictions in result.predictions.items():
             run.save_predictions(split, predictions)
         run.save_results({split: result.rows(split) for split in result.predictions})
+        run.record_ensembles(config.ban.ensembles)
     return result
 
 

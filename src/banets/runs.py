@@ -18,8 +18,9 @@ its model train again from its recorded seed (on CPU bitwise the same model, so 
 
 A run is resumed with the config it was started with: only runtime keys (device, progress, data path) may
 change, and ``ban.ensembles``, which only evaluation uses: resuming a finished run with new ensembles
-evaluates them from the saved models and records them in ``config.yaml``. A run with a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail
-again, so the fix (say a lower learning rate) starts a new run.
+evaluates them from the saved models and, once they are evaluated, records them in ``config.yaml``. A run with
+a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail again, so the fix (say a
+lower learning rate) starts a new run.
 """
 
 from __future__ import annotations
@@ -140,7 +141,6 @@ class RunDirectory:
             self._check_compatible(config)
             self._check_not_failed()
             self._remove_temporary_files()
-            self._record_ensembles(config)
             return
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
@@ -156,13 +156,6 @@ class RunDirectory:
         if changed:
             raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
                            f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
-
-    def _record_ensembles(self, config: dict) -> None:
-        saved = self.config()
-        ensembles = config.get("ban", {}).get("ensembles", {})
-        if saved.get("ban", {}).get("ensembles", {}) != ensembles:
-            saved.setdefault("ban", {})["ensembles"] = ensembles
-            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
 
     def _check_not_failed(self) -> None:
         failed = {name: e.get("error", "") for name, e in self.manifest.get("models", {}).items() if e.get("status") == "failed"}
@@ -261,6 +254,13 @@ class RunDirectory:
 
     def save_results(self, results: dict) -> None:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
+
+    def record_ensembles(self, ensembles: dict[str, list[str]]) -> None:
+        """Write ``ensembles`` into ``config.yaml`` when a resume evaluated other ones than the run was started with."""
+        saved = self.config()
+        if saved.get("ban", {}).get("ensembles", {}) != ensembles:
+            saved.setdefault("ban", {})["ensembles"] = ensembles
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
 
     def _append_jsonl(self, name: str, record: dict) -> None:
         """Append one JSON line; after a line a crash cut short, start a new line (readers skip the cut one)."""
