@@ -143,7 +143,7 @@ class RunDirectory:
             self._remove_temporary_files()
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+        self._write_config(config)
         self.manifest = {"format_version": FORMAT_VERSION, "models": {}}
         self._write_manifest()
 
@@ -171,6 +171,9 @@ class RunDirectory:
 
     def config(self) -> dict:
         return yaml.safe_load((self.root / "config.yaml").read_text())
+
+    def _write_config(self, config: dict) -> None:
+        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     # -- the driver's Store ----------------------------------------------------------------------------
 
@@ -260,7 +263,7 @@ class RunDirectory:
         saved = self.config()
         if saved.get("ban", {}).get("ensembles", {}) != ensembles:
             saved.setdefault("ban", {})["ensembles"] = ensembles
-            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+            self._write_config(saved)
 
     def _append_jsonl(self, name: str, record: dict) -> None:
         """Append one JSON line; after a line a crash cut short, start a new line (readers skip the cut one)."""
