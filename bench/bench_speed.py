@@ -28,7 +28,7 @@ import torch
 
 from banets import losses
 from banets.data.augment import cifar_transform
-from banets.data.tensors import TensorBatches
+from banets.data.batches import TensorBatches
 from banets.engine import Trainer, TrainConfig, autocast_dtype, make_optimizer
 from banets.models import create_model
 
@@ -88,7 +88,7 @@ def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.devi
                  teacher: torch.nn.Module | None = None) -> Callable[[], None]:
     """One engine epoch over ``data``: with a teacher, a BAN student's epoch; without, the teacher's own."""
     trainer = Trainer(model, losses.get("ban" if teacher is not None else "ce"), config, seed=0, device=device,
-                      teacher=teacher, transform=cifar_transform("cifar10", channels_last=config.channels_last))
+                      teacher=teacher, transform=cifar_transform("cifar10"))
     return lambda: trainer.train_epoch(data)
 
 

@@ -1,5 +1,6 @@
 """The banets command: exit codes, one-line errors, the demo and run/report round trip."""
 
+import re
 import subprocess
 import sys
 
@@ -10,12 +11,19 @@ from banets.cli import main
 QUICK = ["--set", "optim.epochs=2", "--set", "ban.generations=2", "--set", "model.options.width=4", "--set", "optim.progress=none"]
 
 
-def test_demo_runs_offline_and_prints_the_table(capsys):
-    assert main(["demo", *QUICK]) == 0
+def test_demo_prints_one_compact_table_a_legend_and_verdicts(capsys, tmp_path):
+    assert main(["demo", *QUICK, "--seeds", "0", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    for row in ("| demo | teacher |", "| demo | BAN-1 |", "| demo | BAN-2 |", "| demo | BAN+L |", "| demo | Ens*2 |"):
-        assert row in out
-    assert "## test" in out and "demo finished" in out
+    table = out[out.index("demo (small_cnn), val split"):out.index("\nreport, plots")]
+    lines = table.splitlines()
+    assert lines[0].endswith("n=1 seed") and lines[1].split()[:3] == ["model", "what", "it"]
+    assert [line.split()[0] for line in lines[3:11]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2", "Legend:"]
+    assert max(len(line) for line in lines) <= 100
+    assert "±" not in table  # one seed: no spread to show
+    assert "Legend: " in table and "Ens*k averages generations 1..k" in table and "Verdict:" in table
+    assert re.search(r"BAN-1: [+-]\d+\.\d\d points of error \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] vs the teacher", table)
+    assert f"{tmp_path / 'demo'}/report/report.md" in out and (tmp_path / "demo" / "report" / "report.md").is_file()
+    assert (tmp_path / "demo" / "seed-0" / "manifest.json").is_file()
 
 
 def test_run_then_report_merges_run_directories(tmp_path, capsys):
@@ -24,7 +32,9 @@ def test_run_then_report_merges_run_directories(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "merged")]) == 0
     out = capsys.readouterr().out
-    assert "| demo | BAN-1 | ban | 2 |" in out
+    assert "mean ± SD over 2 seeds" in out
+    report = (tmp_path / "merged" / "report.md").read_text()
+    assert "| demo | BAN-1 | gen 1, ban from teacher | 2 |" in report
     for name in ("report.md", "report-val.csv", "report-test.csv", "report.json"):
         assert (tmp_path / "merged" / name).is_file()
 
@@ -37,7 +47,7 @@ def test_run_then_report_merges_run_directories(tmp_path, capsys):
         (["run", "demo", "--set", "model.name=resnet9000"], "unknown model 'resnet9000'"),
         (["run", "demo", "--set", "ban.ensembles={T+CE: [teacher, CEE]}"], "ensemble 'T+CE' names CEE; the trained models are teacher"),
         (["run", "demo", "--set", "ban.ensembles={BAN-1: [teacher, CE]}"], "ensemble name 'BAN-1' is already taken"),
-        (["resume", "/nonexistent/run"], "holds no run"),
+        (["resume", "/nonexistent/run"], "/nonexistent/run is not a folder; pass the --out of a run"),
         (["report", "/nonexistent/run"], "no run directories"),
     ],
 )

@@ -1,11 +1,12 @@
-"""The generation driver (Section 3.1) and the ``born_again`` API."""
+"""The plan and the generation driver (Section 3.1), through the Python API ``born_again``."""
 
 import pytest
 import torch
 
-from banets.engine import TrainConfig
-from banets.ensemble import Ensemble
-from banets.generations import born_again, plan_ensembles, plan_generations
+from banets import born_again
+from banets.config import BornAgainConfig, TrainConfig
+from banets.ensemble import average_log_probs
+from banets.generations import Driver, Role, plan_ensembles, plan_generations
 from banets.models import create_model
 
 
@@ -14,14 +15,16 @@ def flat_params(model):
 
 
 def test_plan_orders_teacher_generations_students_and_controls():
-    plan = plan_generations(3, "ban", seed=5, extra_losses=["ban+l", "cwtm"], controls={"LS": {"label_smoothing": 0.1}})
+    ban = BornAgainConfig(generations=3, extra_losses=["ban+l", "cwtm"], controls={"LS": {"label_smoothing": 0.1}})
+    plan = plan_generations(ban, seed=5)
     assert [s.name for s in plan] == ["teacher", "BAN-1", "BAN-2", "BAN-3", "BAN+L", "CWTM", "LS"]
     assert [s.teacher for s in plan] == [None, "teacher", "BAN-1", "BAN-2", "teacher", "teacher", None]
+    assert [s.role for s in plan] == [Role.TEACHER, *[Role.GENERATION] * 3, Role.STUDENT, Role.STUDENT, Role.CONTROL]
     assert [s.generation for s in plan[:4]] == [0, 1, 2, 3]
     seeds = [s.seed for s in plan]
     assert len(set(seeds)) == len(seeds) and seeds[0] == 5
-    assert plan_ensembles(plan) == {"Ens*2": ["BAN-1", "BAN-2"], "Ens*3": ["BAN-1", "BAN-2", "BAN-3"]}
-    with_teacher = plan_ensembles(plan, include_teacher=True)
+    assert plan_ensembles(plan, ban) == {"Ens*2": ["BAN-1", "BAN-2"], "Ens*3": ["BAN-1", "BAN-2", "BAN-3"]}
+    with_teacher = plan_ensembles(plan, BornAgainConfig(generations=3, ensemble_teacher=True))
     assert with_teacher["T+Ens*3"] == ["teacher", "BAN-1", "BAN-2"]
 
 
@@ -31,7 +34,7 @@ def test_each_generation_is_taught_by_a_frozen_copy_of_the_previous(blobs, tiny_
 
     def model_fn():
         model = mlp_fn()
-        model.register_forward_hook(lambda m, i, o: seen.append((id(m), m.training, torch.is_grad_enabled())))
+        model.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
         return model
 
     train, val, _ = blobs
@@ -44,93 +47,103 @@ def test_each_generation_is_taught_by_a_frozen_copy_of_the_previous(blobs, tiny_
             if trainer.teacher is not None:
                 snapshots.setdefault(spec.name, []).append(flat_params(trainer.teacher).clone())
                 assert trainer.teacher is not trainer.model
-        def on_finished(self, spec, trainer): pass
+        def on_finished(self, spec, model, history): pass
 
-    result = born_again(model_fn, train, val, generations=2, config=tiny_config, batch_size=64, store=Recorder())
-    teacher_final = flat_params(result.models["teacher"])
-    assert all(torch.equal(s, teacher_final) for s in snapshots["BAN-1"])
-    assert all(torch.equal(s, flat_params(result.models["BAN-1"])) for s in snapshots["BAN-2"])
-    student_calls = [(t, g) for (_, t, g) in seen]
-    assert (False, False) in student_calls  # the frozen teacher: eval mode, no grad
-    assert not any(t and not g for t, g in student_calls)  # nothing trains without gradients
+    from banets.data.batches import TensorBatches
+
+    driver = Driver(model_fn, TensorBatches(*train, batch_size=64, shuffle=True), TensorBatches(*val, batch_size=64),
+                    tiny_config, BornAgainConfig(generations=2), torch.device("cpu"), store=Recorder())
+    models = driver.run(plan_generations(driver.ban))
+    assert all(torch.equal(s, flat_params(models["teacher"])) for s in snapshots["BAN-1"])
+    assert all(torch.equal(s, flat_params(models["BAN-1"])) for s in snapshots["BAN-2"])
+    assert (False, False) in seen  # the frozen teacher: eval mode, no grad
+    assert not any(t and not g for t, g in seen)  # nothing trains without gradients
 
 
-def test_generations_get_distinct_recorded_seeds_and_distinct_weights(blobs, mlp_fn):
+def test_generations_get_distinct_recorded_seeds_and_distinct_weights(blobs, tiny_config, mlp_fn):
     train, val, _ = blobs
-    result = born_again(mlp_fn, train, val, generations=2, config=TrainConfig(epochs=0, progress="none"))
+    result = born_again(mlp_fn, train, val, ban=BornAgainConfig(generations=2), optim=tiny_config).results[0]
     seeds = {s.name: s.seed for s in result.plan}
     assert len(set(seeds.values())) == 3
     assert not torch.equal(flat_params(result.models["teacher"]), flat_params(result.models["BAN-1"]))
 
 
-def test_init_from_teacher_starts_generation_one_from_the_teacher(blobs, mlp_fn):
-    train, val, _ = blobs
-    config = TrainConfig(epochs=0, progress="none")
-    result = born_again(mlp_fn, train, val, generations=2, init_from_teacher=True, config=config)
-    assert torch.equal(flat_params(result.models["teacher"]), flat_params(result.models["BAN-1"]))
-    assert not torch.equal(flat_params(result.models["BAN-1"]), flat_params(result.models["BAN-2"]))
+def test_init_from_teacher_starts_generation_one_from_the_teacher(mlp_fn, tiny_config):
+    driver = Driver(mlp_fn, [], [], tiny_config, BornAgainConfig(generations=2, init_from_teacher=True), torch.device("cpu"))
+    plan = plan_generations(driver.ban)
+    driver.models["teacher"] = mlp_fn()
+    assert torch.equal(flat_params(driver.models["teacher"]), flat_params(driver.build(plan[1])))
+    assert not torch.equal(flat_params(driver.models["teacher"]), flat_params(driver.build(plan[2])))
 
 
 def test_same_seed_same_models_on_cpu(blobs, tiny_config, mlp_fn):
     train, val, _ = blobs
-    runs = [born_again(mlp_fn, train, val, generations=1, config=tiny_config, seed=3) for _ in range(2)]
+    runs = [born_again(mlp_fn, train, val, ban=BornAgainConfig(generations=1), optim=tiny_config, seeds=3) for _ in range(2)]
     for name in ("teacher", "BAN-1"):
         assert torch.equal(flat_params(runs[0].models[name]), flat_params(runs[1].models[name]))
 
 
-def test_students_learn_and_results_cover_models_and_ensembles(blobs, mlp_fn):
+def test_students_learn_and_rows_cover_models_and_ensembles(blobs, mlp_fn):
     train, val, test = blobs
-    config = TrainConfig(epochs=8, lr=0.1, weight_decay=1e-4, progress="none")
-    result = born_again(mlp_fn, train, val, test, generations=2, extra_losses=["cwtm", "dkpp"], config=config)
-    rows = {r["model"]: r for r in result.rows("val")}
+    optim = TrainConfig(epochs=8, lr=0.1, weight_decay=1e-4, progress="none")
+    run = born_again(mlp_fn, train, val, test, ban=BornAgainConfig(generations=2, extra_losses=["cwtm", "dkpp"]), optim=optim)
+    rows = {r["model"]: r for r in run.rows("val")}
     assert set(rows) == {"teacher", "BAN-1", "BAN-2", "CWTM", "DKPP", "Ens*2"}
     assert all(r["error"] < 25.0 for r in rows.values()), rows  # chance is 75%
-    assert rows["BAN-2"]["agreement"] > 80.0
-    assert set(result.predictions) == {"val", "test"}
-    assert len(result.predictions["test"]["Ens*2"].labels) == 128
+    assert rows["BAN-2"]["agreement"] > 80.0 and rows["BAN-2"]["agreement_with"] == "BAN-1"
+    assert set(run.results[0].predictions) == {"val", "test"}
+    assert len(run.results[0].predictions["test"]["Ens*2"].labels) == 128
+
+
+def test_several_seeds_give_a_mean_an_sd_and_an_interval(blobs, tiny_config, mlp_fn):
+    train, val, _ = blobs
+    run = born_again(mlp_fn, train, val, ban=BornAgainConfig(generations=1), optim=tiny_config, seeds=[0, 1])
+    (row,) = [r for r in run.rows("val") if r["model"] == "BAN-1"]
+    errors = [run.results[s].predictions["val"]["BAN-1"].error() for s in (0, 1)]
+    assert row["seeds"] == 2 and row["error"] == pytest.approx(sum(errors) / 2)
+    assert row["delta_low"] <= row["delta"] <= row["delta_high"]
 
 
 def test_named_ensembles_average_any_trained_models(blobs, tiny_config, mlp_fn):
     train, val, _ = blobs
-    result = born_again(mlp_fn, train, val, generations=1, controls={"CE": {}}, ensembles={"T+CE": ["teacher", "CE"]},
-                        config=tiny_config)
+    ban = BornAgainConfig(generations=1, controls={"CE": {}}, ensembles={"T+CE": ["teacher", "CE"]})
+    run = born_again(mlp_fn, train, val, ban=ban, optim=tiny_config)
+    result = run.results[0]
     assert result.ensembles == {"T+CE": ["teacher", "CE"]}  # one generation: no Ens*k
-    x = val[0]
     with torch.no_grad():
-        average = Ensemble([result.models["teacher"].eval(), result.models["CE"].eval()])(x)
+        members = [result.models[m].eval()(val[0]).log_softmax(-1) for m in ("teacher", "CE")]
+    average = average_log_probs(members)
     got = result.predictions["val"]["T+CE"]
     assert torch.equal(got.pred, average.argmax(-1))
     assert torch.allclose(got.nll, -average.gather(1, val[1][:, None]).squeeze(1), atol=1e-6)
-    assert {r["model"]: r["loss"] for r in result.rows("val")}["T+CE"] == "ensemble"
+    assert {r["model"]: (r["loss"], r["role"]) for r in run.rows("val")}["T+CE"] == ("ensemble", "ensemble")
 
 
 def test_pretrained_teacher_is_used_as_given(blobs, tiny_config, mlp_fn):
     train, val, _ = blobs
     teacher = mlp_fn()
     before = flat_params(teacher).clone()
-    result = born_again(mlp_fn, train, val, generations=1, teacher=teacher, config=tiny_config)
-    assert torch.equal(flat_params(result.models["teacher"]), before)
+    run = born_again(mlp_fn, train, val, ban=BornAgainConfig(generations=1), teacher=teacher, optim=tiny_config)
+    assert torch.equal(flat_params(run.models["teacher"]), before)
+    assert run.results[0].histories["teacher"] == []
 
 
 def test_teacher_of_another_architecture(blobs, tiny_config, mlp_fn):
     train, val, _ = blobs
     wide = lambda: create_model("mlp", in_features=8, num_classes=4, hidden=(64, 64))  # noqa: E731
-    result = born_again(mlp_fn, train, val, generations=1, teacher_fn=wide, config=tiny_config)
-    sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in result.models.items()}
+    run = born_again(mlp_fn, train, val, ban=BornAgainConfig(generations=1), teacher_fn=wide, optim=tiny_config)
+    sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in run.models.items()}
     assert sizes["teacher"] > sizes["BAN-1"]
 
 
-def test_teacher_student_class_mismatch_is_a_clear_error(blobs, tiny_config, mlp_fn):
-    train, val, _ = blobs
-    five_classes = lambda: create_model("mlp", in_features=8, num_classes=5, hidden=(16,))  # noqa: E731
-    with pytest.raises(ValueError, match="teacher outputs .* but student outputs"):
-        born_again(mlp_fn, train, val, generations=1, teacher_fn=five_classes, config=tiny_config)
-
-
-def test_born_again_accepts_dataloaders_and_datasets(blobs, tiny_config, mlp_fn):
+def test_born_again_accepts_dataloaders_datasets_dicts_and_numpy(blobs, tiny_config, mlp_fn):
     from torch.utils.data import DataLoader, TensorDataset
 
     train, val, _ = blobs
     loader = DataLoader(TensorDataset(*train), batch_size=64, shuffle=True)
-    result = born_again(mlp_fn, loader, TensorDataset(*val), generations=1, config=tiny_config)
-    assert len(result.predictions["val"]["BAN-1"].labels) == 128
+    run = born_again(mlp_fn, loader, TensorDataset(*val), ban=BornAgainConfig(generations=1), optim=tiny_config)
+    assert len(run.results[0].predictions["val"]["BAN-1"].labels) == 128
+    dicts = [{"image": train[0][i:i + 64], "label": train[1][i:i + 64]} for i in range(0, 256, 64)]
+    numpy_val = (val[0].numpy().astype("float64"), val[1].numpy())
+    run = born_again(mlp_fn, dicts, numpy_val, ban=BornAgainConfig(generations=1), optim=tiny_config)
+    assert run.rows("val")[0]["error"] < 75.0

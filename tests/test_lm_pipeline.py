@@ -74,7 +74,7 @@ def test_run_directory_holds_the_vocabulary_models_and_finite_perplexities(lm_ru
         assert set(predictions) == {"teacher", "BAN+L-1"}
         for p in predictions.values():
             assert 1.0 < p.perplexity() < len(vocab)  # finite and better than a uniform guess
-    assert (seed_dir / "results.json").is_file() and (seed_dir.parent / "report.md").is_file()
+    assert (seed_dir / "results.json").is_file() and (seed_dir.parent / "report" / "report.md").is_file()
 
 
 def test_teacher_validation_perplexity_falls_over_epochs(lm_run) -> None:

@@ -163,10 +163,12 @@ def test_losses_finite_under_bf16_autocast(name):
 
 
 def test_get_rejects_unknown_names_and_options():
-    with pytest.raises(KeyError, match="unknown loss 'bann'"):
+    with pytest.raises(losses.LossError, match="unknown loss 'bann'; did you mean 'ban'"):
         losses.get("bann")
-    with pytest.raises(TypeError, match="temprature"):
+    with pytest.raises(losses.LossError, match="temprature"):
         losses.get("kd", temprature=2.0)
+    with pytest.raises(losses.LossError, match="cannot be imported"):
+        losses.get("no_such_module:focal")
 
 
 def test_distillation_losses_need_a_teacher(batch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from banets.ensemble import Ensemble, average_log_probs
+from banets.ensemble import average_log_probs
 from banets.metrics import Predictions, bootstrap_paired_difference
 
 
@@ -41,13 +41,6 @@ def test_average_log_probs_is_log_of_mean_probabilities():
     logits = [torch.randn(5, 7) for _ in range(3)]
     expected = torch.stack([F.softmax(z, -1) for z in logits]).mean(0).log()
     torch.testing.assert_close(average_log_probs([z.log_softmax(-1) for z in logits]), expected)
-
-
-def test_ensemble_module_averages_member_probabilities():
-    members = [torch.nn.Linear(4, 3) for _ in range(2)]
-    x = torch.randn(6, 4)
-    expected = (F.softmax(members[0](x), -1) + F.softmax(members[1](x), -1)) / 2
-    torch.testing.assert_close(Ensemble(members)(x).exp(), expected)
 
 
 def test_bootstrap_interval_covers_the_true_difference_and_excludes_zero_for_a_clear_gain():

@@ -17,8 +17,17 @@ def test_quickstart_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert tests in ROOT.joinpath(".ci/run").read_text()
 
 
-def test_api_snippet_runs(monkeypatch):
+def test_api_snippet_runs_as_printed_and_banets_report_and_resume_read_its_run(monkeypatch, tmp_path, capsys, one_thread):
+    from banets.cli import main
+
+    monkeypatch.chdir(tmp_path)
     readme = ROOT.joinpath("README.md").read_text()
     snippet = readme.split("## Python API")[1].split("```python\n")[1].split("```")[0]
-    snippet = snippet.replace("epochs=15", "epochs=1")
-    exec(compile(snippet, "README.md", "exec"), {})
+    assert "epochs=15" in snippet
+    exec(compile(snippet.replace("epochs=15", "epochs=1"), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[-5:]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "Ens*2"]
+    assert main(["report", "runs/digits"]) == 0
+    assert "mean ± SD over 2 seeds" in capsys.readouterr().out and (tmp_path / "runs/digits/report/report.md").is_file()
+    assert main(["resume", "runs/digits"]) == 0  # finished: nothing to train, the report again
+    assert "every seed is finished" in capsys.readouterr().out

@@ -31,9 +31,11 @@ def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", n
     """A finished seed directory whose models get ``wrong[model]`` errors out of 100 on every split."""
     run = RunDirectory(root / f"seed-{seed}")
     data = {"dataset": dataset, "bptt": 7}  # bptt is read for text only
-    run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}}, resume=False)
+    run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}},
+              metric="perplexity" if dataset == "text" else "error")
     for spec in PLAN:
         run.entry(spec)["status"] = "done"
+    run.manifest["ensembles"] = {"Ens*2": ["BAN-1", "BAN-2"], "T+CE": ["teacher", "CE"]}
     run._write_manifest()
     for split in splits:
         run.save_predictions(split, {model: predictions(n, nll) for model, n in wrong.items()})
@@ -81,7 +83,7 @@ def test_language_model_runs_report_perplexity_and_nll_differences(tmp_path):
     assert rows["teacher"]["metric"] == "perplexity" and rows["teacher"]["perplexity"] == pytest.approx(50.0, rel=1e-5)
     assert "train_perplexity" not in rows["teacher"] and rows["BAN-1"]["delta"] == pytest.approx(0.0)
     markdown = write_report([run], tmp_path / "report")
-    assert "| experiment | model | loss | seeds | perplexity | train perplexity |" in markdown
+    assert "| experiment | model | what | seeds | perplexity | train perplexity |" in markdown
     assert "Δ NLL vs teacher, nats/token" in markdown and "error %" not in markdown
     assert run.block == 7 and read_run(fake_run(tmp_path / "digits", 0, {"teacher": 0})).block == 1
     assert "resamples BPTT segments" in markdown and (tmp_path / "report" / "generations-val-perplexity.png").is_file()
@@ -93,21 +95,22 @@ def test_report_writes_tables_csv_json_and_embedded_plots(tmp_path):
     val, test = markdown.index("## val"), markdown.index("## test")
     assert 0 < val < test  # validation and test kept apart, validation first
     assert "| demo | small_cnn | 3 | 20.00 ± 10.00 | 15.00 ± 10.00 |" in markdown  # Table 2's row: teacher, then BAN-1
-    assert "| demo | teacher | ce | 3 | 20.00 ± 10.00 | 20.00 ± 10.00 |" in markdown  # test error, then training error
+    assert "| demo | teacher | teacher, labels only | 3 | 20.00 ± 10.00 | 20.00 ± 10.00 |" in markdown  # test, training error
     images = [line[line.index("(") + 1 : -1] for line in markdown.splitlines() if line.startswith("![")]
-    assert sorted(images) == sorted(f"{kind}-{split}-error.png" for kind in ("generations", "ensembles") for split in ("val", "test"))
+    kinds = ("generations", "ensembles", "delta")
+    assert sorted(images) == sorted(f"{kind}-{split}-error.png" for kind in kinds for split in ("val", "test"))
     for image in images:
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "table-test-error.csv") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["BAN-2"] == "15.00 ± 10.00"
+    assert (float(row["BAN-2"]), float(row["BAN-2 sd"]), int(row["BAN-2 n"])) == pytest.approx((15.0, 10.0, 3))  # numbers
     saved = json.loads((out / "report.json").read_text())
     assert {r["model"] for r in saved["splits"]["val"]} == {m.name for m in PLAN} | {"Ens*2"}
 
 
 def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
     fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5})
-    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]}, resume=False)
+    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]})
     runs, skipped = read_runs([tmp_path])
     assert [r.seed for r in runs] == [0] and "seed-1 has no predictions yet" in skipped[0]
     assert "skipped: " in write_report(runs, tmp_path / "report", skipped=tuple(skipped))

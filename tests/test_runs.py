@@ -154,7 +154,7 @@ def test_a_corrupt_final_checkpoint_is_retrained_to_the_same_weights(tmp_path):
 
 def test_refuses_to_overwrite_or_to_resume_with_another_config_or_format(tmp_path, capsys):
     run_experiment(quick_config(), tmp_path)
-    with pytest.raises(RunError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds seed 0; continue it with `banets resume"):
         run_experiment(quick_config(), tmp_path)
     with pytest.raises(RunError, match="another config .*optim.lr.*start a new run"):
         run_experiment(quick_config("optim.lr=0.5"), tmp_path, resume=True)
@@ -209,11 +209,14 @@ def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     run_experiment(quick_config(), tmp_path)
     config_path = tmp_path / "seed-0" / "config.yaml"
     saved = yaml.safe_load(config_path.read_text())
-    del saved["ban"]["share_layers"]  # as written by a banets that did not know the key yet
+    del saved["ban"]["share_layers"]  # as written by a banets that did not know the key yet (nor config digests)
     config_path.write_text(yaml.safe_dump(saved))
+    run = RunDirectory(tmp_path / "seed-0")
+    del run.manifest["config_sha256"]
+    run._write_manifest()
     run_experiment(quick_config(), tmp_path, resume=True)
     with pytest.raises(RunError, match="ban.share_layers"):
-        run_experiment(quick_config("ban.share_layers=[conv1]"), tmp_path, resume=True)
+        run_experiment(quick_config("ban.share_layers=['0']"), tmp_path, resume=True)  # small_cnn's first layer
 
 
 def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_training(tmp_path, capsys):
@@ -228,7 +231,7 @@ def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_train
     assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # the run records it
     assert {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()} == before  # nothing retrained
     assert (seed_dir / "metrics.jsonl").read_text() == epochs
-    assert "| demo | T+CE | ensemble |" in capsys.readouterr().out
+    assert "\nT+CE      mean of teacher, CE" in capsys.readouterr().out
     assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+X: [teacher, X]}"]) == 1  # a typo: refused,
     assert "ensemble 'T+X' names X" in capsys.readouterr().err
     assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # and not recorded

@@ -15,9 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from banets.cli import main
 from banets.config import ExperimentConfig, ModelConfig, load_config
-from banets.engine import TrainConfig
+from banets import born_again
+from banets.config import BornAgainConfig, TrainConfig
 from banets.experiment import model_factory, teacher_factory
-from banets.generations import born_again, plan_generations
+from banets.generations import Driver, plan_generations
 from banets.models import create_model
 from banets.models.students import dense_shape, densenet_variant_kwargs, share_frozen
 from banets.runs import RunError
@@ -135,7 +136,7 @@ def test_docs_list_every_preset_count_beside_the_papers():
                                   "cifar10_cross_quick_back", *TABLE3, *TABLE4, *TABLE5, "table5_preresnet_1001"])
 def test_presets_train_a_baseline_and_state_their_trainings(name):
     config = load_config(name)
-    plan = plan_generations(config.ban.generations, controls=config.ban.controls)
+    plan = plan_generations(config.ban)
     if name.startswith(("table", "cifar10_cross")) and name != "table5_preresnet_1001":
         assert [s.name for s in plan] == ["teacher", "BAN-1", "Baseline"]
         assert config.data.dataset == ("cifar10" if name.startswith("cifar10") else "cifar100")
@@ -172,7 +173,7 @@ class OptimizerRecorder:
 
     def finished(self, spec): return None
     def progress(self, spec): return None
-    def on_finished(self, spec, trainer): pass
+    def on_finished(self, spec, model, history): pass
 
     def on_epoch_end(self, spec, trainer, record):
         self.optimized[spec.name] = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -183,16 +184,20 @@ def test_shared_layers_stay_the_teachers_frozen_and_out_of_the_optimizer():
     student_fn = lambda: create_model("dense_shaped_resnet", teacher="densenet_bc", teacher_options=teacher_options,
                                       units=1, ratio=0.5, num_classes=3)
     recorder = OptimizerRecorder()
-    result = born_again(
-        student_fn, image_data(32), image_data(16), generations=2, controls={"Baseline": {}},
-        teacher_fn=lambda: create_model("densenet_bc", num_classes=3, **teacher_options), share_layers=["conv1", "classifier"],
-        config=TrainConfig(epochs=1, lr=0.1, weight_decay=0.01, progress="none"), batch_size=16, store=recorder,
-    )
+    from banets.data.batches import TensorBatches
+
+    ban = BornAgainConfig(generations=2, controls={"Baseline": {}}, share_layers=["conv1", "classifier"])
+    driver = Driver(student_fn, TensorBatches(*image_data(32), batch_size=16, shuffle=True), TensorBatches(*image_data(16), batch_size=16),
+                    TrainConfig(epochs=1, lr=0.1, weight_decay=0.01, progress="none"), ban, torch.device("cpu"),
+                    teacher_fn=lambda: create_model("densenet_bc", num_classes=3, **teacher_options), store=recorder)
+    plan = plan_generations(ban)
+    driver.run(plan)
+    result = driver
     teacher = result.models["teacher"]
     shared = {"conv1.weight", "classifier.weight", "classifier.bias"}
     for name in ("BAN-1", "BAN-2"):
         student = result.models[name]
-        seed = next(s.seed for s in result.plan if s.name == name)
+        seed = next(s.seed for s in plan if s.name == name)
         torch.manual_seed(seed)
         initial = dict(student_fn().named_parameters())
         for key, param in student.named_parameters():
@@ -223,9 +228,9 @@ def test_resnet_teacher_teaches_densenet_students():
     """Table 3's right column: a residual teacher, DenseNet students (nothing shared)."""
     result = born_again(
         lambda: create_model("densenet_bc", block_layers=[1, 1, 1], growth_rate=4, num_classes=3),
-        image_data(32), image_data(16), generations=1, controls={"Baseline": {}},
+        image_data(32), image_data(16), ban=BornAgainConfig(generations=1, controls={"Baseline": {}}),
         teacher_fn=lambda: create_model("resnet8", width=4, num_classes=3),
-        config=TrainConfig(epochs=1, progress="none"), batch_size=16,
+        optim=TrainConfig(epochs=1, progress="none"), batch_size=16,
     )
     assert type(result.models["teacher"]).__name__ == "ResNetCifar"
     assert {type(result.models[m]).__name__ for m in ("BAN-1", "Baseline")} == {"DenseNet"}
@@ -252,8 +257,7 @@ def test_a_table5_row_runs_end_to_end_with_shared_layers(tmp_path, capsys):
             "--set", "data.batch_size=8", "--set", "data.eval_batch_size=16", "--set", "optim.channels_last=false"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    for model in ("teacher", "BAN-1", "Baseline"):
-        assert f"| table5_wrn_1_1 | {model} |" in printed
+    assert [line.split()[0] for line in printed.splitlines()[3:6]] == ["teacher", "BAN-1", "Baseline"]
     checkpoints = tmp_path / "out" / "seed-0" / "checkpoints"
     teacher, student = (torch.load(checkpoints / f"{name}.pt", weights_only=True)["model"] for name in ("teacher", "BAN-1"))
     for key in ("conv1.weight", "classifier.weight", "classifier.bias"):

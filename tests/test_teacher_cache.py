@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from banets.data.text import BpttBatches
 from banets.engine import TrainConfig
-from banets.generations import born_again
+from banets import born_again
+from banets.config import BornAgainConfig
 from banets.models import create_model
 from banets.teacher_cache import CacheError, CachedTeacher
 
@@ -80,8 +81,9 @@ def test_cached_and_uncached_distillation_give_identical_students(monkeypatch):
     def model():
         return create_model("lstm_lm", vocab_size=VOCAB, embed_dim=8, hidden_dim=8, num_layers=1, dropout=0.2)
 
-    runs = [born_again(model, data[0], data[1], generations=1, loss="ban+l", extra_losses=["ban"], config=config,
-                       device="cpu", cache_teacher=cache) for cache in (None, "fp32")]
+    runs = [born_again(model, data[0], data[1], ban=BornAgainConfig(generations=1, loss="ban+l", extra_losses=["ban"],
+                                                                    cache_teacher=cache), optim=config, device="cpu")
+            for cache in (None, "fp32")]
     assert set(runs[0].models) == {"teacher", "BAN+L-1", "BAN"}
     assert len(replayed) == 2 * 15  # two students, epoch 2 from the cache, 15 batches each
     for name, uncached in runs[0].models.items():

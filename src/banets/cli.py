@@ -1,80 +1,96 @@
-"""The ``banets`` command: demo | run | resume | report | presets | models."""
+"""The ``banets`` command: demo | run | resume | report | presets | models | datasets.
+
+The command line only parses arguments into the config the Python API takes and calls ``experiment``; a user
+error (a :class:`~banets.config.UserError`) prints one line naming the problem and the fix and exits 1, an
+interrupt prints how to continue and exits 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
+from banets import __version__, distributed
 from banets import config as configs
-from banets import distributed
-from banets.data.cifar import DataError
-from banets.engine import DivergedError
-from banets.experiment import resume_experiment, run_experiment
-from banets.models.registry import list_models
-from banets.report import read_runs, write_report
-from banets.runs import RunError
+from banets.data.registry import list_datasets
+from banets.experiment import REPORT_DIR, import_modules, resume_experiment, run_experiment
+from banets.models.registry import describe_models
+from banets.report import read_runs, summary_table, write_report
 
-USER_ERRORS = (configs.ConfigError, DataError, RunError, DivergedError, KeyError, FileNotFoundError)
+INTERRUPTED = 130  # the shell's exit status for SIGINT
 
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers such as 0,1,2, not {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers such as 0,1,2, not {text!r}")
+    return seeds
 
 
 def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data.path={args.data_dir}")
-    if args.seeds:
+    if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
-    return configs.load_config(args.preset, overrides)
+    config = configs.load_config(args.preset, overrides)
+    config.imports = [*config.imports, *(args.imports or [])]
+    return config
 
 
-def report_and_print(out: Path, report_dir: Path, keep: bool = True) -> None:
+def report_and_print(out: Path, demo: bool = False) -> None:
+    """Write the run's report into ``out/report`` and print its summary table."""
     if not distributed.is_main():  # under torchrun, rank 0 reports
         return
     runs, skipped = read_runs([out])
-    print(write_report(runs, report_dir, skipped=tuple(skipped)))
-    if keep:
-        print(f"report written to {report_dir}/report.md")
+    write_report(runs, out / REPORT_DIR, skipped=tuple(skipped))
+    print(summary_table(runs, legend=True))
+    print(f"\nreport, plots and CSV tables: {out / REPORT_DIR}/report.md" + ("" if demo else f"; run directory: {out}"))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     args.preset = "demo"
     config = build_config(args)
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="banets-demo-") as scratch:
-        out = Path(args.out) if args.out else Path(scratch)
-        run_experiment(config, out)
-        report_and_print(out, out, keep=bool(args.out))
     if distributed.is_main():
-        print(f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device})")
+        print(f"banets demo: {config.description}; run directory {out} (--out to choose another)")
+    run_experiment(config, out)
+    report_and_print(out, demo=True)
+    if distributed.is_main():
+        print(f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device}); "
+              f"run directory {out}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     config = build_config(args)
     out = Path(args.out or f"runs/{config.name}")
+    args.dir = out
     run_experiment(config, out)
-    report_and_print(out, out)
+    report_and_print(out)
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
     overrides = [*(args.set or []), *([f"data.path={args.data_dir}"] if args.data_dir else [])]
-    resume_experiment(Path(args.dir), overrides)
-    report_and_print(Path(args.dir), Path(args.dir))
+    import_modules(args.imports or [])
+    ran = resume_experiment(Path(args.dir), overrides)
+    if not ran and distributed.is_main():
+        print(f"{args.dir}: every seed is finished; nothing to train")
+    report_and_print(Path(args.dir))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     runs, skipped = read_runs([Path(p) for p in args.dirs])
-    out = Path(args.out or args.dirs[0])
-    print(write_report(runs, out, skipped=tuple(skipped)))
-    print(f"report written to {out}/report.md")
+    out = Path(args.out or Path(args.dirs[0]) / REPORT_DIR)
+    write_report(runs, out, skipped=tuple(skipped))
+    print(summary_table(runs, legend=True))
+    print(f"\nreport, plots and CSV tables: {out}/report.md")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -87,18 +103,33 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    print("\n".join(list_models(args.pattern)))
+    import_modules(args.imports or [])
+    print(describe_models(args.pattern))
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    import_modules(args.imports or [])
+    for name, entry in list_datasets().items():
+        options = ", ".join(sorted(entry.options - {"dataset", "batch_size", "eval_batch_size"}))
+        print(f"{name:12s} {entry.summary}\n{'':12s} options: {options}")
+
+
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="import a Python module first (its registered models, datasets and losses); repeatable")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=0.05")
     parser.add_argument("--seeds", type=parse_seeds, help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--data-dir", help="local dataset folder or archive")
+    parser.add_argument("--data-dir", help="local dataset folder, archive or file")
     parser.add_argument("--out", help="run directory")
+    add_import_argument(parser)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="banets", description="Born Again Neural Networks: teachers, generations, ensembles")
+    parser.add_argument("--version", action="version", version=f"banets {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="offline demo on scikit-learn's digits (CPU, about a minute)")
     add_config_arguments(demo)
@@ -109,34 +140,43 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     resume = commands.add_parser("resume", help="continue a killed run from its last completed epoch",
                                  description="Continue a killed run with the config it was started with. --set may change "
-                                             "only runtime keys (device, optim.progress, data.path) and ban.ensembles (evaluated "
-                                             "from the saved models); a run with a failed model is refused: start a new "
-                                             "run with the fix.")
+                                             "only runtime keys (device, optim.progress, data paths) and ban.ensembles "
+                                             "(evaluated from the saved models); a run with a failed model is refused: start "
+                                             "a new run with the fix.")
     resume.add_argument("dir")
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="a runtime key, e.g. device=cuda")
     resume.add_argument("--data-dir", help="where the dataset is now")
+    add_import_argument(resume)
     resume.set_defaults(func=cmd_resume)
-    report = commands.add_parser("report", help="tables from one or more run directories")
+    report = commands.add_parser("report", help="tables and plots from one or more run directories")
     report.add_argument("dirs", nargs="+")
-    report.add_argument("--out", help="where to write report.md, its PNG plots, CSV and JSON (default: the first directory)")
+    report.add_argument("--out", help=f"where to write report.md, its plots, CSV and JSON (default: DIR/{REPORT_DIR})")
     report.set_defaults(func=cmd_report)
     presets = commands.add_parser("presets", help="list the presets with their expected cost")
     presets.add_argument("--keys", action="store_true", help="list every config key instead")
     presets.set_defaults(func=cmd_presets)
-    models = commands.add_parser("models", help="list the registered models")
+    models = commands.add_parser("models", help="list the registered models with their parameters")
     models.add_argument("pattern", nargs="?", default="*")
+    add_import_argument(models)
     models.set_defaults(func=cmd_models)
+    datasets = commands.add_parser("datasets", help="list the registered datasets and the data.* options each uses")
+    add_import_argument(datasets)
+    datasets.set_defaults(func=cmd_datasets)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"banets: error: {message}", file=sys.stderr)
+    except configs.UserError as error:
+        print(f"banets: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        where = getattr(args, "dir", None) or getattr(args, "out", None)
+        hint = f"; continue with `banets resume {where}`" if where and args.command in ("run", "demo", "resume") else ""
+        print(f"\nbanets: interrupted{hint}", file=sys.stderr)
+        return INTERRUPTED
     finally:
         distributed.shutdown()
     return 0

@@ -3,37 +3,127 @@
 A preset is a YAML file in ``banets/presets`` whose keys mirror :class:`ExperimentConfig`; ``extends:``
 names another preset to start from, so a table row states only what differs. Overrides use dotted keys
 (``optim.lr=0.05``), parse their value as YAML, and are checked against the field's type; an unknown key
-names the nearest valid ones.
+names the nearest valid ones. Every section checks its values when it is built (from YAML, ``--set`` or
+Python), so nonsense such as ``optim.epochs=0`` is refused before anything is trained or written.
+
+The sections are handed whole to the code that uses them: ``optim`` (:class:`TrainConfig`) to the engine,
+``ban`` (:class:`BornAgainConfig`) to the plan of generations, ``data`` to the dataset registry.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from banets.engine import TrainConfig
-
 PRESET_DIR = Path(__file__).parent / "presets"
+MAX_SEED = 2**31 - 1
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem with what the user gave (a config, data, a model, a run directory), not a bug in banets: the
+    command line prints its one-line message, which names the problem and the fix, and exits with status 1."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration key or value that does not fit the schema."""
 
 
+class Section:
+    """A config section: its fields are type-checked and its values validated when it is built."""
+
+    prefix: typing.ClassVar[str] = ""  # the section's dotted name in messages, e.g. "optim."
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], self.prefix + f.name))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values beyond their types; raise :class:`ConfigError` naming the key and what it takes."""
+
+    def check(self, condition: bool, key: str, takes: str) -> None:
+        if not condition:
+            raise ConfigError(f"{self.prefix}{key} must be {takes}, got {getattr(self, key)!r}")
+
+    def check_choice(self, key: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, key)
+        if value not in choices:
+            near = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{self.prefix}{key}={value!r} is not one of {', '.join(choices)}{hint}")
+
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("multistep", "cosine", "plateau", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PROGRESS = ("model", "epoch", "none")
+CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+TOKENIZERS = ("whitespace", "words")
+
+
 @dataclass
-class DataConfig:
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | text
-    path: Optional[str] = None  # local folder or archive; required when there is no network
+class TrainConfig(Section):
+    """Optimiser, schedule and numerics of one model's training: the ``optim`` section.
+
+    Defaults are Wide-ResNet's CIFAR recipe (SGD, Nesterov momentum 0.9, lr 0.1 cut x0.2 at 30/60/80% of
+    the epochs, weight decay 5e-4) over a short 10 epochs: set ``epochs`` for your data (the paper's CIFAR
+    presets use 200). ``progress``: ``model`` shows one bar per model on a terminal and one line per finished
+    model elsewhere, ``epoch`` one line per epoch, ``none`` nothing.
+    """
+
+    prefix: typing.ClassVar[str] = "optim."
+    epochs: int = 10
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"  # multistep | cosine | plateau | constant
+    milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.8])  # fractions of the epochs
+    gamma: float = 0.2  # learning-rate factor at each milestone or plateau
+    plateau_threshold: float = 0.0  # plateau: validation perplexity must fall by more than this
+    grad_clip: Optional[float] = None  # max global gradient norm
+    precision: str = "auto"  # auto (bf16 on GPUs with bf16 units, fp16 on older GPUs, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    progress: str = "model"  # model | epoch | none
+
+    def validate(self) -> None:
+        self.check(self.epochs >= 1, "epochs", "a positive number of epochs")
+        self.check(self.lr > 0, "lr", "positive")
+        self.check(self.momentum >= 0, "momentum", "0 or more")
+        self.check(self.weight_decay >= 0, "weight_decay", "0 or more")
+        self.check(all(0 < m <= 1 for m in self.milestones), "milestones", "fractions of the epochs in (0, 1]")
+        self.check(0 < self.gamma <= 1, "gamma", "a factor in (0, 1]")
+        self.check(self.plateau_threshold >= 0, "plateau_threshold", "0 or more")
+        self.check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null")
+        self.check_choice("optimizer", OPTIMIZERS)
+        self.check_choice("schedule", SCHEDULES)
+        self.check_choice("precision", PRECISIONS)
+        self.check_choice("progress", PROGRESS)
+
+
+@dataclass
+class DataConfig(Section):
+    """The ``data`` section: which registered dataset, where it is, how it is split and batched. A dataset
+    refuses the options it does not use (``banets datasets`` lists what each one takes)."""
+
+    prefix: typing.ClassVar[str] = "data."
+    dataset: str = "digits"  # a registered dataset: digits | cifar10 | cifar100 | text | imagefolder | tensors
+    path: Optional[str] = None  # local folder, archive or file; required when there is no network
     download: bool = False
     val_size: int = 5000  # carved from the training set, seeded by split_seed
     split_seed: int = 0
-    train_subset: Optional[int] = None  # train on this many of the remaining training examples
+    train_subset: Optional[int] = None  # train on the first N training examples (text: the first N tokens)
     batch_size: int = 128
     eval_batch_size: int = 500
     augment: bool = True  # pad-crop-flip for images
@@ -41,41 +131,83 @@ class DataConfig:
     max_vocab: Optional[int] = 10000  # text: vocabulary cap
     tokenizer: str = "whitespace"  # text: whitespace (pre-tokenised, PTB) | words (raw text)
     bptt: int = 35  # text: unrolled steps
+    image_size: int = 32  # imagefolder: images are resized (shorter side) and center-cropped to this size
+    val_path: Optional[str] = None  # tensors: a separate validation file (else carved from the training file)
+    test_path: Optional[str] = None  # tensors: a separate test file
+
+    def validate(self) -> None:
+        for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):
+            self.check(getattr(self, key) >= 1, key, "a positive integer")
+        self.check(self.val_size >= 0, "val_size", "0 or more")
+        self.check(self.train_subset is None or self.train_subset >= 1, "train_subset", "a positive integer or null")
+        self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab", "3 or more (it counts <unk> and <eos>) or null")
+        self.check_choice("tokenizer", TOKENIZERS)
 
 
 @dataclass
-class ModelConfig:
-    name: str = "mlp"  # a name from `banets models`
+class ModelConfig(Section):
+    """The ``model`` section: the students' architecture, and the teacher's when it differs or is given."""
+
+    prefix: typing.ClassVar[str] = "model."
+    name: str = "mlp"  # a name from `banets models`, or timm:<name>
     options: dict = field(default_factory=dict)  # keyword arguments of create_model
     teacher_name: Optional[str] = None  # a teacher of another architecture (default: same as the students)
     teacher_options: dict = field(default_factory=dict)
+    teacher_checkpoint: Optional[str] = None  # a trained teacher (banets checkpoint, state dict or .safetensors): not trained again
+
+
+Loss = Union[str, Callable]  # a registered loss name, module:function, or a callable (student, teacher, labels) -> scalar
 
 
 @dataclass
-class BornAgainConfig:
+class BornAgainConfig(Section):
+    """The ``ban`` section: the plan of born-again generations (Sec. 3.1), their losses and ensembles."""
+
+    prefix: typing.ClassVar[str] = "ban."
     generations: int = 3
-    loss: str = "ban"  # the generations' loss: ban | ban+l | cwtm | dkpp | kd
+    loss: Loss = "ban"  # the generations' loss: ban | ban+l | cwtm | dkpp | kd, or your own
     loss_options: dict = field(default_factory=dict)
-    extra_losses: list[str] = field(default_factory=list)  # one student of the teacher per loss (Table 2 columns)
+    extra_losses: list[Loss] = field(default_factory=list)  # one student of the teacher per loss (Table 2 columns)
     controls: dict = field(default_factory=dict)  # students without a teacher: label -> ce options
     init_from_teacher: bool = False  # generation 1 starts from the teacher's weights
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
     ensembles: dict = field(default_factory=dict)  # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
-    cache_teacher: Optional[str] = None  # language models: reuse the teacher's logits across epochs, in auto|fp32|bf16|fp16
+    cache_teacher: Optional[str] = None  # reuse the teacher's logits across epochs (data that repeat exactly), in auto|fp32|bf16|fp16
     share_layers: list[str] = field(default_factory=list)  # teacher's modules copied and frozen, e.g. [conv1, classifier]
+
+    def validate(self) -> None:
+        self.check(self.generations >= 0, "generations", "0 or more")
+        if self.cache_teacher is not None:
+            self.check_choice("cache_teacher", CACHE_DTYPES)
+        for label, options in self.controls.items():
+            self.check(isinstance(options, dict), "controls", f"a mapping of labels to option mappings ({label!r} is not)")
+        for label, members in self.ensembles.items():
+            self.check(isinstance(members, list) and all(isinstance(m, str) for m in members), "ensembles",
+                       f"a mapping of labels to lists of model names ({label!r} is not)")
+
+
+DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Section):
     name: str = "custom"
     description: str = ""
     cost: str = ""  # expected cost, shown by `banets presets`
     seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    imports: list[str] = field(default_factory=list)  # Python modules imported first: their models, datasets, losses
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: TrainConfig = field(default_factory=TrainConfig)
     ban: BornAgainConfig = field(default_factory=BornAgainConfig)
+
+    def validate(self) -> None:
+        self.check(bool(self.seeds), "seeds", "a non-empty list of seeds, e.g. [0, 1, 2]")
+        self.check(all(0 <= s <= MAX_SEED for s in self.seeds), "seeds", f"integers in [0, {MAX_SEED}]")
+        self.check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
+        self.check(bool(DEVICE.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
+        self.check(bool(re.match(r"^[\w.+-]+$", self.name)), "name", "letters, digits and . _ + - only")
 
 
 # -- building configs from dictionaries ----------------------------------------------------------------
@@ -94,8 +226,10 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
-    """``value`` checked against the type ``hint`` (ints are accepted for floats)."""
+    """``value`` checked against the type ``hint`` (ints are accepted for floats, callables for ``Callable``)."""
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(hint)[0].name}=...")
         return from_dict(hint, value, key + ".")
@@ -103,8 +237,17 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is Union:
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return coerce(value, inner, key)
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:
+            try:
+                return coerce(value, option, key)
+            except ConfigError:
+                pass
+        return coerce(value, options[-1], key)
+    if origin is collections.abc.Callable or hint is Callable:
+        if not callable(value):
+            raise ConfigError(f"{key} expects a name or a callable, got {value!r} ({type(value).__name__})")
+        return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} expects a list, got {value!r}; write it as [a, b, ...]")
@@ -165,10 +308,27 @@ def preset_dict(name_or_path: str) -> dict:
     if not path.is_file():
         near = difflib.get_close_matches(str(name_or_path), preset_names(), n=3)
         raise ConfigError(f"no preset {name_or_path!r}" + (f"; did you mean {', '.join(near)}?" if near else "; see `banets presets`"))
-    values = yaml.safe_load(path.read_text()) or {}
+    values = read_yaml(path)
     parent = values.pop("extends", None)
     values.setdefault("name", path.stem)
     return deep_merge(preset_dict(parent), values) if parent else values
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from ``path``; a file that is not one is a one-line :class:`ConfigError`."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{line} ({getattr(error, 'problem', None) or error}); fix the file") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds a {type(values).__name__}, not a mapping of config keys; see `banets presets --keys`")
+    return values
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -191,7 +351,11 @@ def apply_override(values: dict, text: str) -> dict:
         inner = cursor.get(part)
         cursor[part] = dict(inner) if isinstance(inner, dict) else {}
         cursor = cursor[part]
-    cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(error, 'problem', None) or error}); "
+                          "quote it for the shell, e.g. --set 'ban.controls={CE: {}}'") from None
     return updated
 
 

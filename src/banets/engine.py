@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -21,36 +21,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from banets import distributed
+from banets.config import TrainConfig, UserError
+from banets.data.registry import Batch, Transform
 from banets.losses import Loss
 from banets.metrics import Predictions
 
-Batch = Sequence[Tensor]
-# Turns a raw input batch (already on the device) into model input; ``train`` selects augmentation.
-Transform = Callable[[Tensor, Optional[torch.Generator], bool], Tensor]
 
-
-@dataclass
-class TrainConfig:
-    """Optimiser, schedule and numerics of one model's training (defaults: Wide-ResNet's CIFAR recipe)."""
-
-    epochs: int = 200
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"  # multistep | cosine | plateau | constant
-    milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.8])  # fractions of the epochs
-    gamma: float = 0.2  # learning-rate factor at each milestone or plateau
-    plateau_threshold: float = 0.0  # plateau: validation perplexity must fall by more than this
-    grad_clip: Optional[float] = None  # max global gradient norm
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
-    channels_last: bool = False
-    compile: bool = False
-    progress: str = "epoch"  # epoch: a bar per epoch and a summary line | model: one bar per model | none
-
-
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
     """The training loss of model ``model`` became NaN or infinite."""
 
     def __init__(self, model: str, message: str):
@@ -73,7 +50,7 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     """The autocast dtype, or None for plain fp32. bf16 is the default on CUDA only: CPUs here lack bf16 units."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16}[precision]
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -102,8 +79,10 @@ class Trainer:
         transform: Optional[Transform] = None,
         callbacks: Sequence[Callback] = (),
         name: str = "model",
+        label: str = "",
     ):
         self.seed, self.device, self.name = seed, device, name
+        self.label = f"{name} ({label})" if label else name  # how progress names this model
         self.config = config if distributed.is_main() else replace(config, progress="none")  # rank 0 reports
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(device, memory_format=memory_format)
@@ -122,22 +101,25 @@ class Trainer:
     # -- one epoch -------------------------------------------------------------------------------------
 
     def fit(self, train_data: Iterable[Batch], val_data: Optional[Iterable[Batch]] = None) -> list[dict]:
-        """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch."""
+        """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch with the
+        epoch's record and its wall-clock ``seconds`` (kept out of ``history``, so checkpoints do not depend on timing)."""
         bar = self._model_bar()
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             record = self.train_epoch(train_data)
             if val_data is not None:
                 record.update({f"val_{k}": v for k, v in evaluate(self.model, val_data, self.device, self.config, self.transform).summary().items()})
-            record["seconds"] = time.perf_counter() - start  # wall clock of the epoch and its validation
             self._step_schedule(record)
             self.epoch += 1
             self.history.append(record)
-            self._report(record, bar)
+            timed = {**record, "seconds": time.perf_counter() - start}  # the epoch and its validation
+            self._report(timed, bar)
             for callback in self.callbacks:
-                callback(self, record)
+                callback(self, timed)
         if bar is not None:
             bar.close()
+        if self.config.progress == "model" and self.history:
+            tqdm.write(format_record(self.label, self.history[-1]))  # one line per finished model, on a terminal or not
         return self.history
 
     def train_epoch(self, train_data: Iterable[Batch]) -> dict:
@@ -150,7 +132,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         errors = torch.zeros((), device=self.device)
         rows = 0
-        steps = tqdm(train_data, desc=f"{self.name} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
+        steps = tqdm(train_data, desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                      disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         for step, batch in enumerate(steps):
             if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
@@ -224,7 +206,7 @@ class Trainer:
     def _model_bar(self):
         if self.config.progress != "model":
             return None
-        return tqdm(total=self.config.epochs, initial=self.epoch, desc=self.name, leave=False, dynamic_ncols=True, disable=None)
+        return tqdm(total=self.config.epochs, initial=self.epoch, desc=self.label, leave=False, dynamic_ncols=True, disable=None)
 
     def _report(self, record: dict, bar) -> None:
         if bar is not None:
@@ -314,6 +296,8 @@ def predict_batches(
             x, y = batch[0][rows].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             if transform is not None:
                 x = transform(x, None, False)
+            if config.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
             yield [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)

@@ -9,26 +9,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from banets.engine import Batch, TrainConfig, Transform, predict_batches
+from banets.config import TrainConfig
+from banets.data.registry import Batch, Transform
+from banets.engine import predict_batches
 from banets.metrics import Predictions
 
 
 def average_log_probs(log_probs: Sequence[Tensor]) -> Tensor:
     """``log(mean_i p_i)`` computed stably from the members' log-probabilities (Eq. 4)."""
     return torch.logsumexp(torch.stack(list(log_probs)), dim=0) - math.log(len(log_probs))
-
-
-class Ensemble(nn.Module):
-    """A model whose output is the log of the members' averaged softmax (usable as logits, or a teacher)."""
-
-    def __init__(self, members: Sequence[nn.Module]):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return average_log_probs([member(x).float().log_softmax(-1) for member in self.members])
 
 
 def prefix_ensembles(names: Sequence[str], label: str = "Ens*{k}", min_size: int = 2) -> dict[str, list[str]]:

@@ -1,122 +1,86 @@
-"""From a configuration to a finished run: data, model factories and loss handed to the driver, one run
-directory per seed. This is what ``banets run`` and ``banets resume`` call, also under torchrun, where every
-process trains and evaluates and rank 0 alone writes the run directory."""
+"""One path from a configuration, or your own model and data, to a finished run.
+
+``banets run`` and ``banets resume`` build a :class:`Setup` from the config (a registered dataset and model);
+the Python API :func:`born_again` builds one from what you pass (a model factory, tensors, a Dataset or a
+DataLoader). Both then go through :func:`run`: everything checkable is checked before anything is written
+(config values, data, losses, one batch through the models, the output folder), then each seed trains into
+its own run directory ``out/seed-<s>`` (or into memory without ``out``). Under torchrun every process trains
+and evaluates; rank 0 alone writes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import dataclasses
+import importlib
+import os
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-from banets import distributed
-from banets.config import DataConfig, ExperimentConfig, ModelConfig, load_config, to_dict
-from banets.data.augment import cifar_transform, pad_crop_flip
-from banets.data.digits import load_digits_splits
-from banets.data.tensors import TensorBatches
-from banets.engine import Batch, DivergedError, Transform, resolve_device
+import torch
+import torch.nn as nn
+
+from banets import distributed, losses
+from banets.config import BornAgainConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, load_config, to_dict
+from banets.data.batches import as_batches
+from banets.data.registry import Data, Transform, build_dataset
+from banets.data.text import Vocabulary
+from banets.engine import DivergedError, resolve_device
 from banets.ensemble import evaluate_with_ensembles
-from banets.generations import BornAgainResult, ReadOnlyStore, born_again
+from banets.generations import (TEACHER, BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, build_model,
+                                check_plan, first_batch, plan_ensembles, plan_generations)
 from banets.models.registry import create_model, model_parameters
-from banets.runs import RunDirectory, RunError
+from banets.runs import RunDirectory, RunError, load_checkpoint
+from banets.teacher import load_teacher_weights
 
-TRAIN_EVAL_ROWS = 10_000  # training examples evaluated at the end, for the training error (does the teacher fit?)
+PYTHON = "python"  # data.dataset of a run whose data and model were given from Python
+REPORT_DIR = "report"  # the sub-folder of a run's --out that banets writes reports into
 
 
 @dataclass
-class Data:
-    """Everything the driver needs from a dataset; ``model_options`` are derived from it (e.g. num_classes)."""
+class Setup:
+    """What a run trains on: the students' factory, the data, and the teacher's factory or trained teacher."""
 
-    train: Iterable[Batch]
-    val: Iterable[Batch]
-    test: Iterable[Batch]
-    train_eval: Optional[Iterable[Batch]] = None
-    transform: Optional[Transform] = None
-    model_options: dict = field(default_factory=dict)
+    student_fn: ModelFn
+    data: Data
+    teacher_fn: Optional[ModelFn] = None
+    teacher: Optional[nn.Module] = None  # a trained teacher, used as it is
 
 
-def digits_data(cfg: DataConfig, run_dir: Path, channels_last: bool) -> Data:
-    splits = load_digits_splits(val_size=cfg.val_size, split_seed=cfg.split_seed)
-
-    def shift(x, generator, train):  # digits must not be mirrored: a one-pixel random shift only
-        return pad_crop_flip(x, 1, generator, flip=False) if train and cfg.augment else x
-
-    return Data(
-        train=TensorBatches(*splits.train, batch_size=cfg.batch_size, shuffle=True),
-        val=TensorBatches(*splits.val, batch_size=cfg.eval_batch_size),
-        test=TensorBatches(*splits.test, batch_size=cfg.eval_batch_size),
-        train_eval=TensorBatches(*splits.train, batch_size=cfg.eval_batch_size),
-        transform=shift,
-        model_options={"num_classes": splits.num_classes},
-    )
+# -- from a config: registered datasets and models -------------------------------------------------------
 
 
-def cifar_data(cfg: DataConfig, run_dir: Path, channels_last: bool) -> Data:
-    from banets.data.cifar import load_cifar, train_val_split
-
-    if cfg.path is None and not cfg.download:
-        raise RunError(f"{cfg.dataset}: no data path; pass --data-dir PATH (a cifar folder or archive) or --set data.download=true")
-    data = load_cifar(cfg.dataset, cfg.path or Path.home() / ".cache" / "banets", download=cfg.download)
-    train_idx, val_idx = train_val_split(len(data.train_y), cfg.val_size, cfg.split_seed, cfg.train_subset)
-    x, y = data.train_x, data.train_y
-    return Data(
-        train=TensorBatches(x[train_idx], y[train_idx], batch_size=cfg.batch_size, shuffle=True, drop_last=True),
-        val=TensorBatches(x[val_idx], y[val_idx], batch_size=cfg.eval_batch_size),
-        test=TensorBatches(data.test_x, data.test_y, batch_size=cfg.eval_batch_size),
-        train_eval=TensorBatches(x[train_idx[:TRAIN_EVAL_ROWS]], y[train_idx[:TRAIN_EVAL_ROWS]], batch_size=cfg.eval_batch_size),
-        transform=cifar_transform(cfg.dataset, augment=cfg.augment, normalize=cfg.normalize, channels_last=channels_last),
-        model_options={"num_classes": data.num_classes},
-    )
+def import_modules(names: Sequence[str]) -> None:
+    """Import the user's modules (``--import``, ``imports:``), so that their registered models, datasets and
+    losses can be named; the current folder is searched first, as ``python -m`` does."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise RunError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
+                           f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
 
 
-def text_data(cfg: DataConfig, run_dir: Path, channels_last: bool) -> Data:
-    from banets.data.text import BpttBatches, Vocabulary, load_corpus
-
-    if cfg.path is None and not cfg.download:
-        raise RunError("text: no corpus folder; pass --data-dir PATH (a folder with *.train.txt, *.valid.txt, *.test.txt)")
-    vocab_file = run_dir / "vocab.json"
-    vocab = Vocabulary.load(vocab_file) if vocab_file.exists() else None
-    corpus = load_corpus(cfg.path or Path.home() / ".cache" / "banets" / "ptb", max_vocab=cfg.max_vocab,
-                         tokenizer=cfg.tokenizer, vocab=vocab, download=cfg.download)
-    if vocab is None:
-        corpus.vocab.save(vocab_file)
-    return Data(
-        train=BpttBatches(corpus.train, cfg.batch_size, cfg.bptt),
-        val=BpttBatches(corpus.valid, cfg.eval_batch_size, cfg.bptt),
-        test=BpttBatches(corpus.test, cfg.eval_batch_size, cfg.bptt),
-        model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
-    )
-
-
-DATASETS: dict[str, Callable[[DataConfig, Path, bool], Data]] = {
-    "digits": digits_data,
-    "cifar10": cifar_data,
-    "cifar100": cifar_data,
-    "text": text_data,
-}
-
-
-def prepare_data(cfg: DataConfig, run_dir: Path, channels_last: bool = False) -> Data:
-    if cfg.dataset not in DATASETS:
-        raise RunError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[cfg.dataset](cfg, run_dir, channels_last)
-
-
-def model_factory(name: str, options: dict, data_options: dict) -> Callable:
+def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
     """A factory for model ``name``: the config's options plus those derived from the data that it takes."""
     accepted = model_parameters(name)
-    unknown = sorted(set(options) - accepted)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
         raise RunError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
-    derived = {k: v for k, v in data_options.items() if k in accepted and k not in options}
+    takes = accepted if accepted is not None else {"num_classes", "in_channels"}  # timm: any option, these from the data
+    derived = {k: v for k, v in data_options.items() if k in takes and k not in options}
     return lambda: create_model(name, **derived, **options)
 
 
-def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[Callable]:
+def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[ModelFn]:
     """A factory for a teacher of another architecture, checked to predict the students' classes from the same inputs."""
     if not cfg.teacher_name:
         return None
     for key in ("num_classes", "in_channels"):
-        ours, theirs = (options.get(key, data_options.get(key)) if key in model_parameters(name) else None
+        ours, theirs = (options.get(key, data_options.get(key)) if key in (model_parameters(name) or {key}) else None
                         for name, options in ((cfg.name, cfg.options), (cfg.teacher_name, cfg.teacher_options)))
         if None not in (ours, theirs) and ours != theirs:
             raise RunError(f"teacher {cfg.teacher_name} has {key}={theirs} but the students ({cfg.name}) have {key}={ours}; "
@@ -124,67 +88,260 @@ def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[Callable]:
     return model_factory(cfg.teacher_name, cfg.teacher_options, data_options)
 
 
-def run_seed(config: ExperimentConfig, seed: int, run_dir: Path, resume: bool = False) -> BornAgainResult:
-    """Train and evaluate one seed's plan into ``run_dir``; a resumed run skips what is already done.
+def setup_from_config(config: ExperimentConfig) -> Setup:
+    """The data and models a config names, built and checked (nothing is written)."""
+    import_modules(config.imports)
+    if config.data.dataset == PYTHON:
+        raise RunError("this run was made from Python with its own model and data; continue it from Python with "
+                       "born_again(..., out=DIR, resume=True)")
+    data = build_dataset(config.data)
+    student_fn = model_factory(config.model.name, config.model.options, data.model_options)
+    teacher_fn = teacher_factory(config.model, data.model_options)
+    teacher = None
+    if config.model.teacher_checkpoint:
+        teacher = build_model(teacher_fn or student_fn, "the teacher")
+        load_teacher_weights(teacher, config.model.teacher_checkpoint)
+    return Setup(student_fn, data, teacher_fn, teacher)
 
-    Under torchrun every process runs this; rank 0 alone creates and writes ``run_dir``, the others read
-    from it the checkpoints to resume from.
+
+# -- one path for every run -------------------------------------------------------------------------------
+
+
+@dataclass
+class BornAgainRun:
+    """The result of :func:`born_again` or ``banets run``: per seed, the trained models and their predictions.
+
+    ``rows(split)`` gives the report's rows (mean and SD over seeds, the paired difference to the teacher with its
+    95% interval); ``models`` are the first seed's trained models; ``out`` the run directory, if any.
     """
-    distributed.init_from_env(resolve_device(config.device))
-    main = distributed.is_main()
+
+    config: ExperimentConfig
+    results: dict[int, BornAgainResult]
+    metric: str = "error"
+    out: Optional[Path] = None
+
+    @property
+    def models(self) -> dict[str, nn.Module]:
+        return self.results[self.config.seeds[0]].models
+
+    def rows(self, split: str = "val") -> list[dict]:
+        from banets.report import seed_run_of, summarize
+
+        return summarize([seed_run_of(self.config, seed, result, self.metric) for seed, result in self.results.items()], split)
+
+
+def config_record(config: ExperimentConfig, **changes: Any) -> dict:
+    """``config`` as ``config.yaml`` records it: callables (your losses) by their ``module:function`` name."""
+    ban = replace(config.ban, loss=losses.name_of(config.ban.loss), extra_losses=[losses.name_of(x) for x in config.ban.extra_losses])
+    return to_dict(replace(config, ban=ban, **changes))
+
+
+def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resume: bool = False) -> BornAgainRun:
+    """Check everything, then train and evaluate every seed of ``config`` on ``setup``, each into ``out/seed-<s>``
+    (nothing is written without ``out``). ``resume`` continues the seeds ``out`` already holds."""
+    device = resolve_device(config.device)
+    distributed.init_from_env(device)
     if config.data.batch_size % distributed.world_size():
         raise RunError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
                        f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}")
-    with distributed.main_first():  # rank 0 creates or checks the directory (and any vocabulary), then the others read
-        run = RunDirectory(run_dir)
-        if main:
-            run.start(to_dict(replace(config, seeds=[seed])), resume=resume)
-        data = prepare_data(config.data, run_dir, config.optim.channels_last)
-    ban = config.ban
+    plan = plan_generations(config.ban, config.seeds[0])
+    check_plan(plan, config.ban, setup.student_fn, setup.teacher_fn, setup.teacher, setup.data.train, setup.data.val,
+               device, setup.data.transform)
+    if out is not None and distributed.is_main():
+        prepare_out(Path(out), config, setup.data, resume)
+    results = {}
+    for i, seed in enumerate(config.seeds):
+        run_dir = Path(out) / f"seed-{seed}" if out is not None else None
+        results[seed] = run_seed(config, setup, seed, run_dir, device, label=f"seed {i + 1}/{len(config.seeds)}")
+    return BornAgainRun(config, results, setup.data.metric, Path(out) if out is not None else None)
+
+
+def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -> None:
+    """Check ``out`` before training: a folder (made if missing) that holds nothing but banets' own seed runs and
+    report; without ``resume`` none of this config's seeds exists yet, with it every existing one can continue."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; choose a folder")
     try:
-        result = born_again(
-            model_factory(config.model.name, config.model.options, data.model_options),
-            data.train, data.val, data.test,
-            generations=ban.generations, loss=ban.loss, loss_options=ban.loss_options, extra_losses=ban.extra_losses,
-            controls=ban.controls, teacher_fn=teacher_factory(config.model, data.model_options), share_layers=ban.share_layers,
-            init_from_teacher=ban.init_from_teacher, ensemble_teacher=ban.ensemble_teacher, ensembles=ban.ensembles,
-            seed=seed, config=config.optim, device=config.device, transform=data.transform,
-            store=run if main else ReadOnlyStore(run),
-            cache_teacher=ban.cache_teacher,
-        )
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".banets-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise RunError(f"cannot write into --out {out} ({error.strerror}); choose a folder you can write to") from None
+    foreign = sorted(p.name for p in out.iterdir() if not is_ours(p))
+    if foreign:
+        raise RunError(f"--out {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
+                       f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+    for seed in config.seeds:
+        run_dir = RunDirectory(out / f"seed-{seed}")
+        if run_dir.root.exists() and not resume:
+            raise RunError(f"{out} already holds seed {seed}; continue it with `banets resume {out}` or choose another --out")
+        if run_dir.root.exists():
+            run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
+
+
+def is_ours(path: Path) -> bool:
+    """A seed run directory, the report folder, or a leftover of an interrupted start (``.seed-*.tmp``)."""
+    if path.name == REPORT_DIR and path.is_dir():
+        return True
+    if path.name.startswith(".seed-") and path.name.endswith(".tmp"):
+        return True
+    return path.name.startswith("seed-") and path.is_dir() and (path / "manifest.json").exists()
+
+
+def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optional[Path], device: torch.device,
+             label: str = "") -> BornAgainResult:
+    """Train and evaluate one seed's plan, into ``run_dir`` when given; what the directory holds is not redone."""
+    main = distributed.is_main()
+    with distributed.main_first():  # rank 0 creates the directory, then the others read it
+        store = RunDirectory(run_dir) if run_dir is not None else MemoryStore()
+        if main and isinstance(store, RunDirectory) and not store.exists():
+            store.start(config_record(config, seeds=[seed]), setup.data.files, setup.data.metric,
+                        {k: v for k, v in setup.data.model_options.items() if k != "words"})  # words: in vocab.json
+    plan = plan_generations(config.ban, seed)
+    ensembles = plan_ensembles(plan, config.ban)
+    driver = Driver(setup.student_fn, setup.data.train, setup.data.val, config.optim, config.ban, device,
+                    teacher_fn=setup.teacher_fn, transform=setup.data.transform,
+                    store=store if main else ReadOnlyStore(store), label=label,
+                    given={TEACHER: setup.teacher} if setup.teacher is not None else {})
+    try:
+        models = driver.run(plan)
     except DivergedError as error:
-        if main:
-            run.mark_failed(error.model, str(error))
+        if main and isinstance(store, RunDirectory):
+            store.mark_failed(error.model, str(error))
         raise
-    if data.train_eval is not None:
-        result.predictions["train"] = evaluate_with_ensembles(
-            result.models, result.ensembles, data.train_eval, resolve_device(config.device), config.optim, data.transform)
-    if main:
-        for split, predictions in result.predictions.items():
-            run.save_predictions(split, predictions)
-        run.save_results({split: result.rows(split) for split in result.predictions})
-        run.record_ensembles(config.ban.ensembles)
+    splits = {"val": setup.data.val, "test": setup.data.test, "train": setup.data.train_eval}
+    predictions = {split: evaluate_with_ensembles(models, ensembles, data, device, config.optim, setup.data.transform)
+                   for split, data in splits.items() if data is not None}
+    result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
+    if main and isinstance(store, RunDirectory):
+        save_result(store, config, seed, result, setup.data.metric)
     return result
 
 
-def run_experiment(config: ExperimentConfig, out: Path, resume: bool = False) -> dict[int, BornAgainResult]:
-    """Run every seed of ``config``, each into ``out/seed-<seed>``."""
-    return {seed: run_seed(config, seed, Path(out) / f"seed-{seed}", resume) for seed in config.seeds}
+def save_result(store: RunDirectory, config: ExperimentConfig, seed: int, result: BornAgainResult, metric: str) -> None:
+    from banets.report import seed_run_of, summarize
+
+    for split, predictions in result.predictions.items():
+        store.save_predictions(split, predictions)
+    store.record_ensembles(result.ensembles, config.ban.ensembles)
+    seed_run = seed_run_of(config, seed, result, metric)
+    store.save_results({split: summarize([seed_run], split) for split in result.predictions})
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+
+def run_experiment(config: ExperimentConfig, out: Optional[Path], resume: bool = False) -> BornAgainRun:
+    """``banets run``: every seed of ``config`` on the dataset and models it names, each into ``out/seed-<seed>``."""
+    return run(config, setup_from_config(config), out, resume)
 
 
 def seed_dirs(out: Path) -> list[Path]:
-    dirs = sorted(p for p in Path(out).glob("seed-*") if (p / "config.yaml").exists())
+    if not Path(out).is_dir():
+        raise RunError(f"{out} is not a folder; pass the --out of a run (the folder holding seed-*/)")
+    dirs = sorted(p for p in Path(out).glob("seed-*") if p.is_dir() and (p / "config.yaml").exists())
     if not dirs:
         raise RunError(f"{out} holds no run (no seed-*/config.yaml); start one with `banets run PRESET --out {out}`")
     return dirs
 
 
-def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> dict[int, BornAgainResult]:
-    """Continue every seed of the run in ``out`` with the config it was started with; ``overrides`` may change
-    runtime keys (device, progress, data path) and the ensembles only, anything else is refused by the run directory."""
-    results = {}
+def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> list[int]:
+    """``banets resume``: continue every seed of the run in ``out`` with the config it was started with; ``overrides``
+    may change runtime keys and the ensembles only. A finished seed with nothing new to evaluate needs neither its
+    data nor its models. Returns the seeds that ran."""
+    ran = []
     for seed_dir in seed_dirs(out):
         config = load_config(str(seed_dir / "config.yaml"), overrides)
-        (seed,) = config.seeds
-        results[seed] = run_seed(config, seed, seed_dir, resume=True)
-    return results
+        directory = RunDirectory(seed_dir)
+        plan = plan_generations(config.ban, config.seeds[0])
+        if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
+            directory.check_resumable(config_record(config))
+            continue
+        run(config, setup_from_config(config), Path(out), resume=True)
+        ran += config.seeds
+    return ran
+
+
+# -- the Python API ------------------------------------------------------------------------------------------
+
+
+def born_again(
+    model_fn: ModelFn,
+    train: Any,
+    val: Any,
+    test: Any = None,
+    *,
+    ban: Optional[BornAgainConfig] = None,
+    optim: Optional[TrainConfig] = None,
+    seeds: int | Sequence[int] = 0,
+    out: str | Path | None = None,
+    resume: bool = False,
+    teacher: Optional[nn.Module] = None,
+    teacher_fn: Optional[ModelFn] = None,
+    batch_size: int = 128,
+    transform: Optional[Transform] = None,
+    device: str = "auto",
+    name: str = "custom",
+) -> BornAgainRun:
+    """Train a teacher (or take ``teacher``, already trained), then its born-again generations, and evaluate all.
+
+    ``model_fn`` builds a fresh student (a factory such as ``lambda: MyNet()``, returning logits); ``teacher_fn``
+    builds a teacher of another architecture. ``train``, ``val`` and ``test`` are ``(x, y)`` tensors or NumPy
+    arrays, Datasets, DataLoaders or any iterable of ``(x, y)`` batches (or dicts with ``x``/``input``/``image`` and
+    ``y``/``label``/``target`` keys); ``batch_size`` batches tensors and Datasets. ``ban`` is the plan (generations,
+    losses, controls, ensembles; :class:`~banets.config.BornAgainConfig`), ``optim`` the training recipe
+    (:class:`~banets.config.TrainConfig`: 10 epochs by default). Everything is checked before the first epoch.
+
+    With ``out``, each seed trains into ``out/seed-<s>``, the run directory ``banets run`` writes (``banets report
+    out`` reads it); ``resume=True`` continues one that was interrupted. Without ``out`` nothing is written.
+    """
+    optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
+    train_batches = as_batches(train, batch_size, shuffle=True, what="train")
+    data = Data(train=train_batches, val=as_batches(val, batch_size, shuffle=False, what="val"),
+                test=as_batches(test, batch_size, shuffle=False, what="test"), transform=transform)
+    data.metric = "perplexity" if first_batch(train_batches, "training")[1].dim() > 1 else "error"
+    architecture = type(build_model(model_fn, "model_fn")).__name__
+    config = ExperimentConfig(
+        name=name, seeds=[seeds] if isinstance(seeds, int) else list(seeds), device=device,
+        data=DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size),
+        model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban,
+    )
+    return run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
+
+
+def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: Optional[ModelFn] = None) -> nn.Module:
+    """The trained model ``name`` (``"teacher"``, ``"BAN-2"``, ...) of a run, in evaluation mode.
+
+    ``run_dir`` is a run's ``--out`` (``seed`` picks the seed, by default the first) or one seed directory. The
+    model is rebuilt from the run's recorded config; a run made from Python with its own model needs ``model_fn``.
+    """
+    root = Path(run_dir)
+    seed_dir = root if (root / "manifest.json").exists() else next(
+        (d for d in seed_dirs(root) if seed is None or d.name == f"seed-{seed}"), None)
+    if seed_dir is None:
+        raise RunError(f"{root} holds no seed {seed}; its seeds are {', '.join(d.name for d in seed_dirs(root))}")
+    directory, config = RunDirectory(seed_dir), load_config(str(seed_dir / "config.yaml"))
+    entry = directory.manifest.get("models", {}).get(name)
+    if entry is None or entry.get("status") != "done":
+        finished = [n for n, e in directory.manifest.get("models", {}).items() if e.get("status") == "done"]
+        raise RunError(f"{seed_dir} has no finished model {name!r}; its finished models are {', '.join(finished) or 'none'}")
+    state = load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])
+    if model_fn is None:
+        model_fn = recorded_factory(config, directory, teacher=entry.get("role") == "teacher")
+    model = build_model(model_fn, "model_fn")
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def recorded_factory(config: ExperimentConfig, directory: RunDirectory, teacher: bool) -> ModelFn:
+    """The factory of a run's students (or of its teacher, when it has another architecture), from its records."""
+    if config.data.dataset == PYTHON:
+        raise RunError(f"{directory.root} was made from Python with its own model; pass it: load(..., model_fn=lambda: MyNet())")
+    import_modules(config.imports)
+    options = dict(directory.manifest.get("model_options", {}))
+    if (directory.root / "vocab.json").exists():
+        options["words"] = Vocabulary.load(directory.root / "vocab.json").words
+    if teacher and config.model.teacher_name:
+        return model_factory(config.model.teacher_name, config.model.teacher_options, options)
+    return model_factory(config.model.name, config.model.options, options)

@@ -1,31 +1,52 @@
-"""The sequence of teaching selves (Section 3.1) and the Python API ``born_again``.
+"""The sequence of teaching selves (Section 3.1): the plan, checked whole before training, and the driver.
 
 A *plan* lists the models of one born-again experiment in training order: the teacher, trained on labels
 (Eq. 1); generation k, a fresh model from its own seed taught by generation k-1 (Eq. 2-3); and optional
 single students of the teacher with other losses (the BAN+L, CWTM and DKPP columns of Table 2) or with
-no teacher at all (controls). The driver trains a plan with one engine and knows no dataset or preset.
+no teacher at all (controls). :func:`check_plan` tries everything that can fail before the first epoch
+(losses, model factories, one batch through student and teacher, ensembles); the :class:`Driver` then trains
+the plan with one engine and knows no dataset or preset.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
 
 from banets import losses
-from banets.data.tensors import TensorBatches
-from banets.engine import Batch, Trainer, TrainConfig, Transform, resolve_device
-from banets.ensemble import evaluate_with_ensembles, prefix_ensembles
+from banets.config import BornAgainConfig, Loss, TrainConfig, UserError
+from banets.data.batches import to_batch
+from banets.data.registry import Batch, DataError, Transform
+from banets.engine import Trainer, reset_state
+from banets.ensemble import prefix_ensembles
 from banets.metrics import Predictions
 from banets.models.students import share_frozen
-from banets.teacher_cache import CACHE_DTYPES, CachedTeacher
+from banets.teacher_cache import CachedTeacher
 
 ModelFn = Callable[[], nn.Module]
 SEED_STRIDE = 1000  # model i of a plan uses seed + 1000 * i: distinct within a run and across base seeds 0..999
+
+
+class PlanError(UserError, ValueError):
+    """A plan that cannot train as given (a model factory, a batch, a teacher that does not fit); one line."""
+
+
+class Role(enum.StrEnum):
+    """What a model (or an ensemble) is in a born-again experiment."""
+
+    TEACHER = "teacher"  # trained on labels (Eq. 1), or given already trained
+    GENERATION = "generation"  # born-again generation k, taught by generation k-1 (Eq. 2-3)
+    STUDENT = "student"  # one more student of the teacher with another loss (BAN+L, CWTM, DKPP: Table 2)
+    CONTROL = "control"  # trained on labels without a teacher (another seed, label smoothing)
+    ENSEMBLE = "ensemble"  # averaged predictions of trained models (BANE, Eq. 4)
+
+
+TEACHER = "teacher"  # the teacher's name in every plan
 
 
 @dataclass
@@ -33,8 +54,8 @@ class ModelSpec:
     """One model of a plan: how it is built, what teaches it and with which loss."""
 
     name: str
-    role: str  # teacher | generation | student (one student of the teacher) | control (no teacher)
-    loss: str = "ce"
+    role: Role
+    loss: Loss = "ce"
     loss_options: dict = field(default_factory=dict)
     teacher: Optional[str] = None
     generation: Optional[int] = None  # 0 for the teacher, k for the k-th born-again generation
@@ -44,34 +65,35 @@ class ModelSpec:
     def make_loss(self) -> losses.Loss:
         return losses.get(self.loss, **self.loss_options)
 
+    def describe(self) -> dict:
+        """The plain record of this model in a manifest and a report."""
+        return {"role": str(self.role), "generation": self.generation, "seed": self.seed, "loss": losses.name_of(self.loss),
+                "loss_options": self.loss_options, "teacher": self.teacher}
 
-def generation_name(loss: str, k: int) -> str:
-    return f"{loss.upper()}-{k}"
+
+def short_name(loss: Loss) -> str:
+    """A loss as it names a model: ``ban+l`` -> ``BAN+L``, ``my.module:focal_loss`` -> ``FOCAL_LOSS``."""
+    return losses.name_of(loss).rsplit(":", 1)[-1].rsplit(".", 1)[-1].upper()
 
 
-def plan_generations(
-    generations: int = 3,
-    loss: str = "ban",
-    seed: int = 0,
-    *,
-    loss_options: Optional[dict] = None,
-    extra_losses: Iterable[str] = (),
-    controls: dict[str, dict] | None = None,
-    init_from_teacher: bool = False,
-) -> list[ModelSpec]:
-    """Teacher, ``generations`` students each taught by the previous one, then the extra students.
+def plan_generations(ban: BornAgainConfig, seed: int = 0) -> list[ModelSpec]:
+    """Teacher, ``ban.generations`` students each taught by the previous one, then the extra students.
 
-    ``extra_losses`` adds one student of the teacher per loss (named after it, e.g. ``"BAN+L"``);
-    ``controls`` adds students trained without a teacher, e.g. ``{"LS": {"label_smoothing": 0.1}}``
+    ``ban.extra_losses`` adds one student of the teacher per loss (named after it, e.g. ``"BAN+L"``);
+    ``ban.controls`` adds students trained without a teacher, e.g. ``{"LS": {"label_smoothing": 0.1}}``
     (cross-entropy with those options), so a gain can be told apart from plain regularisation.
     """
-    specs = [ModelSpec("teacher", "teacher", "ce", generation=0)]
-    for k in range(1, generations + 1):
-        init = "teacher" if init_from_teacher and k == 1 else None
-        specs.append(ModelSpec(generation_name(loss, k), "generation", loss, dict(loss_options or {}),
+    specs = [ModelSpec(TEACHER, Role.TEACHER, "ce", generation=0)]
+    for k in range(1, ban.generations + 1):
+        init = TEACHER if ban.init_from_teacher and k == 1 else None
+        specs.append(ModelSpec(f"{short_name(ban.loss)}-{k}", Role.GENERATION, ban.loss, dict(ban.loss_options),
                                teacher=specs[-1].name, generation=k, init_from=init))
-    specs += [ModelSpec(extra.upper(), "student", extra, teacher="teacher") for extra in extra_losses]
-    specs += [ModelSpec(label, "control", "ce", dict(options)) for label, options in (controls or {}).items()]
+    specs += [ModelSpec(short_name(extra), Role.STUDENT, extra, teacher=TEACHER) for extra in ban.extra_losses]
+    specs += [ModelSpec(label, Role.CONTROL, "ce", dict(options)) for label, options in ban.controls.items()]
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PlanError(f"the plan names {', '.join(duplicates)} twice; give controls and extra losses distinct names")
     for i, spec in enumerate(specs):
         spec.seed = seed + SEED_STRIDE * i
     return specs
@@ -79,27 +101,105 @@ def plan_generations(
 
 def chain(plan: list[ModelSpec]) -> list[str]:
     """The born-again generations in order (the teacher excluded)."""
-    return [s.name for s in sorted(plan, key=lambda s: s.generation or 0) if s.role == "generation"]
+    return [s.name for s in sorted(plan, key=lambda s: s.generation or 0) if s.role == Role.GENERATION]
 
 
-def plan_ensembles(plan: list[ModelSpec], include_teacher: bool = False,
-                   extra: Optional[dict[str, list[str]]] = None) -> dict[str, list[str]]:
-    """BANE (Eq. 4) over every prefix of the generations: Ens*2 = gens 1-2, Ens*3 = gens 1-3, ...; and the
-    ``extra`` ensembles of any trained models by name, e.g. ``{"T+CE": ["teacher", "CE"]}``: two models
-    trained without a teacher, the plain ensemble that BANE's gain is measured against."""
+def plan_ensembles(plan: list[ModelSpec], ban: BornAgainConfig) -> dict[str, list[str]]:
+    """BANE (Eq. 4) over every prefix of the generations: Ens*2 = gens 1-2, Ens*3 = gens 1-3, ... (with the
+    teacher too when ``ban.ensemble_teacher``); and ``ban.ensembles`` of any trained models by name, e.g.
+    ``{"T+CE": ["teacher", "CE"]}``: two models trained without a teacher, the plain ensemble that BANE's
+    gain is measured against."""
     ensembles = prefix_ensembles(chain(plan))
-    if include_teacher:
-        ensembles.update(prefix_ensembles(["teacher", *chain(plan)], label="T+Ens*{k}", min_size=2))
+    if ban.ensemble_teacher:
+        ensembles.update(prefix_ensembles([TEACHER, *chain(plan)], label="T+Ens*{k}", min_size=2))
     trained = [s.name for s in plan]
-    for label, members in (extra or {}).items():
+    for label, members in ban.ensembles.items():
         if label in trained or label in ensembles:
-            raise KeyError(f"ensemble name {label!r} is already taken by a model or a BANE ensemble; choose another")
+            raise PlanError(f"ensemble name {label!r} is already taken by a model or a BANE ensemble; choose another")
         unknown = [m for m in members if m not in trained]
         if unknown or not members:
-            raise KeyError(f"ensemble {label!r} names {', '.join(unknown) or 'no model'}; the trained models are "
-                           f"{', '.join(trained)}")
+            raise PlanError(f"ensemble {label!r} names {', '.join(unknown) or 'no model'}; the trained models are "
+                            f"{', '.join(trained)}")
         ensembles[label] = list(members)
     return ensembles
+
+
+# -- checks before the first epoch ------------------------------------------------------------------------
+
+
+def build_model(factory: ModelFn, what: str) -> nn.Module:
+    """``factory()``, checked to be an ``nn.Module`` built by a callable."""
+    if isinstance(factory, nn.Module):
+        raise PlanError(f"{what} is a model instance; pass a factory that builds a fresh one, e.g. lambda: "
+                        f"{type(factory).__name__}(...)")
+    if not callable(factory):
+        raise PlanError(f"{what} must be a callable that returns an nn.Module, got {type(factory).__name__}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise PlanError(f"{what} returned {type(model).__name__}, not an nn.Module; make it return the model")
+    return model
+
+
+def check_outputs(logits: object, y: torch.Tensor, what: str) -> torch.Tensor:
+    """``logits`` checked against the labels of one batch: a tensor of ``labels.shape + (classes,)`` whose
+    classes cover every label."""
+    if not isinstance(logits, torch.Tensor):
+        raise PlanError(f"{what} returned {type(logits).__name__}; a model must return a logits tensor")
+    if tuple(logits.shape[:-1]) != tuple(y.shape):
+        raise PlanError(f"{what} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}; "
+                        f"expected {tuple(y.shape)} + (classes,)")
+    if int(y.max()) >= logits.shape[-1] or int(y.min()) < 0:
+        raise PlanError(f"{what} has {logits.shape[-1]} outputs but the labels range over [{int(y.min())}, {int(y.max())}]; "
+                        f"build it with at least {int(y.max()) + 1} classes")
+    return logits
+
+
+def first_batch(data: Iterable[Batch], what: str) -> Batch:
+    for batch in data:
+        x, y = to_batch(batch)
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise DataError(f"the {what} labels are {y.dtype}; class labels must be integers (e.g. y.long())")
+        return x, y
+    raise DataError(f"the {what} data yield no batch; is it empty?")
+
+
+def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, student_fn: ModelFn, teacher_fn: Optional[ModelFn],
+               teacher: Optional[nn.Module], train_data: Iterable[Batch], val_data: Optional[Iterable[Batch]],
+               device: torch.device, transform: Optional[Transform] = None) -> None:
+    """Everything that can be checked before training: every loss with its options, the model factories, one
+    training batch through a student and the teacher (shapes, label range), the validation data, the shared
+    layers and the ensembles. Raises a one-line error naming the problem and the fix; trains nothing."""
+    for spec in plan:
+        spec.make_loss()
+    plan_ensembles(plan, ban)
+    if val_data is None:
+        raise PlanError("no validation data; banets compares and selects models on a held-out split: pass val "
+                        "(e.g. 10% of the training examples carved off)")
+    x, y = first_batch(train_data, "training")
+    first_batch(val_data, "validation")
+    x, y = x.to(device), y.to(device)
+    if transform is not None:
+        x = transform(x, None, False)
+    student = build_model(student_fn, "the model factory")
+    if teacher is None:
+        teacher = build_model(teacher_fn, "the teacher factory") if teacher_fn is not None else student
+    with torch.no_grad():
+        logits = {}
+        for model, what in ((student, "the model"), (teacher, "the teacher")):
+            model.to(device).eval()
+            logits[what] = check_outputs(model(x), y, what)
+            reset_state(model)
+    if logits["the model"].shape != logits["the teacher"].shape:
+        raise PlanError(f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
+                        f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs")
+    if ban.share_layers:
+        try:
+            share_frozen(student, teacher, ban.share_layers)
+        except ValueError as error:
+            raise PlanError(f"ban.share_layers: {error}") from None
+
+
+# -- the driver ----------------------------------------------------------------------------------------------
 
 
 class Store(Protocol):
@@ -108,7 +208,7 @@ class Store(Protocol):
     def finished(self, spec: ModelSpec) -> Optional[dict]: ...  # a finished model's state dict
     def progress(self, spec: ModelSpec) -> Optional[dict]: ...  # a Trainer state to resume from
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None: ...
-    def on_finished(self, spec: ModelSpec, trainer: Trainer) -> None: ...
+    def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None: ...
 
 
 class MemoryStore:
@@ -123,11 +223,11 @@ class MemoryStore:
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None:
         pass
 
-    def on_finished(self, spec: ModelSpec, trainer: Trainer) -> None:
+    def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
         pass
 
 
-class ReadOnlyStore:
+class ReadOnlyStore(MemoryStore):
     """Reads what another process saved in ``store`` (to resume from it) and writes nothing: the store of
     every process but rank 0 under torchrun."""
 
@@ -140,54 +240,55 @@ class ReadOnlyStore:
     def progress(self, spec: ModelSpec) -> Optional[dict]:
         return self.store.progress(spec)
 
-    def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None:
-        pass
-
-    def on_finished(self, spec: ModelSpec, trainer: Trainer) -> None:
-        pass
-
 
 @dataclass
 class Driver:
     """Trains the models of a plan in order with one engine; each teacher is a frozen copy. A model with a teacher
-    takes the teacher's ``share_layers`` (module paths) copied and frozen (Section 4.1, Table 5)."""
+    takes the teacher's ``ban.share_layers`` (module paths) copied and frozen (Section 4.1, Table 5)."""
 
     student_fn: ModelFn
     train_data: Iterable[Batch]
-    val_data: Optional[Iterable[Batch]]
-    config: TrainConfig
+    val_data: Iterable[Batch]
+    optim: TrainConfig
+    ban: BornAgainConfig
     device: torch.device
     teacher_fn: Optional[ModelFn] = None
-    share_layers: Sequence[str] = ()
     transform: Optional[Transform] = None
     store: Store = field(default_factory=MemoryStore)
+    given: dict[str, nn.Module] = field(default_factory=dict)  # trained models to use as they are (a trained teacher)
     models: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict]] = field(default_factory=dict)
-    cache_teacher: Optional[str] = None  # keep each teacher's logits across epochs in this dtype (teacher_cache)
+    label: str = ""  # shown beside each model's progress, e.g. "seed 1/3"
 
     def run(self, plan: list[ModelSpec]) -> dict[str, nn.Module]:
-        for spec in plan:
+        for i, spec in enumerate(plan):
             if spec.name not in self.models:
-                self.models[spec.name] = self.train(spec)
+                self.models[spec.name] = self.train(spec, f"model {i + 1}/{len(plan)}")
         return self.models
 
     def build(self, spec: ModelSpec) -> nn.Module:
         torch.manual_seed(spec.seed)
-        factory = self.teacher_fn if spec.role == "teacher" and self.teacher_fn else self.student_fn
+        factory = self.teacher_fn if spec.role == Role.TEACHER and self.teacher_fn else self.student_fn
         model = factory()
         if spec.init_from is not None:
             model.load_state_dict(self.models[spec.init_from].state_dict())
-        if self.share_layers and spec.teacher is not None:
-            share_frozen(model, self.models[spec.teacher], self.share_layers)
+        if self.ban.share_layers and spec.teacher is not None:
+            share_frozen(model, self.models[spec.teacher], self.ban.share_layers)
         return model
 
     def frozen_teacher(self, spec: ModelSpec) -> Optional[nn.Module]:
         if spec.teacher is None:
             return None
         teacher = copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
-        return CachedTeacher(teacher, len(self.train_data), self.cache_teacher) if self.cache_teacher else teacher
+        return CachedTeacher(teacher, len(self.train_data), self.ban.cache_teacher) if self.ban.cache_teacher else teacher
 
-    def train(self, spec: ModelSpec) -> nn.Module:
+    def train(self, spec: ModelSpec, position: str = "") -> nn.Module:
+        if spec.name in self.given:
+            model = self.given[spec.name].to(self.device).eval()
+            if self.store.finished(spec) is None:
+                self.store.on_finished(spec, model, [])
+            self.histories[spec.name] = []
+            return model
         model = self.build(spec)
         done = self.store.finished(spec)
         if done is not None:
@@ -195,103 +296,23 @@ class Driver:
             self.histories[spec.name] = done.get("history", [])
             return model.to(self.device)
         callbacks = [lambda trainer, record: self.store.on_epoch_end(spec, trainer, record)]
-        trainer = Trainer(model, spec.make_loss(), self.config, seed=spec.seed, device=self.device,
-                          teacher=self.frozen_teacher(spec), transform=self.transform, callbacks=callbacks, name=spec.name)
+        trainer = Trainer(model, spec.make_loss(), self.optim, seed=spec.seed, device=self.device,
+                          teacher=self.frozen_teacher(spec), transform=self.transform, callbacks=callbacks, name=spec.name,
+                          label=", ".join(p for p in (position, self.label) if p))
         progress = self.store.progress(spec)
         if progress is not None:
             trainer.load_state_dict(progress)
         self.histories[spec.name] = trainer.fit(self.train_data, self.val_data)
-        self.store.on_finished(spec, trainer)
+        self.store.on_finished(spec, trainer.model, trainer.history)
         return trainer.model
 
 
 @dataclass
 class BornAgainResult:
-    """The trained models, the plan that made them, and per-example predictions per split and model."""
+    """One seed's trained models, the plan that made them, its ensembles, and per-example predictions per split."""
 
     models: dict[str, nn.Module]
     plan: list[ModelSpec]
     ensembles: dict[str, list[str]]
     predictions: dict[str, dict[str, Predictions]]
     histories: dict[str, list[dict]]
-
-    def rows(self, split: str = "val") -> list[dict]:
-        """One row per model and ensemble: error, NLL, ECE and agreement with its teacher (percent)."""
-        preds = self.predictions[split]
-        teachers = {s.name: s.teacher for s in self.plan}
-        losses_of = {s.name: s.loss for s in self.plan}
-        rows = []
-        for name, p in preds.items():
-            teacher = teachers.get(name) or ("teacher" if name in self.ensembles else None)
-            rows.append({
-                "model": name,
-                "loss": losses_of.get(name, "ensemble"),
-                "error": p.error(),
-                "nll": p.mean_nll(),
-                "ece": p.ece(),
-                "agreement": p.agreement(preds[teacher]) if teacher else None,
-            })
-        return rows
-
-
-def as_batches(data, batch_size: int, shuffle: bool) -> Iterable[Batch]:
-    """Accept a DataLoader or any iterable of batches as is, a Dataset, or a tuple of tensors ``(x, y)``."""
-    if isinstance(data, tuple):
-        return TensorBatches(*data, batch_size=batch_size, shuffle=shuffle)
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
-    return data
-
-
-def born_again(
-    model_fn: ModelFn,
-    train_data,
-    val_data,
-    test_data=None,
-    *,
-    generations: int = 3,
-    loss: str = "ban",
-    loss_options: Optional[dict] = None,
-    extra_losses: Iterable[str] = (),
-    controls: dict[str, dict] | None = None,
-    teacher: Optional[nn.Module] = None,
-    teacher_fn: Optional[ModelFn] = None,
-    share_layers: Sequence[str] = (),
-    init_from_teacher: bool = False,
-    ensemble_teacher: bool = False,
-    ensembles: Optional[dict[str, list[str]]] = None,
-    seed: int = 0,
-    config: Optional[TrainConfig] = None,
-    batch_size: int = 128,
-    device: str = "auto",
-    transform: Optional[Transform] = None,
-    store: Optional[Store] = None,
-    cache_teacher: Optional[str] = None,
-) -> BornAgainResult:
-    """Train a teacher (or take ``teacher``), then ``generations`` born-again students, and evaluate all.
-
-    ``model_fn`` builds a fresh student (any ``nn.Module`` returning logits); ``teacher_fn`` builds a teacher
-    of another architecture; ``share_layers`` (e.g. ``["conv1", "classifier"]``) are copied from each model's teacher
-    and frozen. Data may be DataLoaders, Datasets or ``(x, y)`` tensor tuples. Returns the
-    models and per-example predictions of every model and BANE ensemble on the validation split (and
-    the test split, evaluated once at the end, when given). ``cache_teacher`` (a dtype: auto, fp32, bf16, fp16)
-    reuses the teacher's first-epoch logits in later epochs, for data that repeat exactly (language models).
-    ``ensembles`` adds named ensembles of any trained models (``plan_ensembles``' ``extra``).
-    """
-    config = config or TrainConfig()
-    if cache_teacher is not None and cache_teacher not in CACHE_DTYPES:
-        raise ValueError(f"cache_teacher must be None or one of {', '.join(CACHE_DTYPES)}, got {cache_teacher!r}")
-    plan = plan_generations(generations, loss, seed, loss_options=loss_options, extra_losses=extra_losses,
-                            controls=controls, init_from_teacher=init_from_teacher)
-    all_ensembles = plan_ensembles(plan, include_teacher=ensemble_teacher, extra=ensembles)  # checked before training
-    driver = Driver(model_fn, as_batches(train_data, batch_size, shuffle=True), as_batches(val_data, batch_size, shuffle=False),
-                    config, resolve_device(device), teacher_fn=teacher_fn, share_layers=tuple(share_layers),
-                    transform=transform, store=store or MemoryStore(), cache_teacher=cache_teacher)
-    if teacher is not None:
-        driver.models["teacher"] = teacher.to(driver.device)
-    models = driver.run(plan)
-    splits = {"val": driver.val_data} | ({"test": as_batches(test_data, batch_size, shuffle=False)} if test_data is not None else {})
-    predictions = {
-        split: evaluate_with_ensembles(models, all_ensembles, data, driver.device, config, transform) for split, data in splits.items()
-    }
-    return BornAgainResult(models, plan, all_ensembles, predictions, driver.histories)

@@ -5,19 +5,24 @@ Logits may have any leading shape ``(..., C)`` (an image batch ``(N, C)`` or an 
 batch ``(N, T, V)``); they are flattened to ``(-1, C)`` and computed in float32, so the losses stay
 finite for extreme logits and under bf16 autocast. Teacher outputs never receive gradients.
 
-``get(name, **kwargs)`` returns the loss registered under ``name``: ``"ce"``, ``"kd"``, ``"ban"``,
-``"ban+l"``, ``"cwtm"``, ``"dkpp"``.
+``get(name, **options)`` returns the loss registered under ``name``: ``"ce"``, ``"kd"``, ``"ban"``,
+``"ban+l"``, ``"cwtm"``, ``"dkpp"``, or any added with ``register``; a callable with the same signature
+is accepted wherever a name is.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import importlib
 import inspect
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from banets.config import UserError
 
 Loss = Callable[[Tensor, Optional[Tensor], Tensor], Tensor]
 
@@ -50,9 +55,15 @@ def ban(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor
     return _soft_cross_entropy(student_logits, _teacher_probs(teacher_logits))
 
 
-def ban_l(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_weight: float = 1.0) -> Tensor:
-    """BAN+L: the ``ban`` term plus ``label_weight`` times the label cross-entropy (Table 2, "BAN+L")."""
-    return ban(student_logits, teacher_logits, labels) + label_weight * ce(student_logits, None, labels)
+def ban_l(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_weight: float = 1.0,
+          normalize: bool = False) -> Tensor:
+    """BAN+L: the ``ban`` term plus ``label_weight`` times the label cross-entropy (Table 2, "BAN+L").
+
+    Its gradient is the sum of two cross-entropies' gradients, about ``1 + label_weight`` times the teacher's at the
+    same learning rate; ``normalize`` divides the sum by ``1 + label_weight``, a weighted mean of the two terms.
+    """
+    total = ban(student_logits, teacher_logits, labels) + label_weight * ce(student_logits, None, labels)
+    return total / (1.0 + label_weight) if normalize else total
 
 
 def kd(
@@ -121,29 +132,42 @@ def dkpp(
     return _soft_cross_entropy(student_logits, permute_non_argmax(probs, generator))
 
 
-def _with_options(fn: Callable[..., Tensor]) -> Callable[..., Loss]:
-    """A factory binding keyword options to ``fn``; unknown options fail here, not mid-training."""
+def _with_options(fn: Callable[..., Tensor], name: str) -> Callable[..., Loss]:
+    """A factory binding keyword options to ``fn``; unknown options fail here, before any training."""
 
     def factory(**options) -> Loss:
         try:
             inspect.signature(fn).bind(None, None, None, **options)
         except TypeError as error:
-            raise TypeError(f"loss {fn.__name__}: {error}") from None
-        return functools.partial(fn, **options)
+            raise LossError(f"loss {name!r} takes (student_logits, teacher_logits, labels, **options): {error}") from None
+        return functools.partial(fn, **options) if options else fn
 
+    factory.__wrapped_loss__ = fn  # type: ignore[attr-defined]
     return factory
 
 
-_LOSSES: dict[str, Callable[..., Loss]] = {
-    "ce": _with_options(ce),
-    "kd": _with_options(kd),
-    "ban": _with_options(ban),
-    "ban+l": _with_options(ban_l),
-    "cwtm": _with_options(cwtm),
-    "dkpp": _with_options(dkpp),
-}
+class LossError(UserError, ValueError):
+    """A loss that cannot be used as given (unknown name, bad options, not a callable); one line."""
 
-NEEDS_TEACHER = {"kd", "ban", "ban+l", "cwtm", "dkpp"}
+
+_LOSSES: dict[str, Callable[..., Loss]] = {}
+
+
+def register(name: str, fn: Optional[Callable[..., Tensor]] = None):
+    """Register ``fn`` (``(student_logits, teacher_logits, labels, **options) -> scalar``) under ``name``, so that
+    configs can name it (``ban.loss: name``); usable as ``@losses.register("name")``."""
+
+    def add(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in _LOSSES:
+            raise LossError(f"loss {name!r} is registered twice; choose another name")
+        _LOSSES[name] = _with_options(loss, name)
+        return loss
+
+    return add(fn) if fn is not None else add
+
+
+for _name, _fn in (("ce", ce), ("kd", kd), ("ban", ban), ("ban+l", ban_l), ("cwtm", cwtm), ("dkpp", dkpp)):
+    register(_name, _fn)
 
 
 def names() -> list[str]:
@@ -151,8 +175,42 @@ def names() -> list[str]:
     return list(_LOSSES)
 
 
-def get(name: str, **kwargs) -> Loss:
-    """The loss ``name`` as a callable ``(student_logits, teacher_logits, labels) -> scalar``."""
-    if name not in _LOSSES:
-        raise KeyError(f"unknown loss {name!r}; choose one of {', '.join(_LOSSES)}")
-    return _LOSSES[name](**kwargs)
+def name_of(loss: str | Callable) -> str:
+    """How a plan and a config name ``loss``: its registered name, else ``module:function`` for a callable."""
+    if isinstance(loss, str):
+        return loss
+    for name, factory in _LOSSES.items():
+        if getattr(factory, "__wrapped_loss__", None) is loss:
+            return name
+    return f"{getattr(loss, '__module__', '?')}:{getattr(loss, '__qualname__', type(loss).__name__)}"
+
+
+def get(loss: str | Callable, **options) -> Loss:
+    """``loss`` as a callable ``(student_logits, teacher_logits, labels) -> scalar``, its ``options`` bound.
+
+    ``loss`` is a registered name (:func:`names`), ``"module:function"`` (imported), or a callable itself.
+    """
+    if callable(loss):
+        return _with_options(loss, name_of(loss))(**options)
+    if not isinstance(loss, str):
+        raise LossError(f"a loss is a name or a callable (student_logits, teacher_logits, labels) -> scalar, not {loss!r}")
+    if loss in _LOSSES:
+        return _LOSSES[loss](**options)
+    if ":" in loss:
+        return get(_import_loss(loss), **options)
+    near = difflib.get_close_matches(loss, _LOSSES, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise LossError(f"unknown loss {loss!r}; {hint}choose one of {', '.join(_LOSSES)}, module:function, "
+                    f"or register your own with banets.losses.register")
+
+
+def _import_loss(reference: str) -> Callable:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise LossError(f"loss {reference!r} cannot be imported ({error}); check the module:function name "
+                        f"or import its module first (--import MODULE)") from None
+    if not callable(fn):
+        raise LossError(f"loss {reference!r} is not callable")
+    return fn

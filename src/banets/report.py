@@ -4,16 +4,18 @@ For each split (validation, which compares models; test, evaluated once at the e
 
 - a wide table: one row per experiment and architecture, one column per model (Teacher, BAN-1..k, the other
   students such as BAN+L, CWTM, DKPP, KD, the controls trained without a teacher such as LS and CE, and the
-  BAN ensembles Ens*k of Eq. 4), each cell the mean over seeds ± the standard deviation;
-- per experiment, a long table: one row per model with its training error (did the teacher fit its training
+  ensembles: BANE's Ens*k of Eq. 4 and any plain ensemble such as T+CE), each cell the mean over seeds ± SD;
+- per experiment, a long table: one row per model with its training score (did the teacher fit its training
   set?), NLL, expected calibration error, agreement with the model that taught it (fidelity), and the paired
-  difference to the teacher with a 95% bootstrap interval over seeds and examples, so that "the student beats
-  the teacher" is a claim with an interval;
-- plots: the score per generation (the teacher as generation 0) and the BAN ensembles against the number of
-  generations they average.
+  difference to the teacher with a 95% bootstrap interval over seeds and examples;
+- plots: the score per generation, the BAN ensembles against the generations they average, every model's
+  difference to the teacher with its interval (a forest plot), and the validation learning curves;
+- a verdict in plain words for every student and ensemble: better than the teacher beyond seed noise or not,
+  and better than each teacher-free control and each plain ensemble or not, because that is the question a
+  born-again run answers.
 
-Classifiers are scored by top-1 error; language models (``data.dataset == "text"``) by perplexity, as in the
-paper's Table 6, with paired differences in per-token NLL.
+Classifiers are scored by top-1 error; language models by perplexity, as in the paper's Table 6, with paired
+differences in per-token NLL. :func:`model_row` computes a model's row for ``results.json`` and for reports alike.
 """
 
 from __future__ import annotations
@@ -21,22 +23,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import statistics
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+from banets.config import ExperimentConfig, to_dict
+from banets.generations import TEACHER, BornAgainResult, Role
 from banets.metrics import Predictions, bootstrap_paired_difference
-from banets.runs import RunDirectory, RunError
+from banets.runs import RunDirectory, RunError, atomic_write_text
 
 SPLIT_TITLES = {
     "val": "validation split: compares and selects models",
     "test": "test split: evaluated once, at the end",
 }
-ENSEMBLE = re.compile(r"^Ens\*(\d+)$")  # BANE over generations 1..k (Eq. 4)
+REPORT_INDEX = ".banets-report"  # the files a report folder's last report wrote: the only ones a new report may replace
 
 
 @dataclass(frozen=True)
@@ -45,18 +51,18 @@ class Metric:
     teacher is bootstrapped."""
 
     key: str  # column name in CSV and JSON
-    label: str  # column title in Markdown
+    label: str  # column title
     delta_label: str
     value: Callable[[Predictions], float]
     per_example: Callable[[Predictions], np.ndarray]
+    curve_key: str  # the per-epoch record plotted in the learning curves
+    curve: Callable[[float], float]
 
 
 ERROR = Metric("error", "error %", "Δ error vs teacher, points [95% CI]", Predictions.error,
-               lambda p: 100.0 * (~p.correct).double().numpy())
+               lambda p: 100.0 * (~p.correct).double().numpy(), "val_error", lambda v: v)
 PERPLEXITY = Metric("perplexity", "perplexity", "Δ NLL vs teacher, nats/token [95% CI]", Predictions.perplexity,
-                    lambda p: p.nll.double().numpy())
-
-
+                    lambda p: p.nll.double().numpy(), "val_nll", lambda v: math.exp(min(v, 50.0)))
 METRICS = {m.key: m for m in (ERROR, PERPLEXITY)}
 
 
@@ -67,7 +73,7 @@ def metric_for(dataset: str) -> Metric:
 
 @dataclass
 class SeedRun:
-    """One seed of one experiment, as read back from its run directory."""
+    """One seed of one experiment, as read back from its run directory (or taken from a run in memory)."""
 
     experiment: str  # the config's name
     architecture: str  # the students' model (and the teacher's, when it differs)
@@ -78,10 +84,21 @@ class SeedRun:
     epochs: list[dict]  # metrics.jsonl, the last record per model and epoch
     path: Path = Path()  # the seed's run directory
     block: int = 1  # consecutive examples resampled together by the bootstrap (a BPTT segment of a text)
+    metric_key: str = "error"
+    ensembles: dict[str, list[str]] = field(default_factory=dict)  # label -> members
 
     @property
     def metric(self) -> Metric:
-        return metric_for(self.dataset)
+        return METRICS[self.metric_key]
+
+
+def architecture_of(model: dict) -> str:
+    teacher = model.get("teacher_name")
+    return f"{teacher} → {model['name']}" if teacher and teacher != model["name"] else model["name"]
+
+
+def bootstrap_block(data: dict) -> int:
+    return data.get("bptt", 1) if data.get("dataset") == "text" else 1
 
 
 def read_run(seed_dir: Path) -> SeedRun:
@@ -90,19 +107,30 @@ def read_run(seed_dir: Path) -> SeedRun:
     config = run.config()
     splits = [p.stem for p in sorted((Path(seed_dir) / "predictions").glob("*.pt"))]
     if not splits:
-        raise RunError(f"{seed_dir} has no predictions yet (unfinished run); finish it with `banets resume`")
-    model = config["model"]
-    teacher = model.get("teacher_name")
+        raise RunError(f"{seed_dir} has no predictions yet (unfinished run); finish it with `banets resume {Path(seed_dir).parent}`")
     return SeedRun(
         experiment=config["name"],
-        architecture=f"{teacher} → {model['name']}" if teacher and teacher != model["name"] else model["name"],
+        architecture=architecture_of(config["model"]),
         dataset=config["data"]["dataset"],
         seed=config["seeds"][0],
         predictions={split: run.load_predictions(split) for split in splits},
         models=run.manifest.get("models", {}),
         epochs=run.epochs(),
         path=Path(seed_dir),
-        block=config["data"].get("bptt", 1) if config["data"]["dataset"] == "text" else 1,
+        block=bootstrap_block(config["data"]),
+        metric_key=run.manifest.get("metric") or metric_for(config["data"]["dataset"]).key,
+        ensembles=run.manifest.get("ensembles", {}),
+    )
+
+
+def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, metric: str) -> SeedRun:
+    """A seed's result in memory, as :func:`read_run` would read it back from its run directory."""
+    record = to_dict(config)
+    return SeedRun(
+        experiment=config.name, architecture=architecture_of(record["model"]), dataset=config.data.dataset, seed=seed,
+        predictions=result.predictions, models={s.name: s.describe() for s in result.plan},
+        epochs=[{"model": name, **r} for name, history in result.histories.items() for r in history],
+        block=bootstrap_block(record["data"]), metric_key=metric, ensembles=result.ensembles,
     )
 
 
@@ -156,69 +184,160 @@ def experiments(runs: list[SeedRun]) -> dict[tuple[str, str], list[SeedRun]]:
     return groups
 
 
-def summarize(runs: list[SeedRun], split: str = "val", reference: str = "teacher") -> list[dict]:
-    """One row per experiment and model: mean and SD over seeds of the score (error or perplexity), the
-    training score, NLL, ECE, agreement with the model's teacher, and the paired difference to ``reference``
-    with a 95% bootstrap interval over seeds and examples."""
-    rows = []
-    for (experiment, architecture), group in experiments(runs).items():
-        group = [r for r in group if split in r.predictions]
-        for model in group[0].predictions[split] if group else []:
-            rows.append(summarize_model(experiment, architecture, model, group, split, reference))
-    return rows
+def paired_delta(group: list[SeedRun], split: str, model: str, other: str) -> Optional[tuple[float, float, float]]:
+    """Mean of ``model``'s per-example score minus ``other``'s over seeds and examples, with a 95% bootstrap
+    interval resampling both; None unless every seed has both."""
+    if model == other or not all(model in r.predictions[split] and other in r.predictions[split] for r in group):
+        return None
+    metric = group[0].metric
+    ours = [metric.per_example(r.predictions[split][model]) for r in group]
+    theirs = [metric.per_example(r.predictions[split][other]) for r in group]
+    return bootstrap_paired_difference(ours, theirs, block=group[0].block)
 
 
-def summarize_model(experiment: str, architecture: str, model: str, group: list[SeedRun], split: str, reference: str) -> dict:
-    metric, entry = group[0].metric, group[0].models.get(model, {})
+def role_of(run: SeedRun, model: str) -> str:
+    return str(Role.ENSEMBLE) if model in run.ensembles else run.models.get(model, {}).get("role", str(Role.ENSEMBLE))
+
+
+def describe(run: SeedRun, model: str) -> str:
+    """What a model is, in a few words: how it was trained, or what an ensemble averages."""
+    if model in run.ensembles:
+        members = run.ensembles[model]
+        return "mean of " + (", ".join(members) if len(members) < 3 else f"{members[0]}..{members[-1]}")
+    entry = run.models.get(model, {})
+    role, loss, options = entry.get("role"), entry.get("loss", ""), entry.get("loss_options") or {}
+    with_options = loss + "".join(f", {k}={v}" for k, v in options.items())
+    if role == Role.TEACHER:
+        return "teacher, trained elsewhere" if entry.get("epoch") == 0 else "teacher, labels only"
+    if role == Role.CONTROL:
+        return "no teacher, " + (f"smoothed {options['label_smoothing']}" if "label_smoothing" in options else "another seed")
+    if role == Role.GENERATION:
+        return f"gen {entry.get('generation')}, {with_options} from {entry.get('teacher')}"
+    return f"{with_options} from {entry.get('teacher')}"
+
+
+def model_row(experiment: str, architecture: str, model: str, group: list[SeedRun], split: str, reference: str = TEACHER) -> dict:
+    """One model's (or ensemble's) row on ``split``: mean and SD over seeds of the score, the training score,
+    NLL, ECE, minutes of training, agreement with the model that taught it (the teacher for controls and
+    ensembles), and the paired difference to ``reference`` with its 95% interval over seeds and examples."""
+    metric, first = group[0].metric, group[0]
     group = [r for r in group if model in r.predictions[split]]
-    preds = [r.predictions[split][model] for r in group]
-    row = {"experiment": experiment, "architecture": architecture, "model": model,
-           "role": entry.get("role", "ensemble"), "generation": entry.get("generation"), "loss": entry.get("loss", "ensemble"),
+    entry, preds = first.models.get(model, {}), [r.predictions[split][model] for r in group]
+    row = {"experiment": experiment, "architecture": architecture, "model": model, "role": role_of(first, model),
+           "what": describe(first, model), "generation": entry.get("generation"), "loss": entry.get("loss", "ensemble"),
            "seeds": len(group), "metric": metric.key}
     row[metric.key], row[f"{metric.key}_sd"] = mean_sd([metric.value(p) for p in preds])
     trained = [r.predictions["train"][model] for r in group if model in r.predictions.get("train", {})]
     if trained:
         row[f"train_{metric.key}"], row[f"train_{metric.key}_sd"] = mean_sd([metric.value(p) for p in trained])
     row["nll"], row["nll_sd"] = mean_sd([p.mean_nll() for p in preds])
-    seconds = [sum(e.get("seconds", 0.0) for e in r.epochs if e["model"] == model) for r in group]
-    if all(seconds):  # trained models of runs that timed their epochs (not ensembles)
-        row["minutes"], row["minutes_sd"] = mean_sd([s / 60 for s in seconds])
     row["ece"], row["ece_sd"] = mean_sd([p.ece() for p in preds])
+    seconds = [sum(e.get("seconds", 0.0) for e in r.epochs if e["model"] == model) for r in group]
+    if all(seconds):  # trained models of runs that timed their epochs (not ensembles, not a given teacher)
+        row["minutes"], row["minutes_sd"] = mean_sd([s / 60 for s in seconds])
     teacher = entry.get("teacher") or (reference if model != reference else None)
     if teacher and all(teacher in r.predictions[split] for r in group):
         row["agreement_with"] = teacher
         row["agreement"], row["agreement_sd"] = mean_sd([p.agreement(r.predictions[split][teacher]) for p, r in zip(preds, group)])
-    if model != reference and all(reference in r.predictions[split] for r in group):
-        ours = [metric.per_example(p) for p in preds]
-        theirs = [metric.per_example(r.predictions[split][reference]) for r in group]
-        row["delta"], row["delta_low"], row["delta_high"] = bootstrap_paired_difference(ours, theirs, block=group[0].block)
+    delta = paired_delta(group, split, model, reference)
+    if delta is not None:
+        row["delta"], row["delta_low"], row["delta_high"] = delta
     return row
 
 
+def summarize(runs: list[SeedRun], split: str = "val", reference: str = TEACHER) -> list[dict]:
+    """One :func:`model_row` per experiment and model (and ensemble) on ``split``."""
+    rows = []
+    for (experiment, architecture), group in experiments(runs).items():
+        group = [r for r in group if split in r.predictions]
+        for model in group[0].predictions[split] if group else []:
+            rows.append(model_row(experiment, architecture, model, group, split, reference))
+    return rows
+
+
+# -- verdicts --------------------------------------------------------------------------------------------
+
+
+def relative_change(metric: Metric, delta: tuple[float, float, float]) -> str:
+    """A difference in words' units: points of error, or percent of perplexity (from the NLL difference)."""
+    if metric is PERPLEXITY:
+        low, mid, high = (100.0 * math.expm1(d) for d in (delta[1], delta[0], delta[2]))
+        return f"{mid:+.1f}% perplexity [{low:+.1f}, {high:+.1f}]"
+    return f"{delta[0]:+.2f} points of error [{delta[1]:+.2f}, {delta[2]:+.2f}]"
+
+
+def judge(delta: tuple[float, float, float]) -> str:
+    """better / worse when the 95% interval excludes 0, else even."""
+    return "better" if delta[2] < 0 else "worse" if delta[1] > 0 else "even"
+
+
+def plain_ensembles(run: SeedRun) -> list[str]:
+    """Ensembles of models trained without any teacher of the chain (e.g. T+CE): BANE's fair comparison."""
+    learned = {n for n, e in run.models.items() if e.get("role") in (Role.GENERATION, Role.STUDENT)}
+    return [label for label, members in run.ensembles.items() if not learned & set(members)]
+
+
+def verdicts(group: list[SeedRun], split: str = "val") -> list[str]:
+    """One plain-words line per student and ensemble, from the paired 95% intervals on ``split``."""
+    first = group[0]
+    controls = [n for n, e in first.models.items() if e.get("role") == Role.CONTROL]
+    plain = plain_ensembles(first)
+    lines = []
+    for model in first.predictions.get(split, {}):
+        if role_of(first, model) in (Role.TEACHER, Role.CONTROL) or model in plain:
+            continue
+        delta = paired_delta(group, split, model, TEACHER)
+        if delta is None:
+            continue
+        words = {"better": "better", "worse": "worse", "even": "no difference beyond noise"}[judge(delta)]
+        parts = [f"{model}: {relative_change(first.metric, delta)} vs the teacher ({words})"]
+        outcomes: dict[str, list[str]] = {"beats": [], "loses to": [], "is even with": []}
+        for other in [*controls, *plain]:
+            versus = paired_delta(group, split, model, other)
+            if versus is not None:
+                outcomes[{"better": "beats", "worse": "loses to", "even": "is even with"}[judge(versus)]].append(other)
+        parts += [f"{verb} {' and '.join(names)}" for verb, names in outcomes.items() if names]
+        lines.append("; ".join(parts))
+    return lines
+
+
+# -- tables ------------------------------------------------------------------------------------------------
+
+
 def _pm(row: dict, key: str, digits: int = 2) -> str:
-    return f"{row[key]:.{digits}f} ± {row[key + '_sd']:.{digits}f}" if key in row else "—"
+    """``mean ± SD``, or the mean alone when one seed gives no spread."""
+    if key not in row:
+        return "—"
+    return f"{row[key]:.{digits}f}" + (f" ± {row[key + '_sd']:.{digits}f}" if row["seeds"] > 1 else "")
 
 
-def wide_rows(rows: list[dict]) -> list[dict]:
-    """Table 2's shape: one row per experiment and architecture, one ``mean ± SD`` cell per model."""
-    wide: dict[tuple[str, str], dict] = {}
-    for r in rows:
-        line = wide.setdefault((r["experiment"], r["architecture"]), {
-            "experiment": r["experiment"], "architecture": r["architecture"], "metric": r["metric"], "seeds": r["seeds"]})
-        line[r["model"]] = _pm(r, r["metric"]) + ("" if r["seeds"] == line["seeds"] else f" (n={r['seeds']})")
-    return list(wide.values())
+def _delta(row: dict, digits: int = 2) -> str:
+    if "delta" not in row:
+        return "—"
+    return f"{row['delta']:+.{digits}f} [{row['delta_low']:+.{digits}f}, {row['delta_high']:+.{digits}f}]"
 
 
 def column_order(rows: list[dict]) -> list[str]:
     """Teacher, generations, the teacher's other students (BAN+L, CWTM, DKPP, KD), controls, then ensembles."""
-    rank = {"teacher": 0, "generation": 1, "student": 2, "control": 3, "ensemble": 4}
+    rank = {Role.TEACHER: 0, Role.GENERATION: 1, Role.STUDENT: 2, Role.CONTROL: 3, Role.ENSEMBLE: 4}
     first = {}
     for r in rows:
         first.setdefault(r["model"], (rank.get(r["role"], 4), r["generation"] or 0, len(first)))
     return sorted(first, key=first.get)
 
 
-# -- tables ------------------------------------------------------------------------------------------------
+def wide_rows(rows: list[dict], numeric: bool = False) -> list[dict]:
+    """Table 2's shape: one row per experiment and architecture, one cell per model: ``mean ± SD`` text, or with
+    ``numeric`` a column of means and one of SDs per model (for spreadsheets)."""
+    wide: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        line = wide.setdefault((r["experiment"], r["architecture"]), {
+            "experiment": r["experiment"], "architecture": r["architecture"], "metric": r["metric"], "seeds": r["seeds"]})
+        if numeric:
+            line[r["model"]], line[f"{r['model']} sd"], line[f"{r['model']} n"] = r[r["metric"]], r[r["metric"] + "_sd"], r["seeds"]
+        else:
+            line[r["model"]] = _pm(r, r["metric"]) + ("" if r["seeds"] == line["seeds"] else f" (n={r['seeds']})")
+    return list(wide.values())
 
 
 def markdown_wide_table(rows: list[dict]) -> str:
@@ -234,16 +353,57 @@ def markdown_wide_table(rows: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """One row per model (all of one metric): mean ± SD over seeds, and the paired difference to the teacher."""
     metric = METRICS[rows[0]["metric"]]
-    header = (f"| experiment | model | loss | seeds | {metric.label} | train {metric.label} | NLL | ECE % | "
+    header = (f"| experiment | model | what | seeds | {metric.label} | train {metric.label} | NLL | ECE % | "
               f"agreement % (with) | {metric.delta_label} | training min |")
     lines = [header, "|" + "---|" * 11]
-    for r in rows:
-        delta = f"{r['delta']:+.2f} [{r['delta_low']:+.2f}, {r['delta_high']:+.2f}]" if "delta" in r else "—"
+    for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
         agreement = f"{_pm(r, 'agreement')} ({r['agreement_with']})" if "agreement" in r else "—"
-        lines.append(f"| {r['experiment']} | {r['model']} | {r['loss']} | {r['seeds']} | {_pm(r, metric.key)} | "
-                     f"{_pm(r, 'train_' + metric.key)} | {_pm(r, 'nll', 4)} | {_pm(r, 'ece')} | {agreement} | {delta} | "
+        lines.append(f"| {r['experiment']} | {r['model']} | {r['what']} | {r['seeds']} | {_pm(r, metric.key)} | "
+                     f"{_pm(r, 'train_' + metric.key)} | {_pm(r, 'nll', 4)} | {_pm(r, 'ece')} | {agreement} | {_delta(r)} | "
                      f"{_pm(r, 'minutes', 1)} |")
     return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = ((8, "model"), (24, "what it is"), (14, "{metric}"), (12, "NLL"), (6, "agree%"), (24, "Δ vs teacher [95% CI]"))
+WIDTH = 100  # the summary table and its notes fit a terminal of this many columns
+
+
+def summary_table(runs: list[SeedRun], split: str = "val", legend: bool = False) -> str:
+    """A compact plain-text table per experiment (under 100 columns): model, what it is, score, NLL, agreement
+    with its teacher, Δ vs the teacher with its interval; the seeds counted; a legend and the verdicts."""
+    blocks = []
+    for (experiment, architecture), group in experiments(runs).items():
+        rows = summarize(group, split)
+        if not rows:
+            continue
+        metric = METRICS[rows[0]["metric"]]
+        n = max(r["seeds"] for r in rows)
+        title = f"{experiment} ({architecture}), {split} split, " + (f"mean ± SD over {n} seeds" if n > 1 else "n=1 seed")
+        header = "  ".join(f"{name.format(metric=metric.label):<{width}}" for width, name in SUMMARY_COLUMNS)
+        lines = [title, header.rstrip(), "-" * len(header.rstrip())]
+        for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
+            cells = (r["model"], r["what"], _pm(r, metric.key), _pm(r, "nll", 3),
+                     f"{r['agreement']:.1f}" if "agreement" in r else "—", _delta(r))
+            lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, (w, _) in zip(cells, SUMMARY_COLUMNS)).rstrip())
+        if legend:
+            lines += textwrap.wrap(legend_line(group[0], metric), WIDTH)
+        lines += ["", "Verdict:"]
+        for verdict in verdicts(group, split) or ["(no student or ensemble to judge)"]:
+            lines += textwrap.wrap(verdict, WIDTH, initial_indent="  ", subsequent_indent="    ")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def legend_line(run: SeedRun, metric: Metric) -> str:
+    """What the short names of a run mean."""
+    parts = []
+    if any(e.get("role") == Role.CONTROL for e in run.models.values()):
+        parts.append("controls (LS, CE, ...) train on labels without a teacher")
+    if any(re.fullmatch(r"Ens\*\d+", label) for label in run.ensembles):
+        parts.append("Ens*k averages generations 1..k (BANE, Eq. 4)")
+    unit = "points" if metric is ERROR else "nats/token"
+    parts.append(f"Δ: paired difference to the teacher in {unit}, 95% bootstrap interval")
+    return "Legend: " + "; ".join(parts) + "."
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -273,56 +433,110 @@ def _by_experiment(rows: list[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def plot_generations(rows: list[dict], path: Path, title: str) -> bool:
+def plot_generations(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -> bool:
     """The score of the teacher (generation 0) and of BAN-1..k, mean ± SD over seeds, one line per experiment
     and generation loss. False (no file) when no experiment has a generation."""
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     drawn = False
     for label, group in _by_experiment(rows).items():
-        chain = sorted((r for r in group if r["role"] in ("teacher", "generation")), key=lambda r: r["generation"] or 0)
+        chain = sorted((r for r in group if r["role"] in (Role.TEACHER, Role.GENERATION)), key=lambda r: r["generation"] or 0)
         if len(chain) < 2:
             continue
         key = chain[0]["metric"]
         ax.errorbar([r["generation"] or 0 for r in chain], [r[key] for r in chain], yerr=[r[key + "_sd"] for r in chain],
                     marker="o", capsize=4, label=f"{label}, loss {chain[1]['loss']}, n={chain[0]['seeds']}")
         drawn = True
-    return _save_if_drawn(fig, ax, drawn, path, title, "generation (0 = teacher)", rows)
+    return _save_if_drawn(fig, ax, drawn, path, title, "generation (0 = teacher)", _axis_label(rows))
 
 
-def plot_ensembles(rows: list[dict], path: Path, title: str) -> bool:
-    """BANE: Ens*k (generations 1..k averaged, Eq. 4) against k, with the single generation BAN-k beside it
+def chain_ensembles(rows: list[dict], run: SeedRun) -> dict[int, dict]:
+    """The rows of ensembles whose members are generations 1..k (BANE's Ens*k), by k, read from the recorded members."""
+    generations = sorted((r for r in rows if r["role"] == Role.GENERATION), key=lambda r: r["generation"])
+    names = [r["model"] for r in generations]
+    by_name = {r["model"]: r for r in rows}
+    return {len(members): by_name[label] for label, members in run.ensembles.items()
+            if label in by_name and members == names[: len(members)] and len(members) > 1}
+
+
+def plot_ensembles(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -> bool:
+    """BANE: the ensemble of generations 1..k (Eq. 4) against k, with the single generation BAN-k beside it
     (shifted a little to the right so the error bars stay apart) and the teacher as a dashed line. False (no file)
-    when no experiment has an ensemble."""
+    when no experiment has such an ensemble."""
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     drawn = False
+    first_run = {f"{r.experiment} ({r.architecture})": r for r in reversed(runs)}
     for i, (label, group) in enumerate(_by_experiment(rows).items()):
-        by_gen = {r["generation"]: r for r in group if r["role"] == "generation"}
-        ensembles = {1: by_gen.get(1)} | {int(ENSEMBLE.match(r["model"])[1]): r for r in group if ENSEMBLE.match(r["model"])}
-        if len(ensembles) < 2 or ensembles[1] is None:
+        by_gen = {r["generation"]: r for r in group if r["role"] == Role.GENERATION}
+        ensembles = chain_ensembles(group, first_run[label])
+        if not ensembles or 1 not in by_gen:
             continue
+        ensembles[1] = by_gen[1]
         key, color = group[0]["metric"], f"C{i}"
         ks = sorted(ensembles)
         ax.errorbar(ks, [ensembles[k][key] for k in ks], yerr=[ensembles[k][key + "_sd"] for k in ks], color=color,
-                    marker="o", capsize=4, label=f"{label}: Ens*k")
+                    marker="o", capsize=4, label=f"{label}: ensemble of gens 1..k")
         singles = sorted(by_gen)
         ax.errorbar([k + 0.04 for k in singles], [by_gen[k][key] for k in singles], yerr=[by_gen[k][key + "_sd"] for k in singles],
-                    color=color, marker="s", linestyle=":", capsize=4, alpha=0.7, label=f"{label}: BAN-k alone")
-        teacher = next((r for r in group if r["role"] == "teacher"), None)
+                    color=color, marker="s", linestyle=":", capsize=4, alpha=0.7, label=f"{label}: generation k alone")
+        teacher = next((r for r in group if r["role"] == Role.TEACHER), None)
         if teacher:
             ax.axhline(teacher[key], color=color, linestyle="--", linewidth=1, label=f"{label}: teacher")
         drawn = True
-    return _save_if_drawn(fig, ax, drawn, path, title, "k (generations averaged)", rows)
+    return _save_if_drawn(fig, ax, drawn, path, title, "k (generations averaged)", _axis_label(rows))
+
+
+def plot_forest(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -> bool:
+    """Every model's and ensemble's paired difference to the teacher with its 95% interval, one line each
+    (students, controls and ensembles alike), and the teacher's level as a vertical line at 0."""
+    with_delta = [r for r in rows if "delta" in r]
+    if not with_delta:
+        return False
+    multiple = len(_by_experiment(rows)) > 1
+    fig, ax = _pyplot().subplots(figsize=(6.4, 1.2 + 0.32 * len(with_delta)))
+    order = list(reversed(with_delta))
+    colors = {Role.GENERATION: "C0", Role.STUDENT: "C1", Role.CONTROL: "C7", Role.ENSEMBLE: "C2"}
+    for y, r in enumerate(order):
+        ax.errorbar([r["delta"]], [y], xerr=[[r["delta"] - r["delta_low"]], [r["delta_high"] - r["delta"]]], fmt="o",
+                    capsize=4, color=colors.get(r["role"], "C3"))
+    ax.set_yticks(range(len(order)), [f"{r['experiment']}: {r['model']}" if multiple else r["model"] for r in order], fontsize=8)
+    ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xlabel(METRICS[rows[0]["metric"]].delta_label.replace(" [95% CI]", " (95% interval; left of 0 = better)"))
+    ax.set_title(title + f", n={max(r['seeds'] for r in rows)} seeds", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return True
+
+
+def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
+    """Validation score per epoch of every trained model, the mean over seeds (the teacher in black)."""
+    metric = group[0].metric
+    curves: dict[str, dict[int, list[float]]] = {}
+    for run in group:
+        for record in run.epochs:
+            if metric.curve_key in record:
+                curves.setdefault(record["model"], {}).setdefault(record["epoch"], []).append(metric.curve(record[metric.curve_key]))
+    if not curves:
+        return False
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
+    for i, (model, by_epoch) in enumerate(curves.items()):
+        epochs = sorted(by_epoch)
+        ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], color="black" if model == TEACHER else f"C{i}",
+                linewidth=2 if model == TEACHER else 1.2, label=model)
+    ax.set_yscale("log" if metric is PERPLEXITY else "linear")
+    return _save_if_drawn(fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch", f"validation {metric.label}")
 
 
 def _axis_label(rows: list[dict]) -> str:
     return f"{METRICS[rows[0]['metric']].label} (mean ± SD over seeds)"
 
 
-def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, rows: list[dict]) -> bool:
+def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, ylabel: str) -> bool:
     """Label, title and save the figure when anything was drawn; close it either way."""
     if drawn:
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(_axis_label(rows))
+        ax.set_ylabel(ylabel)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -336,22 +550,62 @@ def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, ro
 # -- the report ---------------------------------------------------------------------------------------------
 
 
-def split_section(runs: list[SeedRun], split: str, out: Path) -> tuple[str, list[dict]]:
+class ReportFolder:
+    """The folder a report writes into. It writes only files it records in ``.banets-report``, and refuses a
+    folder that holds other files (yours), so a report never overwrites what it did not write."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        if root.exists() and not root.is_dir():
+            raise RunError(f"report --out {root} is a file; choose a folder")
+        index = root / REPORT_INDEX
+        self.previous = set(json.loads(index.read_text())) if index.exists() else set()
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in self.previous | {REPORT_INDEX}) if root.exists() else []
+        if foreign:
+            raise RunError(f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(f"cannot create report folder {root} ({error.strerror}); choose a folder you can write to") from None
+        self.written: list[str] = []
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name``, recorded as this report's."""
+        self.written.append(name)
+        return self.root / name
+
+    def write(self, name: str, text: str) -> None:
+        atomic_write_text(self.path(name), text)
+
+    def close(self) -> None:
+        """Record what this report wrote, and remove the files of a previous report that this one did not write again."""
+        for stale in self.previous - set(self.written):
+            (self.root / stale).unlink(missing_ok=True)
+        atomic_write_text(self.root / REPORT_INDEX, json.dumps(sorted(set(self.written))))
+
+
+PLOTS = (("generations", plot_generations, "per born-again generation"),
+         ("ensembles", plot_ensembles, "ensembles of generations 1..k vs single generations"),
+         ("delta", plot_forest, "every model vs the teacher"))
+
+
+def split_section(runs: list[SeedRun], split: str, folder: ReportFolder) -> tuple[str, list[dict]]:
     """The Markdown of one split (wide tables, plots, long tables per experiment) and its summary rows.
-    CSV files and plots are written into ``out``."""
+    CSV files and plots are written into ``folder``."""
     rows = summarize(runs, split)
     if not rows:
         return "", rows
-    (out / f"report-{split}.csv").write_text(csv_text(rows))
+    folder.write(f"report-{split}.csv", csv_text(rows))
     parts = [f"## {split} — {SPLIT_TITLES.get(split, split + ' split')}\n"]
     for metric in dict.fromkeys(r["metric"] for r in rows):
         of_metric = [r for r in rows if r["metric"] == metric]
-        (out / f"table-{split}-{metric}.csv").write_text(csv_text(wide_rows(of_metric)))
+        folder.write(f"table-{split}-{metric}.csv", csv_text(wide_rows(of_metric, numeric=True)))
         parts.append(f"{METRICS[metric].label}, mean ± SD over seeds:\n\n{markdown_wide_table(of_metric)}\n")
-        for name, plot, title in (("generations", plot_generations, "per born-again generation"),
-                                  ("ensembles", plot_ensembles, "BAN ensembles Ens*k vs single generations")):
+        for name, plot, title in PLOTS:
             image = f"{name}-{split}-{metric}.png"
-            if plot(of_metric, out / image, f"{split} {metric}, {title}"):
+            if plot(of_metric, folder.root / image, f"{split} {metric}, {title}", runs):
+                folder.path(image)
                 parts.append(f"![{split} {metric}: {name}]({image})\n")
     for (experiment, architecture), _ in experiments(runs).items():
         of_experiment = [r for r in rows if (r["experiment"], r["architecture"]) == (experiment, architecture)]
@@ -360,10 +614,21 @@ def split_section(runs: list[SeedRun], split: str, out: Path) -> tuple[str, list
     return "\n".join(parts), rows
 
 
+def experiment_section(index: int, group: list[SeedRun], folder: ReportFolder) -> str:
+    """An experiment's verdict (validation split) and learning curves."""
+    title = f"{group[0].experiment} ({group[0].architecture})"
+    parts = [f"### {title}\n", *(f"- {line}" for line in verdicts(group, "val") or ["no student or ensemble to judge"]), ""]
+    image = f"curves-{index}.png"
+    if plot_curves(group, folder.root / image, f"{title}: validation learning curves"):
+        folder.path(image)
+        parts.append(f"![learning curves of {title}]({image})\n")
+    return "\n".join(parts)
+
+
 def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val", "test"), skipped: tuple[str, ...] = ()) -> str:
     """Write ``report.md`` with its plots, ``report-<split>.csv`` (one row per model), ``table-<split>-<metric>.csv``
-    (Table 2's shape), ``epochs.csv`` (per-epoch metrics) and ``report.json`` into ``out``; return the Markdown."""
-    out.mkdir(parents=True, exist_ok=True)
+    (Table 2's shape, numeric), ``epochs.csv`` (per-epoch metrics) and ``report.json`` into ``out``; return the Markdown."""
+    folder = ReportFolder(Path(out))
     seeds = sorted({r.seed for r in runs})
     head = [
         "# banets report\n",
@@ -376,17 +641,20 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
            "rather than single tokens, which are correlated within a sentence (a block bootstrap).\n"]
           if any(r.metric is PERPLEXITY for r in runs) else []),
         *(f"- skipped: {note}" for note in skipped),
+        "\n## Verdict — validation split, 95% intervals\n",
+        *(experiment_section(i, group, folder) for i, group in enumerate(experiments(runs).values())),
     ]
     sections, everything = [], {}
     for split in splits:
-        markdown, rows = split_section(runs, split, out)
+        markdown, rows = split_section(runs, split, folder)
         if rows:
             sections.append(markdown)
             everything[split] = rows
     epochs = [{"experiment": r.experiment, "architecture": r.architecture, "seed": r.seed, **e} for r in runs for e in r.epochs]
     if epochs:
-        (out / "epochs.csv").write_text(csv_text(epochs))
-    (out / "report.json").write_text(json.dumps({"splits": everything, "skipped": list(skipped)}, indent=2))
+        folder.write("epochs.csv", csv_text(epochs))
+    folder.write("report.json", json.dumps({"splits": everything, "skipped": list(skipped)}, indent=2))
     markdown = "\n".join(head) + "\n" + "\n".join(sections)
-    (out / "report.md").write_text(markdown)
+    folder.write("report.md", markdown)
+    folder.close()
     return markdown

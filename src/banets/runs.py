@@ -3,24 +3,32 @@
 Layout of one run (one seed)::
 
     config.yaml        the resolved configuration
-    manifest.json      per model: role, generation, seed, loss, teacher, status, checkpoint, sha256, metrics
-    metrics.jsonl      one JSON line per model and epoch (an epoch redone after a crash appears again:
-                       readers keep the last line per model and epoch)
+    manifest.json      per model: role, generation, seed, loss, teacher, status, checkpoint, sha256, metrics;
+                       the ensembles' members; the digest of config.yaml; how the report scores models
+    metrics.jsonl      one JSON line per model and epoch with its wall-clock seconds (an epoch redone after a
+                       crash appears again: readers keep the last line per model and epoch)
     checkpoints/       <model>.pt when finished; <model>.epoch<N>.pt while training (the last two kept)
+    weights/           <model>.safetensors: each finished model's weights, for use outside banets
     predictions/       per-example predictions on each split, for reports and intervals
     results.json       the final table rows
+    vocab.json, ...    files the data record (a corpus' vocabulary), compared on resume
     tensorboard/       <model>/events.out.tfevents.*: the per-epoch scalars, when tensorboard is installed
 
-Checkpoints are written to a temporary file and renamed, hold only tensors and plain containers (loaded
-with ``weights_only=True``, so loading never runs code), and are verified by their sha256 before use: a
-corrupt epoch checkpoint is skipped in favour of the previous good one; a corrupt final checkpoint makes
-its model train again from its recorded seed (on CPU bitwise the same model, so later generations stay valid).
+A seed directory is created whole (written under a temporary name, then renamed), only after every check
+has passed, so a failed start leaves nothing behind. Files are written to a temporary file and renamed, with
+the permissions the umask gives. Checkpoints hold only tensors and plain containers (loaded with
+``weights_only=True``, so loading never runs code), no timings (a rerun writes the same bytes), and are verified
+by their sha256 before use: a corrupt epoch checkpoint is skipped in favour of the previous good one; a
+corrupt final checkpoint makes its model train again from its recorded seed (on CPU bitwise the same model,
+so later generations stay valid); a final checkpoint written just before a crash that the manifest never
+recorded is checked and used.
 
 A run is resumed with the config it was started with: only runtime keys (device, progress, data path) may
 change, and ``ban.ensembles``, which only evaluation uses: resuming a finished run with new ensembles
-evaluates them from the saved models and, once they are evaluated, records them in ``config.yaml``. A run with
-a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail again, so the fix (say a
-lower learning rate) starts a new run.
+evaluates them from the saved models and, once they are evaluated, records them in ``config.yaml``. An edited
+``config.yaml`` is refused (its digest is in the manifest), and so are data whose recorded files differ. A run
+with a failed model (its loss became NaN/inf) is not resumed: the same recipe would fail again, so the fix
+(say a lower learning rate) starts a new run.
 """
 
 from __future__ import annotations
@@ -29,29 +37,38 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.nn as nn
 import yaml
 
-from banets.config import ExperimentConfig, from_dict, to_dict
-from banets.engine import Trainer
+from banets.config import ConfigError, ExperimentConfig, UserError, from_dict, read_yaml, to_dict
 from banets.generations import ModelSpec
 from banets.metrics import Predictions
 
 FORMAT_VERSION = 1
 KEEP_EPOCH_CHECKPOINTS = 2
+RUNTIME_KEYS = ("device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles")  # may change on resume
 
 
-class RunError(RuntimeError):
-    """A run directory that cannot be used as asked (another config, another format version)."""
+class RunError(UserError, RuntimeError):
+    """A run directory that cannot be used as asked (another config, another format version, damaged files)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half; the file
+    gets the permissions an ordinary ``open`` would (0666 less the umask), so colleagues can read a shared run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -59,6 +76,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -75,19 +93,45 @@ def sha256_of(path: Path) -> str:
 
 
 def save_checkpoint(path: Path, state: dict) -> str:
-    """Save ``state`` atomically; return its sha256."""
+    """Save ``state`` (CPU copies of its tensors, so any machine can load it) atomically; return its sha256."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(to_cpu(state), buffer)
     data = buffer.getvalue()
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside (dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 def load_checkpoint(path: Path, sha256: Optional[str] = None) -> dict:
     """Load a checkpoint safely (tensors and plain containers only), after checking its sha256."""
     if sha256 is not None and sha256_of(path) != sha256:
         raise RunError(f"checkpoint {path} does not match its recorded sha256 (corrupt or truncated)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or unsafe file; its advice must not be shown
+        raise RunError(f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: damaged, or holds more "
+                       f"than tensors and plain containers)") from None
+
+
+def save_weights(path: Path, model: nn.Module) -> None:
+    """The model's parameters and buffers as ``.safetensors`` (shared tensors, e.g. tied embeddings, stored once)."""
+    from safetensors.torch import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        tmp = Path(scratch) / path.name
+        save_model(model, str(tmp))
+        atomic_write_bytes(path, tmp.read_bytes())
 
 
 class TensorBoardLog:
@@ -122,35 +166,72 @@ class TensorBoardLog:
 
 
 class RunDirectory:
-    """A run directory; implements the driver's ``Store`` so that training resumes from it."""
+    """A run directory (one seed); implements the driver's ``Store`` so that training resumes from it."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
-        self.manifest: dict[str, Any] = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self.manifest: dict[str, Any] = self._read_manifest() if self.manifest_path.exists() else {}
         self.tensorboard = TensorBoardLog(self.root / "tensorboard")
+
+    def _read_manifest(self) -> dict:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunError(f"{self.manifest_path} is damaged (not valid JSON: truncated or edited); restore it from a "
+                           f"copy, or start a new run with another --out") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("models", {}), dict):
+            raise RunError(f"{self.manifest_path} is not a banets manifest; restore it, or start a new run with another --out")
+        return manifest
 
     # -- creation and compatibility --------------------------------------------------------------------
 
-    def start(self, config: dict, resume: bool) -> None:
-        """Create the directory for ``config``, or check that an existing one was made by the same config."""
-        config_path = self.root / "config.yaml"
-        if config_path.exists():
-            if not resume:
-                raise RunError(f"{self.root} already holds a run; continue it with `banets resume {self.root}` or choose another --out")
-            self._check_compatible(config)
-            self._check_not_failed()
-            self._remove_temporary_files()
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write_config(config)
-        self.manifest = {"format_version": FORMAT_VERSION, "models": {}}
-        self._write_manifest()
+    def exists(self) -> bool:
+        return (self.root / "config.yaml").exists()
+
+    def start(self, config: dict, files: Optional[dict[str, str]] = None, metric: str = "error",
+              model_options: Optional[dict] = None) -> None:
+        """Create the directory whole: ``config.yaml``, the manifest and the data's ``files``, written into a
+        temporary folder that is then renamed, so a crash leaves either no directory or a complete one.
+        ``model_options`` (derived from the data, e.g. ``num_classes``) are recorded so the models can be rebuilt."""
+        if self.root.exists():
+            raise RunError(f"{self.root} already exists; continue it with `banets resume {self.root.parent}` or choose another --out")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root.parent, prefix=f".{self.root.name}.", suffix=".tmp"))
+        try:
+            os.chmod(staging, 0o777 & ~_umask())
+            config_text = yaml.safe_dump(config, sort_keys=False)
+            atomic_write_text(staging / "config.yaml", config_text)
+            for name, text in (files or {}).items():
+                atomic_write_text(staging / name, text)
+            self.manifest = {"format_version": FORMAT_VERSION, "config_sha256": _digest(config_text), "metric": metric,
+                             "model_options": model_options or {}, "models": {}, "ensembles": {}}
+            atomic_write_text(staging / "manifest.json", json.dumps(self.manifest, indent=2))
+            os.rename(staging, self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def check_resumable(self, config: dict, files: Optional[dict[str, str]] = None) -> None:
+        """Check that this run can continue with ``config`` and data that record ``files``; tidy crash leftovers."""
+        if not self.manifest:
+            raise RunError(f"{self.root} has no manifest.json; it is not a complete banets run, so start a new run with another --out")
+        self._check_compatible(config)
+        self._check_not_failed()
+        for name, text in (files or {}).items():
+            if not (self.root / name).exists() or (self.root / name).read_text(encoding="utf-8") != text:
+                raise RunError(f"the data differ from those {self.root} was started with ({name} differs); pass the data "
+                               f"the run was started with (--data-dir), or start a new run")
+        self._remove_temporary_files()
 
     def _check_compatible(self, config: dict) -> None:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunError(f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run")
+        recorded = self.manifest.get("config_sha256")
+        if recorded and _digest((self.root / "config.yaml").read_text(encoding="utf-8")) != recorded:
+            raise RunError(f"{self.root}/config.yaml was edited after the run started; undo the edit (a resume may change "
+                           f"only {', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
         saved, wanted = _without_runtime(with_defaults(self.config())), _without_runtime(with_defaults(config))
         changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if changed:
@@ -170,31 +251,53 @@ class RunDirectory:
             tmp.unlink()
 
     def config(self) -> dict:
-        return yaml.safe_load((self.root / "config.yaml").read_text())
+        return read_yaml(self.root / "config.yaml")
 
-    def _write_config(self, config: dict) -> None:
-        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    def is_finished(self, models: list[str], ensembles: dict[str, list[str]]) -> bool:
+        """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
+        ``ensembles`` are the recorded ones: then a resume has nothing to do."""
+        entries = [self.manifest.get("models", {}).get(m, {}) for m in models]
+        return (all(e.get("status") == "done" and self._intact(e) for e in entries)
+                and (self.root / "predictions" / "val.pt").exists() and self.manifest.get("ensembles") == ensembles)
+
+    def _intact(self, entry: dict) -> bool:
+        path = self.root / entry.get("checkpoint", "")
+        return path.is_file() and sha256_of(path) == entry.get("sha256")
 
     # -- the driver's Store ----------------------------------------------------------------------------
 
     def entry(self, spec: ModelSpec) -> dict:
-        return self.manifest["models"].setdefault(spec.name, {
-            "role": spec.role, "generation": spec.generation, "seed": spec.seed, "loss": spec.loss,
-            "loss_options": spec.loss_options, "teacher": spec.teacher, "status": "pending",
-        })
+        return self.manifest["models"].setdefault(spec.name, {**spec.describe(), "status": "pending"})
 
     def finished(self, spec: ModelSpec) -> Optional[dict]:
         """A finished model's final checkpoint; None (train it again) when it is not finished or corrupt."""
         entry = self.manifest.get("models", {}).get(spec.name)
-        if not entry or entry.get("status") != "done":
+        if entry and entry.get("status") != "done":
+            return self._recover_final(spec, entry)
+        if not entry:
             return None
         try:
             return load_checkpoint(self.root / entry["checkpoint"], entry["sha256"])
-        except (RunError, OSError, RuntimeError) as error:
+        except (RunError, OSError) as error:
             warnings.warn(f"{spec.name}: {error}; training {spec.name} again from its seed {spec.seed} (on CPU the same "
                           f"model bit for bit; finished models it taught are kept)")
             entry["status"] = "pending"
             return None
+
+    def _recover_final(self, spec: ModelSpec, entry: dict) -> Optional[dict]:
+        """The final checkpoint of a model killed after writing it but before the manifest recorded it (the file is
+        written whole or not at all); used when it loads and holds every epoch, else None (resume from epochs)."""
+        path = self.root / "checkpoints" / f"{spec.name}.pt"
+        if not path.exists() or entry.get("status") == "failed":
+            return None
+        try:
+            state = load_checkpoint(path)
+        except RunError:
+            return None
+        if len(state.get("history", [])) != self.config().get("optim", {}).get("epochs"):
+            return None
+        self._record_finished(spec, path, sha256_of(path), state["history"])
+        return state
 
     def progress(self, spec: ModelSpec) -> Optional[dict]:
         """The newest epoch checkpoint whose sha256 matches; corrupt ones are reported and skipped."""
@@ -202,11 +305,11 @@ class RunDirectory:
         for saved in reversed(entry.get("epoch_checkpoints", [])):
             try:
                 return load_checkpoint(self.root / saved["path"], saved["sha256"])
-            except (RunError, OSError, RuntimeError) as error:
+            except (RunError, OSError) as error:
                 warnings.warn(f"{spec.name}: skipping checkpoint {saved['path']}: {error}")
         return None
 
-    def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None:
+    def on_epoch_end(self, spec: ModelSpec, trainer: Any, record: dict) -> None:
         path = Path("checkpoints") / f"{spec.name}.epoch{trainer.epoch}.pt"
         sha = save_checkpoint(self.root / path, trainer.state_dict())
         self._append_jsonl("metrics.jsonl", {"model": spec.name, **record})
@@ -218,16 +321,20 @@ class RunDirectory:
         entry.update(status="running", epoch=trainer.epoch, epoch_checkpoints=kept[-KEEP_EPOCH_CHECKPOINTS:])
         self._write_manifest()
 
-    def on_finished(self, spec: ModelSpec, trainer: Trainer) -> None:
-        path = Path("checkpoints") / f"{spec.name}.pt"
-        sha = save_checkpoint(self.root / path, {"model": trainer.model.state_dict(), "history": trainer.history})
+    def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
+        path = self.root / "checkpoints" / f"{spec.name}.pt"
+        sha = save_checkpoint(path, {"model": model.state_dict(), "history": history})
+        save_weights(self.root / "weights" / f"{spec.name}.safetensors", model)
+        self._record_finished(spec, path, sha, history)
+        self.tensorboard.close(spec.name)
+
+    def _record_finished(self, spec: ModelSpec, path: Path, sha: str, history: list[dict]) -> None:
         entry = self.entry(spec)
         for old in entry.pop("epoch_checkpoints", []):
             (self.root / old["path"]).unlink(missing_ok=True)
-        entry.update(status="done", epoch=trainer.epoch, checkpoint=str(path), sha256=sha,
-                     final=trainer.history[-1] if trainer.history else {})
+        entry.update(status="done", epoch=len(history), checkpoint=str(path.relative_to(self.root)), sha256=sha,
+                     final=history[-1] if history else {})
         self._write_manifest()
-        self.tensorboard.close(spec.name)
 
     def epochs(self) -> list[dict]:
         """The per-epoch records of ``metrics.jsonl``, the last one per model and epoch (an epoch redone after
@@ -258,12 +365,17 @@ class RunDirectory:
     def save_results(self, results: dict) -> None:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
 
-    def record_ensembles(self, ensembles: dict[str, list[str]]) -> None:
-        """Write ``ensembles`` into ``config.yaml`` when a resume evaluated other ones than the run was started with."""
+    def record_ensembles(self, ensembles: dict[str, list[str]], requested: dict[str, list[str]]) -> None:
+        """Record every ensemble's members in the manifest, and write ``requested`` (``ban.ensembles``) into
+        ``config.yaml`` when a resume evaluated other ones than the run was started with."""
         saved = self.config()
-        if saved.get("ban", {}).get("ensembles", {}) != ensembles:
-            saved.setdefault("ban", {})["ensembles"] = ensembles
-            self._write_config(saved)
+        if saved.get("ban", {}).get("ensembles", {}) != requested:
+            saved.setdefault("ban", {})["ensembles"] = requested
+            text = yaml.safe_dump(saved, sort_keys=False)
+            atomic_write_text(self.root / "config.yaml", text)
+            self.manifest["config_sha256"] = _digest(text)
+        self.manifest["ensembles"] = ensembles
+        self._write_manifest()
 
     def _append_jsonl(self, name: str, record: dict) -> None:
         """Append one JSON line; after a line a crash cut short, start a new line (readers skip the cut one)."""
@@ -279,7 +391,8 @@ class RunDirectory:
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
 
 
-RUNTIME_KEYS = ("device", "optim.progress", "seeds", "data.path", "ban.ensembles")  # may differ between a run and its resume
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -291,7 +404,10 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 def with_defaults(config: dict) -> dict:
     """``config`` with every key of the current schema, so a run saved before a key existed compares by its default."""
-    return to_dict(from_dict(ExperimentConfig, config))
+    try:
+        return to_dict(from_dict(ExperimentConfig, config))
+    except ConfigError as error:
+        raise RunError(f"the run's config.yaml does not fit this banets ({error}); start a new run") from None
 
 
 def _without_runtime(config: dict) -> dict:

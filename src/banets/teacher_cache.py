@@ -22,10 +22,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from banets.config import UserError
+
 CACHE_DTYPES: dict[str, Optional[torch.dtype]] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A batch that differs from the one stored at its position: the data are not the same every epoch."""
 
 

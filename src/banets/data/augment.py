@@ -63,14 +63,13 @@ class ImageTransform:
     """uint8 images ``(N, 3, H, W)`` to float32 network inputs.
 
     In training (``train=True``) and with ``augment``, applies ``pad_crop_flip``; with ``normalize``, subtracts
-    ``mean`` and divides by ``std`` per channel; with ``channels_last``, returns channels-last memory format.
+    ``mean`` and divides by ``std`` per channel (the engine moves the result to channels-last when configured).
     """
 
     augment: bool = True
     normalize: bool = False
     mean: Stats | None = None
     std: Stats | None = None
-    channels_last: bool = False
     padding: int = 4
 
     def __post_init__(self) -> None:
@@ -90,16 +89,12 @@ class ImageTransform:
             mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             x = x.sub_(mean).div_(std)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
 
-def cifar_transform(
-    name: str, augment: bool = True, normalize: bool = False, channels_last: bool = False
-) -> ImageTransform:
+def cifar_transform(name: str, augment: bool = True, normalize: bool = False) -> ImageTransform:
     """The ``ImageTransform`` for ``name`` ("cifar10" or "cifar100") with that dataset's channel statistics."""
     if name not in CIFAR_STATS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(CIFAR_STATS)}")
     mean, std = CIFAR_STATS[name]
-    return ImageTransform(augment=augment, normalize=normalize, mean=mean, std=std, channels_last=channels_last)
+    return ImageTransform(augment=augment, normalize=normalize, mean=mean, std=std)

@@ -29,15 +29,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CifarData", "DataError", "load_cifar", "train_val_split"]
+from banets.config import DataConfig
+from banets.data.augment import cifar_transform
+from banets.data.batches import TensorBatches
+from banets.data.registry import Data, DataError, register_dataset
+
+__all__ = ["CifarData", "DataError", "cifar_data", "load_cifar", "train_val_split"]
 
 IMAGE_SIZE = 32
 ROW_LENGTH = 3 * IMAGE_SIZE * IMAGE_SIZE
 DATA_DIR_HINT = "pass the location of a local copy with --data-dir PATH (the extracted folder or the .tar.gz)"
-
-
-class DataError(ValueError):
-    """A dataset that is missing, corrupt, unsafe or not in the expected format; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -418,3 +419,33 @@ def train_val_split(
     permutation = torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.int64))
     train = permutation[val_size:] if subset is None else permutation[val_size : val_size + subset]
     return train.clone(), permutation[:val_size].clone()
+
+
+TRAIN_EVAL_ROWS = 10_000  # training examples evaluated at the end, for the training error (does the teacher fit?)
+DEFAULT_ROOT = Path.home() / ".cache" / "banets"
+
+
+def cifar_data(cfg: DataConfig) -> Data:
+    """CIFAR-10 or CIFAR-100 (``cfg.dataset``) with the seeded validation split carved from the training set."""
+    if cfg.path is None and not cfg.download:
+        raise DataError(f"{cfg.dataset}: no data path; pass --data-dir PATH (a cifar folder or archive) or --set data.download=true")
+    data = load_cifar(cfg.dataset, cfg.path or DEFAULT_ROOT, download=cfg.download)
+    n = len(data.train_y)
+    if cfg.val_size >= n or (cfg.train_subset or 0) > n - cfg.val_size:
+        raise DataError(f"{cfg.dataset} has {n} training images: data.val_size={cfg.val_size} plus data.train_subset="
+                        f"{cfg.train_subset} do not fit; lower them")
+    train_idx, val_idx = train_val_split(n, cfg.val_size, cfg.split_seed, cfg.train_subset)
+    x, y = data.train_x, data.train_y
+    return Data(
+        train=TensorBatches(x[train_idx], y[train_idx], batch_size=cfg.batch_size, shuffle=True, drop_last=True),
+        val=TensorBatches(x[val_idx], y[val_idx], batch_size=cfg.eval_batch_size),
+        test=TensorBatches(data.test_x, data.test_y, batch_size=cfg.eval_batch_size),
+        train_eval=TensorBatches(x[train_idx[:TRAIN_EVAL_ROWS]], y[train_idx[:TRAIN_EVAL_ROWS]], batch_size=cfg.eval_batch_size),
+        transform=cifar_transform(cfg.dataset, augment=cfg.augment, normalize=cfg.normalize),
+        model_options={"num_classes": data.num_classes, "in_channels": 3},
+    )
+
+
+for _name in _SPECS:
+    register_dataset(_name, options={"path", "download", "val_size", "split_seed", "train_subset", "augment", "normalize"},
+                     summary=f"{_SPECS[_name].title}: official python archive or folder, 32x32 RGB")(cifar_data)

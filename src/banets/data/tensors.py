@@ -1,38 +1,99 @@
-"""Mini-batches straight from in-memory tensors.
+"""The ``tensors`` dataset: your own arrays in a ``.pt`` or ``.npz`` file holding ``x`` (inputs) and ``y`` (labels).
 
-Hand-written rather than a ``DataLoader`` because every dataset used here (digits, CIFAR as uint8, token
-streams) fits in memory: indexing a shuffled permutation returns a whole batch in one gather, with no
-per-sample ``__getitem__`` and collate. Shuffling draws from torch's global generator, like
-``RandomSampler``, so the engine's per-epoch seeding makes the order reproducible.
+``data.path`` is the training file; ``data.val_path`` and ``data.test_path`` are optional files of the same
+layout. Without a validation file, ``data.val_size`` examples are carved from the training file by a seeded
+permutation (``data.split_seed``), as for CIFAR. ``.pt`` files are read with ``torch.load(weights_only=True)``
+(tensors and plain containers only: loading never runs code); ``.npz`` files with ``allow_pickle=False``.
+Floating inputs are used as float32, uint8 inputs are scaled to [0, 1] on the device.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Iterator
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from banets.config import DataConfig
+from banets.data.batches import TensorBatches, as_tensor, take_subset
+from banets.data.registry import Data, DataError, register_dataset
 
-class TensorBatches:
-    """Iterate ``(x[idx], y[idx], ...)`` over batches of ``batch_size`` rows of the given tensors."""
+Pair = tuple[Tensor, Tensor]
 
-    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, drop_last: bool = False):
-        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
-            raise ValueError("TensorBatches needs tensors with the same number of rows")
-        self.tensors = tensors
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
 
-    def __len__(self) -> int:
-        rows = len(self.tensors[0])
-        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+def read_pair(path: str | Path, key: str) -> Pair:
+    """``(x, y)`` from a ``.pt`` or ``.npz`` file, checked: both present, as many rows, integer labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.{key}: no file {path}; pass a .pt or .npz file holding x and y")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                values = {k: arrays[k] for k in arrays.files}
+        elif path.suffix == ".pt":
+            values = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise DataError(f"data.{key}: {path.name} is neither .pt nor .npz; save x and y with torch.save or np.savez")
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"data.{key}: cannot read {path} ({type(error).__name__}); is it a complete .pt or .npz file "
+                        f"holding plain tensors x and y?") from None
+    if not isinstance(values, dict) or not {"x", "y"} <= set(values):
+        found = ", ".join(map(str, values)) if isinstance(values, dict) else type(values).__name__
+        raise DataError(f"data.{key}: {path} must hold x and y (found {found}); save it as torch.save({{'x': x, 'y': y}}, ...)")
+    x, y = as_tensor(values["x"]), as_tensor(values["y"])
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
+        raise DataError(f"data.{key}: x and y in {path} must be arrays with as many rows ({_rows(x)} vs {_rows(y)})")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise DataError(f"data.{key}: labels y in {path} are {y.dtype}; class labels must be integers")
+    return x, y.long()
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        rows = len(self.tensors[0])
-        order = torch.randperm(rows) if self.shuffle else torch.arange(rows)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield tuple(t[index] for t in self.tensors)
+
+def _rows(value: object) -> str:
+    return str(len(value)) if hasattr(value, "__len__") else "?"
+
+
+def carve_validation(pair: Pair, val_size: int, seed: int) -> tuple[Pair, Pair]:
+    """``(train, val)``: ``val_size`` rows drawn by a seeded permutation, the rest for training."""
+    n = len(pair[1])
+    if not 0 < val_size < n:
+        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1} (the training file has {n} rows), "
+                        f"or pass a validation file with data.val_path")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.int64))
+    val, train = order[:val_size], order[val_size:]
+    return (pair[0][train], pair[1][train]), (pair[0][val], pair[1][val])
+
+
+def scale_uint8(x: Tensor, generator: Optional[torch.Generator], train: bool) -> Tensor:
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+@register_dataset("tensors", options={"path", "val_path", "test_path", "val_size", "split_seed", "train_subset"})
+def tensors_data(cfg: DataConfig) -> Data:
+    """Your arrays: a .pt or .npz file of x and y, with optional validation and test files."""
+    if cfg.path is None:
+        raise DataError("tensors: no file; pass --data-dir FILE (a .pt or .npz holding x and y)")
+    pair = read_pair(cfg.path, "path")
+    train, val = (pair, read_pair(cfg.val_path, "val_path")) if cfg.val_path else carve_validation(pair, cfg.val_size, cfg.split_seed)
+    test = read_pair(cfg.test_path, "test_path") if cfg.test_path else None
+    train = take_subset(train, cfg.train_subset, "training rows")
+    splits = [p for p in (train, val, test) if p is not None]
+    if any(p[0].shape[1:] != train[0].shape[1:] for p in splits):
+        raise DataError(f"inputs differ in shape between the files: {', '.join(str(tuple(p[0].shape[1:])) for p in splits)}")
+    x = train[0]
+    options = {"num_classes": int(max(p[1].max() for p in splits)) + 1, "in_features": int(x[0].numel())}
+    if x.dim() == 4:
+        options["in_channels"] = x.shape[1]
+    return Data(
+        train=TensorBatches(*train, batch_size=cfg.batch_size, shuffle=True),
+        val=TensorBatches(*val, batch_size=cfg.eval_batch_size),
+        test=TensorBatches(*test, batch_size=cfg.eval_batch_size) if test is not None else None,
+        train_eval=TensorBatches(*train, batch_size=cfg.eval_batch_size),
+        transform=scale_uint8 if x.dtype == torch.uint8 else None,
+        model_options=options,
+    )

@@ -27,7 +27,8 @@ from urllib.request import urlopen
 import torch
 from torch import Tensor
 
-from banets.data.cifar import DataError
+from banets.config import DataConfig
+from banets.data.registry import Data, DataError, register_dataset
 
 UNK = "<unk>"
 EOS = "<eos>"
@@ -106,9 +107,12 @@ class Vocabulary:
         """The words of ``ids``."""
         return [self.words[int(i)] for i in ids]
 
+    def to_json(self) -> str:
+        """The words in id order as JSON (``vocab.json`` of a run), so evaluation and resumed runs use the same ids."""
+        return json.dumps({"words": self.words}, ensure_ascii=False)
+
     def save(self, path: str | Path) -> None:
-        """Write the words in id order as JSON, so evaluation and resumed runs use the same ids."""
-        Path(path).write_text(json.dumps({"words": self.words}, ensure_ascii=False), encoding="utf-8")
+        Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
@@ -197,8 +201,12 @@ def _read_sentences(file: Path, tokenize: Callable[[str], list[str]]) -> list[li
     """The tokenised non-empty lines of ``file``; a missing file or one without tokens is an error."""
     if not file.is_file():
         raise DataError(f"missing corpus file {file}")
-    with open(file, encoding="utf-8") as lines:
-        sentences = [tokens for tokens in map(tokenize, lines) if tokens]
+    try:
+        with open(file, encoding="utf-8") as lines:
+            sentences = [tokens for tokens in map(tokenize, lines) if tokens]
+    except UnicodeDecodeError as error:
+        raise DataError(f"corpus file {file} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                        f"convert it, e.g. iconv -f latin1 -t utf-8") from None
     if not sentences:
         raise DataError(f"corpus file {file} holds no text")
     return sentences
@@ -249,3 +257,34 @@ class BpttBatches:
         for start in range(0, n_inputs, self.bptt):
             stop = min(start + self.bptt, n_inputs)
             yield self.streams[:, start:stop].contiguous(), self.streams[:, start + 1 : stop + 1].contiguous()
+
+
+DEFAULT_PTB = Path.home() / ".cache" / "banets" / "ptb"
+
+
+def stream_batches(ids: Tensor, batch_size: int, bptt: int, split: str, key: str) -> BpttBatches:
+    """:class:`BpttBatches` of one split, or a :class:`DataError` naming the batch size that does not fit it."""
+    if ids.numel() // batch_size < 2:
+        raise DataError(f"the {split} split has {ids.numel()} tokens, too few for data.{key}={batch_size} streams of at "
+                        f"least 2 tokens; lower data.{key} or use a longer corpus")
+    return BpttBatches(ids, batch_size, bptt)
+
+
+@register_dataset("text", options={"path", "download", "train_subset", "max_vocab", "tokenizer", "bptt"})
+def text_data(cfg: DataConfig) -> Data:
+    """A word-level corpus (prefix.{train,valid,test}.txt, e.g. Penn Tree Bank) in Zaremba et al.'s BPTT batches;
+    ``data.train_subset`` keeps the first N training tokens."""
+    if cfg.path is None and not cfg.download:
+        raise DataError("text: no corpus folder; pass --data-dir PATH (a folder with *.train.txt, *.valid.txt, *.test.txt)")
+    corpus = load_corpus(cfg.path or DEFAULT_PTB, max_vocab=cfg.max_vocab, tokenizer=cfg.tokenizer, download=cfg.download)
+    if cfg.train_subset is not None and cfg.train_subset > corpus.train.numel():
+        raise DataError(f"data.train_subset={cfg.train_subset} is more than the {corpus.train.numel()} training tokens; lower it")
+    train = corpus.train[: cfg.train_subset]
+    return Data(
+        train=stream_batches(train, cfg.batch_size, cfg.bptt, "train", "batch_size"),
+        val=stream_batches(corpus.valid, cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
+        test=stream_batches(corpus.test, cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
+        model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
+        files={"vocab.json": corpus.vocab.to_json()},
+        metric="perplexity",
+    )

@@ -1,8 +1,8 @@
 """Model registry in the style of timm: ``register_model``, ``create_model``, ``list_models``.
 
 Models know nothing of distillation: each maps an input batch to logits ``(N, C)`` (or ``(N, T, V)`` for
-language models). Families take keyword arguments; the paper's named configurations are registered as
-partials of their family.
+language models). Families take keyword arguments; the paper's named configurations are small registered
+functions of their family. ``timm:<name>`` builds a timm model when timm is installed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Callable
 
 import torch.nn as nn
 
+from banets.config import UserError
+
+TIMM = "timm:"
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 
@@ -30,13 +33,36 @@ def register_model(name: str, factory: ModelFactory | None = None):
     return add(factory) if factory is not None else add
 
 
+class ModelError(UserError, ValueError):
+    """An unknown model name, or a model whose package is missing."""
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with ``kwargs`` (e.g. ``num_classes=100``)."""
+    """Build the registered model ``name`` with ``kwargs`` (e.g. ``num_classes=100``); ``timm:<name>`` builds
+    timm's model ``<name>`` (``in_channels`` is passed as timm's ``in_chans``)."""
+    if name.startswith(TIMM):
+        return create_timm_model(name[len(TIMM):], **kwargs)
     return _factory(name)(**kwargs)
 
 
-def model_parameters(name: str) -> set[str]:
-    """The keyword arguments that model ``name``'s factory accepts."""
+def create_timm_model(name: str, **kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"model '{TIMM}{name}' needs timm: install the PyTorch build for your platform first, then "
+                         f"`pip install timm`") from None
+    if "in_channels" in kwargs:
+        kwargs["in_chans"] = kwargs.pop("in_channels")
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as error:  # timm's "Unknown model"
+        raise ModelError(f"timm has no model {name!r} ({error}); see timm.list_models()") from None
+
+
+def model_parameters(name: str) -> set[str] | None:
+    """The keyword arguments that model ``name``'s factory accepts (None: any, as timm's models take)."""
+    if name.startswith(TIMM):
+        return None
     return set(inspect.signature(_factory(name)).parameters)
 
 
@@ -45,7 +71,7 @@ def _factory(name: str) -> ModelFactory:
     if name not in _REGISTRY:
         near = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see `banets models` for the list"
-        raise KeyError(f"unknown model {name!r}{hint}")
+        raise ModelError(f"unknown model {name!r}{hint} (timm's models: timm:<name>; your own: register_model and --import)")
     return _REGISTRY[name]
 
 
@@ -58,3 +84,25 @@ def list_models(pattern: str = "*") -> list[str]:
 def _import_builtin_models() -> None:
     import banets.models  # noqa: F401  (registers the built-in families on import)
 
+
+
+def count_parameters(name: str) -> int | None:
+    """Parameters of model ``name`` built with its defaults, on the meta device (no memory); None if it needs arguments."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in create_model(name).parameters())
+    except TypeError:
+        return None
+
+
+def describe_models(pattern: str = "*") -> str:
+    """One line per registered model matching ``pattern``: name, parameters with its defaults, the first line of its docstring."""
+    lines = []
+    for name in list_models(pattern):
+        count = count_parameters(name)
+        size = f"{count / 1e6:.2f}M" if count is not None else "-"
+        doc = (inspect.getdoc(_REGISTRY[name]) or "").split("\n")[0]
+        lines.append(f"{name:28s} {size:>8s}  {doc}")
+    return "\n".join(lines)

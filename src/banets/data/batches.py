@@ -1,0 +1,114 @@
+"""Mini-batches: straight from in-memory tensors, and whatever a user passes, normalised to ``(x, y)``.
+
+Hand-written rather than a ``DataLoader`` because every dataset used here (digits, CIFAR as uint8, token
+streams) fits in memory: indexing a shuffled permutation returns a whole batch in one gather, with no
+per-sample ``__getitem__`` and collate. Shuffling draws from torch's global generator, like
+``RandomSampler``, so the engine's per-epoch seeding makes the order reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from banets.data.registry import Batch, DataError
+
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
+LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+
+
+class TensorBatches:
+    """Iterate ``(x[idx], y[idx], ...)`` over batches of ``batch_size`` rows of the given tensors."""
+
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("TensorBatches needs tensors with the same number of rows")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        rows = len(self.tensors[0])
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        rows = len(self.tensors[0])
+        order = torch.randperm(rows) if self.shuffle else torch.arange(rows)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield tuple(t[index] for t in self.tensors)
+
+
+def as_tensor(value: Any) -> Any:
+    """NumPy arrays as tensors (floating ones as float32, the models' dtype); anything else as it is."""
+    if isinstance(value, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        return tensor.float() if tensor.is_floating_point() else tensor
+    return value
+
+
+def to_batch(batch: Any) -> Batch:
+    """``(x, y)`` tensors from a batch given as a tuple or list, a dict with recognisable keys, or NumPy arrays."""
+    if isinstance(batch, dict):
+        x_key = next((k for k in INPUT_KEYS if k in batch), None)
+        y_key = next((k for k in LABEL_KEYS if k in batch), None)
+        if x_key is None or y_key is None:
+            raise DataError(f"a dict batch needs an input key ({'/'.join(INPUT_KEYS)}) and a label key "
+                            f"({'/'.join(LABEL_KEYS)}); this one has {', '.join(map(str, batch)) or 'no keys'}")
+        batch = (batch[x_key], batch[y_key])
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise DataError(f"a batch must be (inputs, labels), a dict with input and label keys, or NumPy arrays; got "
+                        f"{type(batch).__name__}")
+    x, y = as_tensor(batch[0]), as_tensor(batch[1])
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise DataError(f"a batch's inputs and labels must be tensors or NumPy arrays; got {type(x).__name__} and {type(y).__name__}")
+    return x, y
+
+
+class Batches:
+    """Any iterable of batches (a DataLoader, a list...), each normalised by :func:`to_batch` as it comes."""
+
+    def __init__(self, data: Iterable):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return map(to_batch, self.data)
+
+
+def is_pair(data: Any) -> bool:
+    """Whether ``data`` is an ``(x, y)`` pair of whole arrays (rather than a list of batches)."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(part, (Tensor, np.ndarray)) for part in data) and len(data[0]) == len(data[1]))
+
+
+def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Optional[Iterable[Batch]]:
+    """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays, a ``Dataset``, a
+    ``DataLoader`` or any iterable of batches (tuples, dicts with input/label keys, NumPy arrays); None stays None."""
+    if data is None:
+        return None
+    if is_pair(data):
+        return TensorBatches(*map(as_tensor, data), batch_size=batch_size, shuffle=shuffle)
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle))
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
+        raise DataError(f"{what} is a {type(data).__name__}; pass an (x, y) pair of tensors or NumPy arrays, a Dataset, "
+                        f"a DataLoader or an iterable of (x, y) batches")
+    return Batches(data)
+
+
+def take_subset(pair: tuple[Tensor, Tensor], subset: Optional[int], what: str) -> tuple[Tensor, Tensor]:
+    """The first ``subset`` rows of an ``(x, y)`` pair (all of them for None); more than it has is an error."""
+    if subset is None:
+        return pair
+    if subset > len(pair[1]):
+        raise DataError(f"data.train_subset={subset} is more than the {len(pair[1])} {what}; lower it or remove it")
+    return pair[0][:subset], pair[1][:subset]

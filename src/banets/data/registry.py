@@ -1,0 +1,106 @@
+"""Dataset registry: ``register_dataset``, ``build_dataset`` and what every builder returns, :class:`Data`.
+
+A builder turns the ``data`` config section into train / validation / test batches (and an optional
+transform, applied on the training device). Each dataset declares the options of the section it uses; any
+other option set away from its default is refused, so a setting is never silently ignored. Builders raise
+:class:`DataError` (one line naming the file, the problem and the fix) before anything is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from banets.config import DataConfig, UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+# Turns a raw input batch (already on the device) into model input; ``train`` selects augmentation.
+Transform = Callable[[torch.Tensor, Optional[torch.Generator], bool], torch.Tensor]
+ALWAYS_USED = {"dataset", "batch_size", "eval_batch_size"}
+
+
+class DataError(UserError, ValueError):
+    """A dataset that is missing, corrupt, unsafe or not in the expected format; the message is one line."""
+
+
+@dataclass
+class Data:
+    """Everything the driver needs from a dataset.
+
+    ``model_options`` are derived from the data and given to registered models that take them (num_classes,
+    in_channels, vocab_size); ``files`` are written into each run directory when it starts and compared on
+    resume (e.g. a text corpus' vocabulary), so a resumed run cannot silently use other data; ``metric`` is how
+    the report scores models: ``error`` (classifiers) or ``perplexity`` (language models).
+    """
+
+    train: Iterable[Batch]
+    val: Iterable[Batch]
+    test: Optional[Iterable[Batch]] = None
+    train_eval: Optional[Iterable[Batch]] = None  # training examples evaluated at the end (does the teacher fit?)
+    transform: Optional[Transform] = None
+    model_options: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    metric: str = "error"
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    build: Callable[[DataConfig], Data]
+    options: frozenset[str]  # the DataConfig fields this dataset uses
+    summary: str
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, options: Iterable[str], summary: str = ""):
+    """Register ``build(cfg: DataConfig) -> Data`` under ``name``; ``options`` are the ``data.*`` keys it uses."""
+
+    def add(build: Callable[[DataConfig], Data]) -> Callable[[DataConfig], Data]:
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        unknown = set(options) - {f.name for f in dataclasses.fields(DataConfig)}
+        if unknown:
+            raise ValueError(f"dataset {name!r} names unknown data options {sorted(unknown)}")
+        _DATASETS[name] = DatasetEntry(build, frozenset(options) | ALWAYS_USED, summary or (build.__doc__ or "").split("\n")[0])
+        return build
+
+    return add
+
+
+def list_datasets() -> dict[str, DatasetEntry]:
+    _import_builtin_datasets()
+    return dict(sorted(_DATASETS.items()))
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    datasets = list_datasets()
+    if name not in datasets:
+        near = difflib.get_close_matches(name, datasets, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise DataError(f"unknown dataset {name!r}; {hint}choose one of {', '.join(datasets)} (or register your own and --import it)")
+    return datasets[name]
+
+
+def check_options(cfg: DataConfig) -> None:
+    """Refuse options that ``cfg.dataset`` does not use but that are set away from their defaults."""
+    entry, defaults = dataset_entry(cfg.dataset), DataConfig()
+    unused = [f.name for f in dataclasses.fields(DataConfig)
+              if f.name not in entry.options and getattr(cfg, f.name) != getattr(defaults, f.name)]
+    if unused:
+        raise DataError(f"dataset {cfg.dataset!r} does not use data.{', data.'.join(unused)}; remove "
+                        f"{'it' if len(unused) == 1 else 'them'} (it uses data.{', data.'.join(sorted(entry.options - ALWAYS_USED))})")
+
+
+def build_dataset(cfg: DataConfig) -> Data:
+    """The batches of the dataset ``cfg`` describes, after checking that every option set is one it uses."""
+    check_options(cfg)
+    return dataset_entry(cfg.dataset).build(cfg)
+
+
+def _import_builtin_datasets() -> None:
+    import banets.data.builtin  # noqa: F401  (registers the built-in datasets on import)

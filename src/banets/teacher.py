@@ -1,0 +1,66 @@
+"""A teacher trained elsewhere: its weights from a banets checkpoint, a plain state dict or a ``.safetensors`` file.
+
+``model.teacher_checkpoint`` (and ``born_again(teacher=...)`` in Python) replaces training the teacher. The file
+is read without running code (``torch.load(weights_only=True)``, or safetensors) and must fit the teacher's
+architecture exactly: a missing, unexpected or differently shaped tensor is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from banets.config import UserError
+
+
+class TeacherError(UserError, ValueError):
+    """A teacher checkpoint that cannot be read or does not fit the teacher's architecture."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``: ``.safetensors``, a banets checkpoint (``{"model": ...}``) or a plain state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherError(f"model.teacher_checkpoint: no file {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch and safetensors raise many types for damaged or unsafe files
+        raise TeacherError(f"model.teacher_checkpoint: cannot read {path} safely ({type(error).__name__}); pass a banets "
+                           f"checkpoint, a state dict saved with torch.save(model.state_dict(), ...) or a .safetensors file") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a banets checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TeacherError(f"model.teacher_checkpoint: {path} holds no state dict of tensors")
+    return state
+
+
+def load_teacher_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load ``path`` into ``model``, checked tensor by tensor; tied weights stored once (safetensors) are accepted."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not _tied_elsewhere(model, k, state)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+    if any(problems):
+        raise TeacherError(f"model.teacher_checkpoint {path} does not fit the teacher {type(model).__name__}: "
+                           f"{'; '.join(p for p in problems if p)} tensors; set model.name/options (or model.teacher_name) "
+                           f"to the architecture it was trained as")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _tied_elsewhere(model: nn.Module, key: str, state: dict) -> bool:
+    """Whether ``key`` is the same tensor as another entry of ``model`` that ``state`` holds (e.g. a tied decoder)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if key not in params:
+        return False
+    return any(other in state and params[other] is params[key] for other in params if other != key)
