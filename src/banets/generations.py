@@ -154,6 +154,20 @@ def check_outputs(logits: object, y: torch.Tensor, what: str) -> torch.Tensor:
     return logits
 
 
+def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: str) -> object:
+    """``model(x)`` in evaluation mode, its carried state forgotten after; a model that fails on the batch is a
+    :class:`PlanError` naming the batch's shape (the usual cause: a model built for other inputs)."""
+    model.to(device).eval()
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PlanError(f"{what} fails on a training batch of shape {tuple(x.shape)} ({first_line}); build it for "
+                        f"these inputs") from None
+    finally:
+        reset_state(model)
+
+
 def first_batch(data: Iterable[Batch], what: str) -> Batch:
     for batch in data:
         x, y = to_batch(batch)
@@ -184,11 +198,8 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, student_fn: ModelFn,
     if teacher is None:
         teacher = build_model(teacher_fn, "the teacher factory") if teacher_fn is not None else student
     with torch.no_grad():
-        logits = {}
-        for model, what in ((student, "the model"), (teacher, "the teacher")):
-            model.to(device).eval()
-            logits[what] = check_outputs(model(x), y, what)
-            reset_state(model)
+        logits = {what: check_outputs(forward_once(model, x, device, what), y, what)
+                  for model, what in ((student, "the model"), (teacher, "the teacher"))}
     if logits["the model"].shape != logits["the teacher"].shape:
         raise PlanError(f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
                         f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs")

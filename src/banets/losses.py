@@ -139,7 +139,9 @@ def _with_options(fn: Callable[..., Tensor], name: str) -> Callable[..., Loss]:
         try:
             inspect.signature(fn).bind(None, None, None, **options)
         except TypeError as error:
-            raise LossError(f"loss {name!r} takes (student_logits, teacher_logits, labels, **options): {error}") from None
+            takes = list(inspect.signature(fn).parameters)[3:]
+            raise LossError(f"loss {name!r} takes (student_logits, teacher_logits, labels) and the options "
+                            f"{', '.join(takes) or 'none'}: {error}") from None
         return functools.partial(fn, **options) if options else fn
 
     factory.__wrapped_loss__ = fn  # type: ignore[attr-defined]

@@ -1,0 +1,195 @@
+"""The Python API on your own model, data and losses: every refusal before the first epoch, open losses, run
+directories made from Python (report, resume, load), and the defaults."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import banets
+from banets import BornAgainConfig, TrainConfig, born_again, create_model, losses
+from banets.config import UserError
+from banets.engine import Trainer
+from banets.runs import RunDirectory
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ONE_EPOCH = TrainConfig(epochs=1, progress="none")
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 8, generator=gen)
+    y = torch.randint(0, 4, (96,), generator=gen)
+    return (x[:64], y[:64]), (x[64:], y[64:])
+
+
+@pytest.fixture
+def model_fn():
+    return lambda: create_model("mlp", in_features=8, num_classes=4, hidden=(8,))
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """The names of the models whose training started."""
+    started = []
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a: started.append(self.name) or fit(self, *a))
+    return started
+
+
+def refusals(model_fn, data):
+    train, val = data
+    x, y = train
+    three_classes = lambda: create_model("mlp", in_features=8, num_classes=3, hidden=(8,))  # noqa: E731
+    nine_inputs = lambda: create_model("mlp", in_features=9, num_classes=4)  # noqa: E731
+    return {
+        "model instance": (lambda: born_again(model_fn(), train, val, optim=ONE_EPOCH),
+                           "model_fn is a model instance; pass a factory that builds a fresh one, e.g. lambda: MLP(...)"),
+        "factory returns None": (lambda: born_again(lambda: None, train, val, optim=ONE_EPOCH),
+                                 "model_fn returned NoneType, not an nn.Module"),
+        "dict batch of unknown keys": (lambda: born_again(model_fn, [{"a": x, "b": y}], val, optim=ONE_EPOCH),
+                                       "a dict batch needs an input key (x/input/"),
+        "a string as data": (lambda: born_again(model_fn, "train.csv", val, optim=ONE_EPOCH), "train is a str; pass an (x, y) pair"),
+        "float labels": (lambda: born_again(model_fn, (x, y.float()), val, optim=ONE_EPOCH),
+                         "the training labels are torch.float32; class labels must be integers"),
+        "no validation data": (lambda: born_again(model_fn, train, None, optim=ONE_EPOCH), "no validation data"),
+        "loss typo": (lambda: born_again(model_fn, train, val, ban=BornAgainConfig(loss="bann"), optim=ONE_EPOCH),
+                      "unknown loss 'bann'; did you mean 'ban'?"),
+        "extra loss typo": (lambda: born_again(model_fn, train, val, ban=BornAgainConfig(extra_losses=["cwtmm"]), optim=ONE_EPOCH),
+                            "unknown loss 'cwtmm'; did you mean 'cwtm'?"),
+        "loss option typo": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
+                                                ban=BornAgainConfig(loss="ban+l", loss_options={"weight": 1})),
+                             "the options label_weight, normalize: got an unexpected keyword argument 'weight'"),
+        "fewer outputs than classes": (lambda: born_again(three_classes, train, val, optim=ONE_EPOCH),
+                                       "the model has 3 outputs but the labels range over [0, 3]; build it with at least 4"),
+        "teacher of other classes": (lambda: born_again(model_fn, train, val, teacher_fn=three_classes, optim=ONE_EPOCH),
+                                     "the teacher has 3 outputs"),
+        "model for other inputs": (lambda: born_again(nine_inputs, train, val, optim=ONE_EPOCH),
+                                   "the model fails on a training batch of shape (64, 8)"),
+        "unknown ensemble member": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
+                                                       ban=BornAgainConfig(ensembles={"T+CE": ["teacher", "CE"]})),
+                                    "ensemble 'T+CE' names CE"),
+        "missing shared layer": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, ban=BornAgainConfig(share_layers=["conv1"])),
+                                 "ban.share_layers: cannot share 'conv1'"),
+        "progress typo": (lambda: TrainConfig(progress="bar"), "optim.progress='bar' is not one of model, epoch, none"),
+        "schedule typo": (lambda: TrainConfig(schedule="cosin"), "did you mean 'cosine'?"),
+        "optimizer typo": (lambda: TrainConfig(optimizer="adamw"), "optim.optimizer='adamw' is not one of sgd, adam"),
+        "precision typo": (lambda: TrainConfig(precision="fp8"), "optim.precision='fp8' is not one of"),
+        "cache dtype typo": (lambda: BornAgainConfig(cache_teacher="int8"), "ban.cache_teacher='int8' is not one of"),
+        "zero epochs": (lambda: TrainConfig(epochs=0), "optim.epochs must be a positive number of epochs, got 0"),
+        "negative generations": (lambda: BornAgainConfig(generations=-1), "ban.generations must be 0 or more, got -1"),
+        "negative learning rate": (lambda: TrainConfig(lr=-0.1), "optim.lr must be positive, got -0.1"),
+        "epochs as text": (lambda: TrainConfig(epochs="10"), "optim.epochs expects int, got '10'"),
+        "no seeds": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, seeds=[]), "seeds must be a non-empty list"),
+        "huge seed": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, seeds=10**20), "seeds must be integers in [0, 2147483647]"),
+    }
+
+
+CASES = list(refusals(lambda: None, ((torch.zeros(1), torch.zeros(1)),) * 2))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_refused_before_anything_is_trained_or_written(case, model_fn, data, trainings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    call, message = refusals(model_fn, data)[case]
+    with pytest.raises(UserError) as refused:
+        call()
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert trainings == [] and list(tmp_path.iterdir()) == []
+
+
+def test_out_is_checked_before_training(model_fn, data, trainings, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files that are not a banets run \(notes.txt\)"):
+        born_again(model_fn, *data, optim=ONE_EPOCH, out=tmp_path)
+    assert trainings == [] and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def focal(student_logits, teacher_logits, labels, gamma: float = 2.0):
+    """A loss of your own: focal loss on the labels plus the BAN term."""
+    log_p = F.log_softmax(student_logits.float(), -1).gather(1, labels[:, None]).squeeze(1)
+    return -((1 - log_p.exp()) ** gamma * log_p).mean() + losses.ban(student_logits, teacher_logits, labels)
+
+
+def test_a_callable_loss_goes_where_a_loss_name_does(model_fn, data, tmp_path):
+    calls = []
+
+    def counting(*args, gamma: float = 2.0):
+        calls.append(gamma)
+        return focal(*args, gamma=gamma)
+
+    ban = BornAgainConfig(generations=1, loss=counting, loss_options={"gamma": 1.0}, extra_losses=[focal])
+    run = born_again(model_fn, *data, ban=ban, optim=ONE_EPOCH, out=tmp_path / "run")
+    assert list(run.models) == ["teacher", "COUNTING-1", "FOCAL"] and calls and set(calls) == {1.0}
+    config = RunDirectory(tmp_path / "run" / "seed-0").config()
+    assert config["ban"]["loss"].endswith(":test_a_callable_loss_goes_where_a_loss_name_does.<locals>.counting")
+    assert config["ban"]["extra_losses"] == ["test_api:focal"]
+    with pytest.raises(UserError, match="takes \\(student_logits, teacher_logits, labels\\)"):
+        born_again(model_fn, *data, ban=BornAgainConfig(loss=lambda logits: logits.sum()), optim=ONE_EPOCH)
+
+
+def test_a_registered_loss_is_named_by_configs(model_fn, data, monkeypatch):
+    monkeypatch.setattr(losses, "_LOSSES", dict(losses._LOSSES))  # the registration stays in this test
+    losses.register("focal+ban")(focal)
+    assert "focal+ban" in losses.names() and losses.name_of(focal) == "focal+ban"
+    run = born_again(model_fn, *data, ban=BornAgainConfig(generations=1, loss="focal+ban", loss_options={"gamma": 0.5}),
+                     optim=ONE_EPOCH)
+    assert run.results[0].plan[1].name == "FOCAL+BAN-1"
+    with pytest.raises(UserError, match="registered twice"):
+        losses.register("focal+ban")(focal)
+    by_path = born_again(model_fn, *data, ban=BornAgainConfig(generations=1, loss="test_api:focal"), optim=ONE_EPOCH)
+    assert list(by_path.models) == ["teacher", "FOCAL-1"]
+
+
+def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, tmp_path, monkeypatch, capsys):
+    from banets.cli import main
+
+    optim = TrainConfig(epochs=2, progress="none")
+    straight = born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "straight")
+    calls = {"n": 0}
+    on_epoch_end = RunDirectory.on_epoch_end
+
+    def crash(self, spec, trainer, record):
+        on_epoch_end(self, spec, trainer, record)
+        calls["n"] += 1
+        if calls["n"] == 3:  # BAN-1, epoch 1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDirectory, "on_epoch_end", crash)
+    with pytest.raises(KeyboardInterrupt):
+        born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
+    monkeypatch.setattr(RunDirectory, "on_epoch_end", on_epoch_end)
+    with pytest.raises(UserError, match="already holds seed 0"):
+        born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
+    assert main(["resume", str(tmp_path / "crashed")]) == 1  # unfinished, and the CLI cannot rebuild your model
+    assert "continue it from Python with born_again(..., out=DIR, resume=True)" in capsys.readouterr().err
+    resumed = born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed", resume=True)
+    for name in ("teacher", "BAN-1"):
+        ours, theirs = resumed.models[name].state_dict(), straight.models[name].state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert main(["report", str(tmp_path / "crashed")]) == 0
+    assert "MLP" in capsys.readouterr().out  # the architecture, from the model's class
+    with pytest.raises(UserError, match="pass it: load\\(..., model_fn="):
+        banets.load(tmp_path / "crashed", "BAN-1")
+    loaded = banets.load(tmp_path / "crashed", "BAN-1", model_fn=model_fn)
+    assert not loaded.training and torch.equal(loaded(data[1][0]), resumed.models["BAN-1"].eval()(data[1][0]))
+
+
+def test_numpy_data_and_results_json_rows_match_the_report(model_fn, data, tmp_path):
+    train, val = ((x.numpy().astype(np.float64), y.numpy()) for x, y in data)
+    run = born_again(model_fn, train, val, ban=BornAgainConfig(generations=2), optim=ONE_EPOCH, out=tmp_path / "np")
+    saved = json.loads((tmp_path / "np" / "seed-0" / "results.json").read_text())["val"]
+    assert [r["model"] for r in saved] == [r["model"] for r in run.rows("val")] == ["teacher", "BAN-1", "BAN-2", "Ens*2"]
+    assert saved == json.loads(json.dumps(run.rows("val")))  # one function computes both
+
+
+def test_defaults_are_short_and_quiet_per_model(model_fn, data, capsys):
+    assert TrainConfig().epochs == 10 and TrainConfig().progress == "model"
+    born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=TrainConfig(epochs=3))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("teacher (model 1/2, seed 1/1) epoch 3")  # one line per model
