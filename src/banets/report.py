@@ -364,7 +364,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-SUMMARY_COLUMNS = ((8, "model"), (24, "what it is"), (14, "{metric}"), (12, "NLL"), (6, "agree%"), (24, "Δ vs teacher [95% CI]"))
+SUMMARY_COLUMNS = ((8, "model"), (24, "what it is"), (14, "{metric}"), (13, "NLL"), (6, "agree%"), (24, "Δ vs teacher [95% CI]"))
 WIDTH = 100  # the summary table and its notes fit a terminal of this many columns
 
 
@@ -377,14 +377,16 @@ def summary_table(runs: list[SeedRun], split: str = "val", legend: bool = False)
         if not rows:
             continue
         metric = METRICS[rows[0]["metric"]]
+        longest = max(len(r["model"]) for r in rows)  # a long model name takes room from "what it is"
+        widths = [max(8, longest), max(12, 32 - max(8, longest)), *(w for w, _ in SUMMARY_COLUMNS[2:])]
         n = max(r["seeds"] for r in rows)
         title = f"{experiment} ({architecture}), {split} split, " + (f"mean ± SD over {n} seeds" if n > 1 else "n=1 seed")
-        header = "  ".join(f"{name.format(metric=metric.label):<{width}}" for width, name in SUMMARY_COLUMNS)
-        lines = [title, header.rstrip(), "-" * len(header.rstrip())]
+        header = "  ".join(f"{name.format(metric=metric.label):<{w}}" for w, (_, name) in zip(widths, SUMMARY_COLUMNS)).rstrip()
+        lines = [title, header, "-" * len(header)]
         for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
             cells = (r["model"], r["what"], _pm(r, metric.key), _pm(r, "nll", 3),
                      f"{r['agreement']:.1f}" if "agreement" in r else "—", _delta(r))
-            lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, (w, _) in zip(cells, SUMMARY_COLUMNS)).rstrip())
+            lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, w in zip(cells, widths)).rstrip())
         if legend:
             lines += textwrap.wrap(legend_line(group[0], metric), WIDTH)
         lines += ["", "Verdict:"]
