@@ -276,6 +276,17 @@ def test_archive_with_symlink_is_refused(tmp_path):
         load_cifar("cifar10", archive)
 
 
+def test_a_planted_symlink_beside_the_archive_is_not_followed(tmp_path):
+    (tmp_path / "data").mkdir()
+    archive = make_archive(make_cifar10(tmp_path / "source"), tmp_path / "data" / "cifar-10-python.tar.gz")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "data" / "cifar-10-batches-py").symlink_to(elsewhere)
+    with pytest.raises(DataError, match="is a symbolic link; refused to extract into it"):
+        load_cifar("cifar10", archive)
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
+
+
 def test_unreadable_archive_is_a_one_line_error(tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     archive.write_bytes(b"not a gzip file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import string
@@ -127,9 +128,18 @@ def test_download_writes_the_ptb_files(tmp_path: Path, monkeypatch: pytest.Monke
         return io.BytesIO(b" the cat <unk> \n a dog \n")
 
     monkeypatch.setattr(text, "urlopen", fake_urlopen)
+    pinned = hashlib.md5(b" the cat <unk> \n a dog \n").hexdigest()
+    monkeypatch.setattr(text, "PTB_MD5", {split: pinned for split in ("train", "valid", "test")})
     corpus = load_corpus(tmp_path / "ptb", download=True)
     assert [u.rsplit("/", 1)[1] for u in served] == ["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"]
     assert corpus.vocab.decode(corpus.test) == ["the", "cat", UNK, EOS, "a", "dog", EOS]
+
+
+def test_a_download_whose_checksum_differs_is_refused_and_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(text, "urlopen", lambda url, timeout: io.BytesIO(b"tampered text\n"))
+    with pytest.raises(DataError, match=r"has md5 [0-9a-f]{32}, expected f26c4b92c5fdc7b3f8c7cdcb991d8420; retry"):
+        load_corpus(tmp_path / "ptb", download=True)
+    assert not list((tmp_path / "ptb").iterdir())  # neither the file nor its partial download stays
 
 
 def test_batchify_cuts_contiguous_streams() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 from banets import __version__, distributed
 from banets import config as configs
@@ -127,10 +128,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_import_argument(parser)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) that point to ``--help``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"banets: error: {message}; see `{self.prog} --help`\n")
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+    return f"banets: warning: {message}\n"
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="banets", description="Born Again Neural Networks: teachers, generations, ensembles")
+    parser = Parser(prog="banets", description="Born Again Neural Networks: teachers, generations, ensembles")
     parser.add_argument("--version", action="version", version=f"banets {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     demo = commands.add_parser("demo", help="offline demo on scikit-learn's digits (CPU, about a minute)")
     add_config_arguments(demo)
     demo.set_defaults(func=cmd_demo)
@@ -166,6 +178,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    warnings.formatwarning = one_line_warning
     args = make_parser().parse_args(argv)
     try:
         args.func(args)

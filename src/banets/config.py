@@ -255,12 +255,24 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} expects a mapping, got {value!r}; write it as {{k: v}}")
+        check_no_glued_colons(value, key)
         return dict(value)
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         return _as_float(value, key)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
         raise ConfigError(f"{key} expects {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def check_no_glued_colons(mapping: dict, key: str) -> None:
+    """YAML reads ``{width:4}`` as a key ``"width:4"`` without a value: refuse it, naming the space it needs."""
+    for inner, value in mapping.items():
+        if isinstance(inner, str) and ":" in inner and value is None:
+            name, _, number = inner.partition(":")
+            raise ConfigError(f"{key} has a key {inner!r} without a value; YAML needs a space after the colon: "
+                              f"{{{name}: {number}}}")
+        if isinstance(value, dict):
+            check_no_glued_colons(value, f"{key}.{inner}")
 
 
 def _as_float(value: int | str, key: str) -> float:

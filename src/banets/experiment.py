@@ -139,7 +139,7 @@ def config_record(config: ExperimentConfig, **changes: Any) -> dict:
 def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resume: bool = False) -> BornAgainRun:
     """Check everything, then train and evaluate every seed of ``config`` on ``setup``, each into ``out/seed-<s>``
     (nothing is written without ``out``). ``resume`` continues the seeds ``out`` already holds."""
-    device = resolve_device(config.device)
+    device = available_device(config.device)
     distributed.init_from_env(device)
     if config.data.batch_size % distributed.world_size():
         raise RunError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
@@ -154,6 +154,17 @@ def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resu
         run_dir = Path(out) / f"seed-{seed}" if out is not None else None
         results[seed] = run_seed(config, setup, seed, run_dir, device, label=f"seed {i + 1}/{len(config.seeds)}")
     return BornAgainRun(config, results, setup.data.metric, Path(out) if out is not None else None)
+
+
+def available_device(name: str) -> torch.device:
+    """The device ``name`` resolves to, refused with a one-line error when this machine has none of that kind."""
+    kind = name.split(":")[0]
+    present = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available(),
+               "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}
+    if kind in present and not present[kind]():
+        raise RunError(f"device={name} but torch {torch.__version__} finds no {kind} device here; use --set device=cpu "
+                       f"(or device=auto: a GPU when there is one)")
+    return resolve_device(name)
 
 
 def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -> None:
@@ -252,11 +263,11 @@ def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> list[int]:
     data nor its models. Returns the seeds that ran."""
     ran = []
     for seed_dir in seed_dirs(out):
-        config = load_config(str(seed_dir / "config.yaml"), overrides)
         directory = RunDirectory(seed_dir)
+        config = load_config(str(seed_dir / "config.yaml"), overrides)
+        directory.check_resumable(config_record(config))  # the overrides change runtime keys only
         plan = plan_generations(config.ban, config.seeds[0])
         if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
-            directory.check_resumable(config_record(config))
             continue
         run(config, setup_from_config(config), Path(out), resume=True)
         ran += config.seeds

@@ -10,10 +10,11 @@ the plan with one engine and knows no dataset or preset.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -134,7 +135,11 @@ def build_model(factory: ModelFn, what: str) -> nn.Module:
                         f"{type(factory).__name__}(...)")
     if not callable(factory):
         raise PlanError(f"{what} must be a callable that returns an nn.Module, got {type(factory).__name__}")
-    model = factory()
+    try:
+        model = factory()
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise PlanError(f"{what} failed to build the model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                        f"check its options") from None
     if not isinstance(model, nn.Module):
         raise PlanError(f"{what} returned {type(model).__name__}, not an nn.Module; make it return the model")
     return model
@@ -303,7 +308,8 @@ class Driver:
         model = self.build(spec)
         done = self.store.finished(spec)
         if done is not None:
-            model.load_state_dict(done["model"])
+            with saved_weights_of(spec.name):
+                model.load_state_dict(done["model"])
             self.histories[spec.name] = done.get("history", [])
             return model.to(self.device)
         callbacks = [lambda trainer, record: self.store.on_epoch_end(spec, trainer, record)]
@@ -312,10 +318,23 @@ class Driver:
                           label=", ".join(p for p in (position, self.label) if p))
         progress = self.store.progress(spec)
         if progress is not None:
-            trainer.load_state_dict(progress)
+            with saved_weights_of(spec.name):
+                trainer.load_state_dict(progress)
         self.histories[spec.name] = trainer.fit(self.train_data, self.val_data)
         self.store.on_finished(spec, trainer.model, trainer.history)
         return trainer.model
+
+
+@contextlib.contextmanager
+def saved_weights_of(name: str) -> Iterator[None]:
+    """Loading saved weights of model ``name``: another architecture's are a one-line error, not torch's listing."""
+    try:
+        yield
+    except RuntimeError as error:
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), "")
+        raise PlanError(f"the saved weights of {name} do not fit its model ({detail.rstrip('.')}); the run directory holds "
+                        f"another architecture's checkpoint: resume with the config it was made with, or start a new run") from None
 
 
 @dataclass

@@ -276,13 +276,14 @@ class RunDirectory:
             return self._recover_final(spec, entry)
         if not entry:
             return None
-        try:
-            return load_checkpoint(self.root / entry["checkpoint"], entry["sha256"])
-        except (RunError, OSError) as error:
-            warnings.warn(f"{spec.name}: {error}; training {spec.name} again from its seed {spec.seed} (on CPU the same "
-                          f"model bit for bit; finished models it taught are kept)")
+        path = self.root / entry["checkpoint"]
+        if not self._intact(entry):
+            warnings.warn(f"{spec.name}: checkpoint {path} is missing or does not match its recorded sha256 (corrupt or "
+                          f"truncated); training {spec.name} again from its seed {spec.seed} (on CPU the same model bit for "
+                          f"bit; finished models it taught are kept)")
             entry["status"] = "pending"
             return None
+        return load_checkpoint(path)  # intact but unsafe to load: someone replaced it and its digest; refused
 
     def _recover_final(self, spec: ModelSpec, entry: dict) -> Optional[dict]:
         """The final checkpoint of a model killed after writing it but before the manifest recorded it (the file is

@@ -306,6 +306,9 @@ def _extract(archive: Path, spec: _CifarSpec) -> Path:
     """
     parent = _extraction_parent(archive)
     folder = parent / spec.folder
+    if folder.is_symlink() or any((folder / name).is_symlink() for name, _ in spec.data_files + (spec.meta_file,)):
+        raise DataError(f"{spec.title}: {folder} (or a file in it) is a symbolic link; refused to extract into it - remove "
+                        f"the link, or pass the folder it points to with --data-dir")
     if all((folder / name).is_file() for name, _ in spec.data_files):
         return folder
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=parent))

