@@ -72,7 +72,7 @@ def test_registered_names():
     from banets.models.registry import _REGISTRY
 
     mine = {"banets.models." + m for m in ("densenet", "wide_resnet", "preresnet", "resnet_cifar")}
-    registered = {n for n, f in _REGISTRY.items() if getattr(f, "func", f).__module__ in mine}
+    registered = {n for n, f in _REGISTRY.items() if f.__module__ in mine}
     assert registered == set(PARAMS)
     assert set(PARAMS) <= set(list_models())
 

@@ -23,7 +23,6 @@ character each, as Kim et al.'s code spells ``<unk>`` as ``|`` and the end of se
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import torch
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from banets.models.lstm_lm import StatefulLSTMLanguageModel
-from banets.models.registry import register_model
+from banets.models.registry import register_model, variant_of
 
 PADDING, BEGIN_OF_WORD, END_OF_WORD = 0, 1, 2
 
@@ -40,9 +39,8 @@ PADDING, BEGIN_OF_WORD, END_OF_WORD = 0, 1, 2
 def spell_words(words: Sequence[str], min_length: int = 1) -> Tensor:
     """Character ids of ``words``, ``(len(words), L)``: begin-of-word, the characters, end-of-word, then padding
     up to the longest spelling (at least ``min_length``). A ``<special>`` word is one character of its own."""
-    spellings = [[word] if _is_special(word) else list(word) for word in words]
-    alphabet = sorted({char for spelling in spellings for char in spelling})
-    char_ids = {char: i for i, char in enumerate(alphabet, start=END_OF_WORD + 1)}
+    spellings = [_spelling(word) for word in words]
+    char_ids = {char: i for i, char in enumerate(alphabet(words), start=END_OF_WORD + 1)}
     length = max(min_length, 2 + max(map(len, spellings)))
     table = torch.full((len(words), length), PADDING, dtype=torch.long)
     for row, spelling in enumerate(spellings):
@@ -50,8 +48,14 @@ def spell_words(words: Sequence[str], min_length: int = 1) -> Tensor:
     return table
 
 
-def _is_special(word: str) -> bool:
-    return len(word) > 2 and word.startswith("<") and word.endswith(">")
+def alphabet(words: Sequence[str]) -> list[str]:
+    """The characters of the spellings of ``words``, sorted: ``spell_words`` numbers them from ``END_OF_WORD + 1``."""
+    return sorted({char for word in words for char in _spelling(word)})
+
+
+def _spelling(word: str) -> list[str]:
+    """The characters of ``word``, or the word itself for a ``<special>`` word (one character of its own)."""
+    return [word] if len(word) > 2 and word.startswith("<") and word.endswith(">") else list(word)
 
 
 class CharCNN(nn.Module):
@@ -100,7 +104,8 @@ class CharacterAwareLanguageModel(StatefulLSTMLanguageModel):
         init_range: float,
     ):
         spellings = spell_words(words, min_length=max(widths))
-        char_cnn = CharCNN(int(spellings.max()) + 1, char_dim, widths, filters)
+        # the table's largest id + 1, counted without reading the table, so that the model builds on the meta device
+        char_cnn = CharCNN(END_OF_WORD + 1 + len(alphabet(words)), char_dim, widths, filters)
         super().__init__(char_cnn.output_dim, hidden_dim, num_layers, len(words), dropout)
         self.register_buffer("spellings", spellings)
         self.char_cnn = char_cnn
@@ -129,17 +134,21 @@ def cnn_lstm(
     dropout: float = 0.5,
     init_range: float = 0.05,
 ) -> nn.Module:
-    """The character-aware family over the vocabulary ``words`` (in id order); the defaults are Kim et al.'s
-    large model, the paper's ``cnn_lstm_large``."""
+    """Character-aware LMs (Kim et al. 2016); the defaults build cnn_lstm_large.
+
+    The vocabulary ``words`` is in id order."""
     return CharacterAwareLanguageModel(
         words, char_dim, tuple(widths), tuple(filters), highway_layers, hidden_dim, num_layers, dropout, init_range
     )
 
 
-# The paper's 19M-parameter ConvLSTM (Table 6): Kim et al.'s LSTM-Char-Large.
-register_model("cnn_lstm_large", partial(cnn_lstm))
-# A CPU-scale model: Kim et al.'s LSTM-Char-Small.
-register_model(
-    "cnn_lstm_small",
-    partial(cnn_lstm, widths=(1, 2, 3, 4, 5, 6), filters=(25, 50, 75, 100, 125, 150), highway_layers=1, hidden_dim=300),
-)
+@register_model("cnn_lstm_large")
+@variant_of(cnn_lstm)
+def cnn_lstm_large() -> nn.Module:
+    """Table 6 row ConvLSTM (19M): Kim et al.'s LSTM-Char-Large."""
+
+
+@register_model("cnn_lstm_small")
+@variant_of(cnn_lstm, widths=(1, 2, 3, 4, 5, 6), filters=(25, 50, 75, 100, 125, 150), highway_layers=1, hidden_dim=300)
+def cnn_lstm_small() -> nn.Module:
+    """Kim et al.'s LSTM-Char-Small (5M): a CPU-scale ConvLSTM; not in the paper."""

@@ -16,7 +16,6 @@ Table 4. See docs/models.md for the parameter counts against the paper's.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections import OrderedDict
 from typing import Iterator, Sequence
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from banets.models.blocks import StagedNetwork, bn_relu, conv1x1, conv3x3, init_weights
-from banets.models.registry import register_model
+from banets.models.registry import register_model, variant_of
 
 
 @contextlib.contextmanager
@@ -178,7 +177,10 @@ def densenet_bc(
     final_transition: bool = False,
     transition_channels: Sequence[int] | None = None,
 ) -> DenseNet:
-    """DenseNet-BC-``depth``-``growth_rate`` with three dense blocks; ``block_layers`` overrides the depth rule."""
+    """DenseNet-BC family (Huang et al. 2017); the defaults build DenseNet-BC-100-12.
+
+    Three dense blocks of ``(depth - 4) // 6`` layers (``// 3`` without bottlenecks); ``block_layers`` overrides
+    the rule."""
     if block_layers is None:
         n = (depth - 4) // (6 if bottleneck else 3)
         if n < 1:
@@ -190,7 +192,29 @@ def densenet_bc(
     )
 
 
-#: The paper's configurations, DenseNet-{depth}-{growth} (Tables 1 and 2).
-PAPER_CONFIGS: tuple[tuple[int, int], ...] = ((112, 33), (90, 60), (80, 80), (80, 120))
-for _depth, _growth in PAPER_CONFIGS:
-    register_model(f"densenet_bc_{_depth}_{_growth}", functools.partial(densenet_bc, depth=_depth, growth_rate=_growth))
+# The paper's configurations, DenseNet-{depth}-{growth} (Tables 1 and 2). Its counts of the last three need
+# final_transition=True, as their presets set (docs/models.md).
+
+
+@register_model("densenet_bc_112_33")
+@variant_of(densenet_bc, depth=112, growth_rate=33)
+def densenet_bc_112_33() -> DenseNet:
+    """Tables 1-2 row DenseNet-112-33 (paper: 6.3M, see docs/models.md)."""
+
+
+@register_model("densenet_bc_90_60")
+@variant_of(densenet_bc, depth=90, growth_rate=60)
+def densenet_bc_90_60() -> DenseNet:
+    """Tables 1-2 row DenseNet-90-60 (16.1M with final_transition=True); Tables 3-5."""
+
+
+@register_model("densenet_bc_80_80")
+@variant_of(densenet_bc, depth=80, growth_rate=80)
+def densenet_bc_80_80() -> DenseNet:
+    """Tables 1-2 row DenseNet-80-80 (22.4M with final_transition=True)."""
+
+
+@register_model("densenet_bc_80_120")
+@variant_of(densenet_bc, depth=80, growth_rate=120)
+def densenet_bc_80_120() -> DenseNet:
+    """Tables 1-2 row DenseNet-80-120 (50.4M with final_transition=True)."""

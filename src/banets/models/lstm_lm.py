@@ -27,12 +27,10 @@ uniform in [-0.04, 0.04].
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch.nn as nn
 from torch import Tensor
 
-from banets.models.registry import register_model
+from banets.models.registry import register_model, variant_of
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -117,12 +115,17 @@ def lstm_lm(
     tie_weights: bool = True,
     init_range: float = 0.04,
 ) -> nn.Module:
-    """The word LSTM family; the defaults are the paper's ``lstm_lm_large``."""
+    """Word LSTM LMs (Zaremba et al. 2014); the defaults build lstm_lm_large."""
     return LSTMLanguageModel(vocab_size, embed_dim, hidden_dim, num_layers, dropout, tie_weights, init_range)
 
 
-# The paper's 52M-parameter LSTM (Table 6): Zaremba et al.'s large 2 x 1500, dropout 0.65, tied weights.
-register_model("lstm_lm_large", partial(lstm_lm))
-# A CPU-scale stand-in: Zaremba et al.'s small model (2 x 200, no dropout, init +-0.1), weights tied as in the paper
-# (2,653,200 parameters for 10,000 words).
-register_model("lstm_lm_small", partial(lstm_lm, embed_dim=200, hidden_dim=200, dropout=0.0, init_range=0.1))
+@register_model("lstm_lm_large")
+@variant_of(lstm_lm)
+def lstm_lm_large() -> nn.Module:
+    """Table 6 row LSTM (52M): Zaremba et al.'s large 2 x 1500 LSTM, tied weights."""
+
+
+@register_model("lstm_lm_small")
+@variant_of(lstm_lm, embed_dim=200, hidden_dim=200, dropout=0.0, init_range=0.1)
+def lstm_lm_small() -> nn.Module:
+    """Zaremba et al.'s small 2 x 200 LSTM, tied: preset ptb_paper's CPU-scale model."""

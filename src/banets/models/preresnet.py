@@ -9,15 +9,15 @@ channels.
 
 from __future__ import annotations
 
-import functools
-
 from banets.models.blocks import PreActResNet
-from banets.models.registry import register_model
+from banets.models.registry import register_model, variant_of
 
 
 @register_model("preresnet")
 def preresnet(depth: int = 164, num_classes: int = 10, bottleneck: bool = True) -> PreActResNet:
-    """Pre-ResNet-``depth``: ``9n + 2`` with bottleneck units, ``6n + 2`` with basic units."""
+    """Pre-ResNet family (He et al. 2016b); the defaults build Pre-ResNet-164.
+
+    ``depth = 9n + 2`` with bottleneck units, ``6n + 2`` with basic units."""
     per_unit, widths = (9, [64, 128, 256]) if bottleneck else (6, [16, 32, 64])
     if depth < per_unit + 2 or (depth - 2) % per_unit:
         raise ValueError(f"Pre-ResNet depth must be {per_unit}n+2 with n >= 1 (bottleneck={bottleneck}), got {depth}")
@@ -25,5 +25,19 @@ def preresnet(depth: int = 164, num_classes: int = 10, bottleneck: bool = True) 
     return PreActResNet(widths, [n] * 3, num_classes, stem_channels=16, bottleneck=bottleneck)
 
 
-for _depth in (29, 164, 1001):
-    register_model(f"preresnet_{_depth}", functools.partial(preresnet, depth=_depth))
+@register_model("preresnet_29")
+@variant_of(preresnet, depth=29)
+def preresnet_29() -> PreActResNet:
+    """Pre-ResNet-29 (3 x 3 bottleneck units): a small Pre-ResNet; not in the paper."""
+
+
+@register_model("preresnet_164")
+@variant_of(preresnet, depth=164)
+def preresnet_164() -> PreActResNet:
+    """Pre-ResNet-164 (1.7M in He et al. 2016b): a standard baseline; not in the paper."""
+
+
+@register_model("preresnet_1001")
+@variant_of(preresnet, depth=1001)
+def preresnet_1001() -> PreActResNet:
+    """Table 5 row Pre-activation ResNet-1001 (10.2M): the baseline, CIFAR-100."""

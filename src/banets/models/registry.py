@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import inspect
-from typing import Callable
+import string
+from itertools import product
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -31,6 +34,33 @@ def register_model(name: str, factory: ModelFactory | None = None):
         return fn
 
     return add(factory) if factory is not None else add
+
+
+def variant_of(family: ModelFactory, **fixed: Any) -> Callable[[Callable[..., Any]], ModelFactory]:
+    """Make the decorated function, which gives only a name and a docstring, the configuration of ``family`` with
+    the arguments ``fixed`` (as timm's named models): ``wrn_28_10(num_classes=100)`` builds
+    ``wide_resnet(depth=28, widen_factor=10, num_classes=100)``.
+
+    The fixed arguments are defaults that keyword arguments override, as a ``functools.partial``'s are. The
+    variant's signature is the family's with these defaults, keyword-only, so that ``model_parameters`` sees the
+    family's options.
+    """
+    family_signature = inspect.signature(family)
+    family_signature.bind_partial(**fixed)  # a TypeError for an argument the family does not take
+    signature = family_signature.replace(parameters=[
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=fixed.get(p.name, p.default))
+        for p in family_signature.parameters.values()
+    ])
+
+    def decorate(stub: Callable[..., Any]) -> ModelFactory:
+        @functools.wraps(stub)
+        def variant(**kwargs: Any) -> nn.Module:
+            return family(**{**fixed, **kwargs})
+
+        variant.__signature__ = signature  # type: ignore[attr-defined]
+        return variant
+
+    return decorate
 
 
 class ModelError(UserError, ValueError):
@@ -85,24 +115,44 @@ def _import_builtin_models() -> None:
     import banets.models  # noqa: F401  (registers the built-in families on import)
 
 
-
 def count_parameters(name: str) -> int | None:
-    """Parameters of model ``name`` built with its defaults, on the meta device (no memory); None if it needs arguments."""
+    """Parameters of model ``name`` built with its defaults, on the meta device (no memory), and with the paper's
+    sizes for what the data gives and it has no default for (``_paper_sizes``); None if it needs other arguments."""
     import torch
 
     try:
         with torch.device("meta"):
-            return sum(p.numel() for p in create_model(name).parameters())
+            return sum(p.numel() for p in create_model(name, **_paper_sizes(name)).parameters())
     except TypeError:
         return None
 
 
+def _paper_sizes(name: str) -> dict[str, Any]:
+    """The data options (``experiment.model_factory``) that model ``name`` has no default for, at the paper's sizes:
+    Penn Tree Bank's 10,000 words."""
+    if name.startswith(TIMM):
+        return {}
+    parameters = inspect.signature(_factory(name)).parameters
+    sizes = {"vocab_size": 10_000, "words": _ptb_like_words()}
+    return {k: v for k, v in sizes.items() if k in parameters and parameters[k].default is inspect.Parameter.empty}
+
+
+@functools.cache
+def _ptb_like_words() -> list[str]:
+    """10,000 words spelled like PTB's for a character-aware model: ``<unk>``, ``<eos>`` and 3-letter words over a-z
+    (31 characters with the word markers and padding, as docs/models.md counts)."""
+    return ["<unk>", "<eos>", *map("".join, product(string.ascii_lowercase, repeat=3))][:10_000]
+
+
 def describe_models(pattern: str = "*") -> str:
-    """One line per registered model matching ``pattern``: name, parameters with its defaults, the first line of its docstring."""
+    """One line per registered model matching ``pattern``: name, parameters (``count_parameters``), the first line of
+    its docstring."""
+    names = list_models(pattern)
+    width = max(map(len, names), default=0)
     lines = []
-    for name in list_models(pattern):
+    for name in names:
         count = count_parameters(name)
         size = f"{count / 1e6:.2f}M" if count is not None else "-"
         doc = (inspect.getdoc(_REGISTRY[name]) or "").split("\n")[0]
-        lines.append(f"{name:28s} {size:>8s}  {doc}")
+        lines.append(f"{name:{width}s} {size:>8s}  {doc}")
     return "\n".join(lines)

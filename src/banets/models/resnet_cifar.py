@@ -10,7 +10,6 @@ BatchNorm where the shape changes) is available with ``shortcut="B"``.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from banets.models.blocks import conv1x1, conv3x3, init_weights, pool_classify
-from banets.models.registry import register_model
+from banets.models.registry import register_model, variant_of
 
 
 class ZeroPadShortcut(nn.Module):
@@ -97,9 +96,31 @@ class ResNetCifar(nn.Module):
 def resnet_cifar(
     depth: int = 20, width: int = 16, num_classes: int = 10, shortcut: Literal["A", "B"] = "A"
 ) -> ResNetCifar:
-    """ResNet-``depth`` (``6n + 2``) with ``width`` base channels (16 in the paper)."""
+    """CIFAR ResNet family (He et al. 2016a); the defaults build ResNet-20.
+
+    ``depth = 6n + 2`` and ``width`` base channels (16 in He et al.'s paper)."""
     return ResNetCifar(depth, width, num_classes, shortcut)
 
 
-for _depth in (8, 20, 56, 110):
-    register_model(f"resnet{_depth}", functools.partial(resnet_cifar, depth=_depth))
+@register_model("resnet8")
+@variant_of(resnet_cifar, depth=8)
+def resnet8() -> ResNetCifar:
+    """ResNet-8: the model of the CPU quick preset (cifar10_quick); not in the paper."""
+
+
+@register_model("resnet20")
+@variant_of(resnet_cifar, depth=20)
+def resnet20() -> ResNetCifar:
+    """ResNet-20 (0.27M in He et al. 2016a): a CIFAR baseline; not in the paper."""
+
+
+@register_model("resnet56")
+@variant_of(resnet_cifar, depth=56)
+def resnet56() -> ResNetCifar:
+    """ResNet-56 (0.85M in He et al. 2016a): a CIFAR baseline; not in the paper."""
+
+
+@register_model("resnet110")
+@variant_of(resnet_cifar, depth=110)
+def resnet110() -> ResNetCifar:
+    """ResNet-110 (1.7M in He et al. 2016a): a CIFAR baseline; not in the paper."""

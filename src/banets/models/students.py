@@ -15,7 +15,6 @@ docs/models.md lists the parameter counts of every student next to the paper's.
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
@@ -25,7 +24,7 @@ import torch.nn as nn
 
 from banets.models.blocks import PreActUnit, StagedNetwork, bn_relu, conv3x3, init_weights
 from banets.models.densenet import DenseNet, Transition, densenet_bc
-from banets.models.registry import create_model, register_model
+from banets.models.registry import create_model, register_model, variant_of
 
 #: The teacher of Tables 4 and 5: DenseNet-90-60 with a final 1x1 transition, whose parameter count matches the
 #: paper's 16.1M (docs/models.md); its stages output 480, 660 and 750 channels.
@@ -114,8 +113,10 @@ def dense_shaped_resnet(
     dropout: float = 0.0,
     num_classes: int = 10,
 ) -> DenseShapedResNet:
-    """The residual student of DenseNet ``teacher``: ``units`` wide (Wide-ResNet basic) or bottleneck (Pre-ResNet)
-    units per dense block, ``ratio`` x the block's output channels wide (Table 5: "{family}-{units}-{ratio}")."""
+    """Residual students of a DenseNet teacher's stage shapes (Sec. 3.4, Table 5).
+
+    ``units`` wide (Wide-ResNet basic) or bottleneck (Pre-ResNet) units per dense block, ``ratio`` x the block's
+    output channels wide (Table 5: "{family}-{units}-{ratio}")."""
     if unit not in ("wide", "bottleneck"):
         raise ValueError(f"unit must be 'wide' or 'bottleneck', got {unit!r}")
     shape = dense_shape(teacher, teacher_options)
@@ -124,19 +125,44 @@ def dense_shaped_resnet(
     return student
 
 
-#: Table 5's students of DenseNet-90-60: name -> (units per block, width ratio, unit). "Match-Wide-ResNet-2-1" is
-#: the 2-unit ratio-1 wide student (docs/models.md explains this reading).
-TABLE5 = {
-    "dense_shaped_preresnet_14_0.5": (14, 0.5, "bottleneck"),
-    "dense_shaped_preresnet_14_1": (14, 1.0, "bottleneck"),
-    "dense_shaped_wrn_1_1": (1, 1.0, "wide"),
-    "dense_shaped_match_wrn_2_1": (2, 1.0, "wide"),
-    "dense_shaped_wrn_4_0.5": (4, 0.5, "wide"),
-    "dense_shaped_wrn_4_1": (4, 1.0, "wide"),
-}
-for _name, (_units, _ratio, _unit) in TABLE5.items():
-    register_model(_name, functools.partial(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS,
-                                            units=_units, ratio=_ratio, unit=_unit))
+# Table 5's students of DenseNet-90-60 with its final transition, "{family}-{units per block}-{width ratio}". A name
+# with a dot is registered as written; its function has "_" instead.
+
+
+@register_model("dense_shaped_preresnet_14_0.5")
+@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=14, ratio=0.5, unit="bottleneck")
+def dense_shaped_preresnet_14_0_5() -> DenseShapedResNet:
+    """Table 5 row BAN-Pre-ResNet-14-0.5 (7.3M): a residual student of DenseNet-90-60."""
+
+
+@register_model("dense_shaped_preresnet_14_1")
+@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=14, ratio=1.0, unit="bottleneck")
+def dense_shaped_preresnet_14_1() -> DenseShapedResNet:
+    """Table 5 row BAN-Pre-ResNet-14-1 (17.7M): a residual student of DenseNet-90-60."""
+
+
+@register_model("dense_shaped_wrn_1_1")
+@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=1, ratio=1.0, unit="wide")
+def dense_shaped_wrn_1_1() -> DenseShapedResNet:
+    """Table 5 row BAN-Wide-ResNet-1-1 (20.9M): a residual student of DenseNet-90-60."""
+
+
+@register_model("dense_shaped_match_wrn_2_1")
+@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=2, ratio=1.0, unit="wide")
+def dense_shaped_match_wrn_2_1() -> DenseShapedResNet:
+    """Table 5 row BAN-Match-Wide-ResNet-2-1 (43.1M): the plain 2-unit wide student."""
+
+
+@register_model("dense_shaped_wrn_4_0.5")
+@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=4, ratio=0.5, unit="wide")
+def dense_shaped_wrn_4_0_5() -> DenseShapedResNet:
+    """Table 5 row BAN-Wide-ResNet-4-0.5 (24.3M): a residual student of DenseNet-90-60."""
+
+
+@register_model("dense_shaped_wrn_4_1")
+@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=4, ratio=1.0, unit="wide")
+def dense_shaped_wrn_4_1() -> DenseShapedResNet:
+    """Table 5 row BAN-Wide-ResNet-4-1 (87.3M): a residual student of DenseNet-90-60."""
 
 
 # -- DenseNet students of other depth or compression (Section 3.3, Table 4) -------------------------------------
@@ -178,8 +204,9 @@ def densenet_variant(
     memory_efficient: bool = False,
     num_classes: int = 10,
 ) -> DenseNet:
-    """A DenseNet student of DenseNet ``teacher`` with the same stage outputs and other depth or compression
-    (Table 4's "k*Depth" and "k*Compr" columns; see ``densenet_variant_kwargs``)."""
+    """DenseNet students of another depth or compression (Sec. 3.3, Table 4).
+
+    Table 4's "k*Depth" and "k*Compr" columns; see ``densenet_variant_kwargs``."""
     shape = dense_shape(teacher, teacher_options)
     kwargs = densenet_variant_kwargs(shape, depth_factor, compression_factor)
     student = densenet_bc(num_classes=num_classes, drop_rate=drop_rate, memory_efficient=memory_efficient, **kwargs)

@@ -7,15 +7,15 @@ as teachers and students (Tables 1 and 3) and wide blocks for the DenseNet-shape
 
 from __future__ import annotations
 
-import functools
-
 from banets.models.blocks import PreActResNet
-from banets.models.registry import register_model
+from banets.models.registry import register_model, variant_of
 
 
 @register_model("wide_resnet")
 def wide_resnet(depth: int = 28, widen_factor: int = 10, dropout: float = 0.0, num_classes: int = 10) -> PreActResNet:
-    """WRN-``depth``-``widen_factor``; ``depth`` must be ``6n + 4``. WRN-28-10 has 36,479,194 parameters."""
+    """Wide-ResNet family (Zagoruyko & Komodakis 2016); the defaults build WRN-28-10.
+
+    ``depth`` must be ``6n + 4``. WRN-28-10 has 36,479,194 parameters."""
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"Wide-ResNet depth must be 6n+4 with n >= 1, got {depth}")
     n = (depth - 4) // 6
@@ -23,5 +23,25 @@ def wide_resnet(depth: int = 28, widen_factor: int = 10, dropout: float = 0.0, n
     return PreActResNet(channels, [n] * 3, num_classes, stem_channels=16, bottleneck=False, dropout=dropout)
 
 
-for _width in (1, 2, 5, 10):
-    register_model(f"wrn_28_{_width}", functools.partial(wide_resnet, depth=28, widen_factor=_width))
+@register_model("wrn_28_1")
+@variant_of(wide_resnet, depth=28, widen_factor=1)
+def wrn_28_1() -> PreActResNet:
+    """Tables 1 and 3 row Wide-ResNet-28-1 (0.38M): teacher and BAN, CIFAR-10/100."""
+
+
+@register_model("wrn_28_2")
+@variant_of(wide_resnet, depth=28, widen_factor=2)
+def wrn_28_2() -> PreActResNet:
+    """Tables 1 and 3 row Wide-ResNet-28-2 (1.48M): teacher and BAN, CIFAR-10/100."""
+
+
+@register_model("wrn_28_5")
+@variant_of(wide_resnet, depth=28, widen_factor=5)
+def wrn_28_5() -> PreActResNet:
+    """Tables 1 and 3 row Wide-ResNet-28-5 (9.16M): teacher and BAN, CIFAR-10/100."""
+
+
+@register_model("wrn_28_10")
+@variant_of(wide_resnet, depth=28, widen_factor=10)
+def wrn_28_10() -> PreActResNet:
+    """Tables 1 and 3 row Wide-ResNet-28-10 (36M): teacher and BAN, CIFAR-10/100."""
