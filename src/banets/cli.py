@@ -8,6 +8,7 @@ interrupt prints how to continue and exits 130.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -185,6 +186,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except configs.UserError as error:
         print(f"banets: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `banets models | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         where = getattr(args, "dir", None) or getattr(args, "out", None)
         hint = f"; continue with `banets resume {where}`" if where and args.command in ("run", "demo", "resume") else ""
