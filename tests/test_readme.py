@@ -22,7 +22,7 @@ def test_api_snippet_runs_as_printed_and_banets_report_and_resume_read_its_run(m
 
     monkeypatch.chdir(tmp_path)
     readme = ROOT.joinpath("README.md").read_text()
-    snippet = readme.split("## Python API")[1].split("```python\n")[1].split("```")[0]
+    snippet = readme.split("## Your model, your data: the Python API")[1].split("```python\n")[1].split("```")[0]
     assert "epochs=15" in snippet
     exec(compile(snippet.replace("epochs=15", "epochs=1"), "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
@@ -31,3 +31,34 @@ def test_api_snippet_runs_as_printed_and_banets_report_and_resume_read_its_run(m
     assert "mean ± SD over 2 seeds" in capsys.readouterr().out and (tmp_path / "runs/digits/report/report.md").is_file()
     assert main(["resume", "runs/digits"]) == 0  # finished: nothing to train, the report again
     assert "every seed is finished" in capsys.readouterr().out
+
+
+def test_the_demo_description_names_what_the_demo_runs():
+    from banets.config import load_config
+    from banets.generations import plan_ensembles, plan_generations
+
+    section = ROOT.joinpath("README.md").read_text().split("## Quickstart")[1].split("```bash")[0]
+    config = load_config("demo")
+    names = [s.name for s in plan_generations(config.ban)] + list(plan_ensembles(plan_generations(config.ban), config.ban))
+    assert names == ["teacher", "BAN-1", "BAN-2", "BAN-3", "BAN+L", "LS", "CE", "Ens*2", "Ens*3"]
+    for name in names:
+        assert re.search(rf"(?<![\w+*-]){re.escape(name)}(?![\w+*-])", section), name
+    assert f"{['no', 'one', 'two', 'three'][len(config.seeds)]} seeds" in section
+    assert f"label smoothing {config.ban.controls['LS']['label_smoothing']}" in section and config.ban.controls["CE"] == {}
+
+
+def test_version_is_one_number_everywhere(capsys):
+    import tomllib
+
+    import banets
+    from banets.cli import main
+
+    version = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["project"]["version"]
+    assert banets.__version__ == version and f"## {version} " in ROOT.joinpath("CHANGELOG.md").read_text()
+    try:
+        main(["--version"])
+    except SystemExit as exit:
+        assert exit.code == 0
+    assert capsys.readouterr().out.strip() == f"banets {version}"
+    assert ROOT.joinpath("LICENSE").read_text().startswith("MIT License")
+    assert ROOT.joinpath("src", "banets", "py.typed").exists()
