@@ -5,7 +5,6 @@ bitwise-identical checkpoints, permissions and an interrupt."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil

@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import replace
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
 import torch.nn as nn

@@ -10,13 +10,12 @@ and evaluates; rank 0 alone writes.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn

@@ -14,7 +14,7 @@ import contextlib
 import copy
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Protocol
 
 import torch
 import torch.nn as nn
