@@ -77,3 +77,16 @@ def test_block_bootstrap_widens_the_interval_of_correlated_examples_and_block_1_
         rows, cols = draw.integers(0, 1, 1), draw.integers(0, len(a), len(a))
         reference.append((a - b)[None][rows][:, cols].mean())
     assert bootstrap_paired_difference(a, b, samples=50)[1:] == pytest.approx(tuple(np.quantile(reference, [0.025, 0.975])))
+
+
+def test_the_interval_can_resample_seeds_or_examples_alone():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.0, 1.0, (4, 300)) + np.array([[-1.0], [0.0], [1.0], [2.0]])  # seeds differ a lot
+    b = np.zeros_like(a)
+    mean, low, high = bootstrap_paired_difference(a, b, resample=(False, False))
+    assert low == high == pytest.approx(mean)
+    both = bootstrap_paired_difference(a, b)
+    seeds_only = bootstrap_paired_difference(a, b, resample=(True, False))
+    examples_only = bootstrap_paired_difference(a, b, resample=(False, True))
+    width = lambda ci: ci[2] - ci[1]  # noqa: E731
+    assert width(examples_only) < width(seeds_only) <= width(both) * 1.1  # here the seeds make the interval

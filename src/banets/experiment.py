@@ -30,6 +30,7 @@ from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (TEACHER, BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, build_model,
                                 check_plan, first_batch, plan_ensembles, plan_generations)
 from banets.models.registry import create_model, model_parameters
+from banets.report import seed_run_of, summarize
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
 
@@ -124,8 +125,6 @@ class BornAgainRun:
         return self.results[self.config.seeds[0]].models
 
     def rows(self, split: str = "val") -> list[dict]:
-        from banets.report import seed_run_of, summarize
-
         return summarize([seed_run_of(self.config, seed, result, self.metric) for seed, result in self.results.items()], split)
 
 
@@ -230,8 +229,6 @@ def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optiona
 
 
 def save_result(store: RunDirectory, config: ExperimentConfig, seed: int, result: BornAgainResult, metric: str) -> None:
-    from banets.report import seed_run_of, summarize
-
     for split, predictions in result.predictions.items():
         store.save_predictions(split, predictions)
     store.record_ensembles(result.ensembles, config.ban.ensembles)

@@ -74,7 +74,8 @@ class Predictions:
 
 
 def bootstrap_paired_difference(
-    a: np.ndarray, b: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0, block: int = 1
+    a: np.ndarray, b: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0, block: int = 1,
+    resample: tuple[bool, bool] = (True, True),
 ) -> tuple[float, float, float]:
     """Mean of ``a - b`` and its percentile bootstrap interval, resampling examples (rows) jointly.
 
@@ -82,7 +83,8 @@ def bootstrap_paired_difference(
     indicators), shaped ``(examples,)`` or ``(seeds, examples)``; with several seeds each bootstrap draw
     resamples seeds and examples, so the interval covers both sources of variation. With ``block > 1`` the
     draws take runs of ``block`` consecutive examples (the last one may be shorter) instead of single examples:
-    a block bootstrap, for examples correlated with their neighbours, such as the tokens of a text.
+    a block bootstrap, for examples correlated with their neighbours, such as the tokens of a text. ``resample``
+    says whether draws resample (seeds, examples); turning one off shows how much of the interval the other gives.
     """
     diff = np.atleast_2d(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
     rng = np.random.default_rng(seed)
@@ -92,8 +94,8 @@ def bootstrap_paired_difference(
     block_sizes = np.diff(np.append(starts, examples))
     draws = np.empty(samples)
     for i in range(samples):
-        rows = rng.integers(0, seeds, seeds)
-        cols = rng.integers(0, len(starts), len(starts))
+        rows = rng.integers(0, seeds, seeds) if resample[0] else np.arange(seeds)
+        cols = rng.integers(0, len(starts), len(starts)) if resample[1] else np.arange(len(starts))
         draws[i] = block_sums[rows][:, cols].sum() / (seeds * block_sizes[cols].sum())
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [tail, 1.0 - tail])
