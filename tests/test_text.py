@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import random
 import string
@@ -167,3 +168,17 @@ def test_bptt_batches_exact_multiple_and_too_short() -> None:
     assert len(BpttBatches(torch.arange(71), batch_size=1, bptt=35)) == 2
     with pytest.raises(ValueError):
         batchify(torch.arange(5), batch_size=4)
+
+
+def test_train_subset_keeps_the_first_training_tokens_and_the_whole_vocabulary(ptb_folder: Path) -> None:
+    from banets.config import DataConfig
+    from banets.data.registry import build_dataset
+
+    full = load_corpus(ptb_folder)
+    cfg = DataConfig(dataset="text", path=str(ptb_folder), train_subset=40, batch_size=2, eval_batch_size=2, bptt=5)
+    data = build_dataset(cfg)
+    assert torch.equal(data.train.streams.reshape(-1), full.train[:40])  # 2 streams of 20: the first 40 tokens, in order
+    assert data.model_options["vocab_size"] == len(full.vocab)  # the vocabulary still comes from the whole training split
+    assert data.metric == "perplexity" and json.loads(data.files["vocab.json"])["words"] == full.vocab.words
+    with pytest.raises(DataError, match=f"data.train_subset=100000 is more than the {full.train.numel()} training tokens"):
+        build_dataset(DataConfig(dataset="text", path=str(ptb_folder), train_subset=100_000))
