@@ -33,8 +33,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from banets.config import ExperimentConfig, to_dict
-from banets.generations import TEACHER, BornAgainResult, Role
+from banets.config import BornAgainConfig, ExperimentConfig, from_dict, to_dict
+from banets.generations import TEACHER, BornAgainResult, Role, plan_ensembles, plan_generations
 from banets.metrics import Predictions, bootstrap_paired_difference
 from banets.runs import RunDirectory, RunError, atomic_write_text
 
@@ -119,8 +119,14 @@ def read_run(seed_dir: Path) -> SeedRun:
         path=Path(seed_dir),
         block=bootstrap_block(config["data"]),
         metric_key=run.manifest.get("metric") or metric_for(config["data"]["dataset"]).key,
-        ensembles=run.manifest.get("ensembles", {}),
+        ensembles=run.manifest["ensembles"] if "ensembles" in run.manifest else planned_ensembles(config),
     )
+
+
+def planned_ensembles(config: dict) -> dict[str, list[str]]:
+    """The ensembles a run's config plans: the record of runs made before manifests held them."""
+    ban = from_dict(BornAgainConfig, config.get("ban", {}), "ban.")
+    return plan_ensembles(plan_generations(ban), ban)
 
 
 def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, metric: str) -> SeedRun:
@@ -311,9 +317,11 @@ def _pm(row: dict, key: str, digits: int = 2) -> str:
     return f"{row[key]:.{digits}f}" + (f" ± {row[key + '_sd']:.{digits}f}" if row["seeds"] > 1 else "")
 
 
-def _delta(row: dict, digits: int = 2) -> str:
+def _delta(row: dict) -> str:
+    """The paired difference and its interval: points of error to 2 decimals, nats per token to 3."""
     if "delta" not in row:
         return "—"
+    digits = 3 if row["metric"] == PERPLEXITY.key else 2
     return f"{row['delta']:+.{digits}f} [{row['delta_low']:+.{digits}f}, {row['delta_high']:+.{digits}f}]"
 
 
@@ -499,11 +507,15 @@ def plot_forest(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -
     colors = {Role.GENERATION: "C0", Role.STUDENT: "C1", Role.CONTROL: "C7", Role.ENSEMBLE: "C2"}
     for y, r in enumerate(order):
         ax.errorbar([r["delta"]], [y], xerr=[[r["delta"] - r["delta_low"]], [r["delta_high"] - r["delta"]]], fmt="o",
-                    capsize=4, color=colors.get(r["role"], "C3"))
+                    capsize=4, color=colors.get(r["role"], "C3"), label=str(r["role"]))
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
     ax.set_yticks(range(len(order)), [f"{r['experiment']}: {r['model']}" if multiple else r["model"] for r in order], fontsize=8)
     ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
     ax.set_xlabel(METRICS[rows[0]["metric"]].delta_label.replace(" [95% CI]", " (95% interval; left of 0 = better)"))
-    ax.set_title(title + f", n={max(r['seeds'] for r in rows)} seeds", fontsize=10)
+    seeds = max(r["seeds"] for r in rows)
+    ax.set_title(title + f", {seeds} seed{'s' if seeds > 1 else ''}", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -526,7 +538,12 @@ def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
         epochs = sorted(by_epoch)
         ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], color="black" if model == TEACHER else f"C{i}",
                 linewidth=2 if model == TEACHER else 1.2, label=model)
-    ax.set_yscale("log" if metric is PERPLEXITY else "linear")
+    if metric is PERPLEXITY:  # perplexity falls by orders of magnitude: a log axis, labelled in plain numbers
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_format(FuncFormatter(lambda value, _: f"{value:g}"))
     return _save_if_drawn(fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch", f"validation {metric.label}")
 
 
