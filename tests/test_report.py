@@ -154,3 +154,15 @@ def test_training_minutes_sum_each_models_epochs_and_skip_untimed_runs(tmp_path)
     assert "| 1.5 ± 0.7 |" in write_report(runs, tmp_path / "report")
     untimed = read_run(fake_run(tmp_path / "old", 0, {"teacher": 10}))
     assert "minutes" not in summarize([untimed], "val")[0]
+
+
+def test_a_run_made_before_manifests_recorded_ensembles_takes_them_from_its_config(tmp_path):
+    seed_dir = fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5, "BAN-2": 5, "Ens*2": 4})
+    run = RunDirectory(seed_dir)
+    del run.manifest["ensembles"]
+    run._write_manifest()
+    config = run.config()
+    config["ban"] = {"generations": 2}
+    (seed_dir / "config.yaml").write_text(__import__("yaml").safe_dump(config))
+    (row,) = [r for r in summarize([read_run(seed_dir)], "val") if r["model"] == "Ens*2"]
+    assert row["role"] == "ensemble" and row["what"] == "mean of BAN-1, BAN-2"
