@@ -39,7 +39,8 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(config: TrainConfig, device: torch.device):
-    """The engine's mixed precision (bf16 on CUDA with precision auto, none on CPU), for the steps outside it."""
+    """The engine's autocast (precision auto: bf16 or fp16 on CUDA, see ``engine.choose_precision``; none on CPU),
+    for the steps outside it."""
     dtype = autocast_dtype(config.precision, device)
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
