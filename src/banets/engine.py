@@ -94,32 +94,32 @@ def reset_state(model: nn.Module) -> None:
 @dataclass
 class EpochTotals:
     """An epoch's training loss, errors and rows, summed on the device (no step waits for them), and a watch on
-    NaN/inf losses: ``bad_run`` is the current run of consecutive steps whose loss was not finite, ``worst_run``
-    the longest, ``bad_value`` the last such loss. Steps with a non-finite loss are left out of the sums (under
-    fp16 the loss scaler skips them; otherwise the run stops as diverged)."""
+    NaN/inf losses: ``nonfinite_run`` counts the consecutive steps, up to the last, whose loss was not finite,
+    ``longest_nonfinite_run`` the longest such run, ``last_nonfinite`` the last such loss. Steps with a non-finite
+    loss are left out of the sums (under fp16 the loss scaler skips them; otherwise the run stops as diverged)."""
 
     loss_sum: Tensor
     errors: Tensor
     rows: Tensor
-    bad_run: Tensor
-    worst_run: Tensor
-    bad_value: Tensor
+    nonfinite_run: Tensor
+    longest_nonfinite_run: Tensor
+    last_nonfinite: Tensor
 
     @classmethod
-    def zeros(cls, bad_run: Tensor) -> "EpochTotals":
-        """Empty sums; ``bad_run`` carries the previous epoch's run of NaN/inf losses on, whatever the epochs' lengths."""
-        count = torch.zeros_like(bad_run)
-        value = torch.zeros((), device=bad_run.device)
-        return cls(value, count, count.clone(), bad_run, bad_run.clone(), value.clone())
+    def zeros(cls, nonfinite_run: Tensor) -> "EpochTotals":
+        """Empty sums; ``nonfinite_run`` carries the previous epoch's run of NaN/inf losses over, whatever the epochs' lengths."""
+        count = torch.zeros_like(nonfinite_run)
+        value = torch.zeros((), device=nonfinite_run.device)
+        return cls(value, count, count.clone(), nonfinite_run, nonfinite_run.clone(), value.clone())
 
     def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
         finite = torch.isfinite(loss)
         self.loss_sum += torch.where(finite, loss * y.numel(), 0.0)
         self.errors += torch.where(finite, (logits.argmax(-1) != y).sum(), 0)
         self.rows += finite * y.numel()
-        self.bad_run = torch.where(finite, 0, self.bad_run + 1)
-        self.worst_run = torch.maximum(self.worst_run, self.bad_run)
-        self.bad_value = torch.where(finite, self.bad_value, loss.float())
+        self.nonfinite_run = torch.where(finite, 0, self.nonfinite_run + 1)
+        self.longest_nonfinite_run = torch.maximum(self.longest_nonfinite_run, self.nonfinite_run)
+        self.last_nonfinite = torch.where(finite, self.last_nonfinite, loss.float())
 
     def sum_over_processes(self) -> None:
         distributed.sum_over_processes(self.loss_sum, self.errors, self.rows)
@@ -156,7 +156,7 @@ class Trainer:
         self.forward = distributed.data_parallel(torch.compile(self.model) if config.compile else self.model, device)
         self.precision = device_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.bad_run = torch.zeros((), dtype=torch.long, device=device)  # consecutive steps with a NaN/inf loss
+        self.nonfinite_run = torch.zeros((), dtype=torch.long, device=device)  # consecutive steps with a NaN/inf loss
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.epoch = 0
@@ -193,7 +193,7 @@ class Trainer:
         for model in (self.model, self.teacher):
             if model is not None:
                 reset_state(model)
-        totals = EpochTotals.zeros(self.bad_run)
+        totals = EpochTotals.zeros(self.nonfinite_run)
         steps = tqdm(train_data, desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                      disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         for step, batch in enumerate(steps):
@@ -208,7 +208,7 @@ class Trainer:
                 steps.set_postfix(loss=f"{loss.item():.4f}")
         totals.sum_over_processes()
         self._check_finite(totals, "last")
-        self.bad_run = totals.bad_run
+        self.nonfinite_run = totals.nonfinite_run
         rows = max(totals.rows.item(), 1)
         return {
             "epoch": self.epoch + 1,
@@ -261,10 +261,10 @@ class Trainer:
         """Stop when the loss was NaN/inf at a step (under fp16: at more than ``MAX_SKIPPED_STEPS`` consecutive
         steps, as the loss scaler skips an overflowed step and the next ones recover). Every process decides alike."""
         allowed = MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 0
-        (diverged,) = distributed.sum_over_processes((totals.worst_run > allowed).int())
+        (diverged,) = distributed.sum_over_processes((totals.longest_nonfinite_run > allowed).int())
         if not diverged.item():
             return
-        value = totals.bad_value.item()
+        value = totals.last_nonfinite.item()
         skipped = f" for more than {allowed} consecutive steps (each skipped by fp16's loss scaler)" if allowed else ""
         raise DivergedError(
             self.name, f"loss became {value if not math.isfinite(value) else 'nan or inf'}{skipped} at epoch "
