@@ -1,6 +1,6 @@
 """One command that checks banets on a GPU and measures it: run it once on a new machine or PyTorch build.
 
-Five parts, each reporting pass or FAIL per row (the script exits 1 if any row failed):
+Five parts, each reporting pass or FAIL per row (the script exits 1 if any row failed), then the report:
 
 1. steps: one engine step of every registered vision model (not the language models) in bf16 and in fp16 (with
    loss scaling), channels_last, on random images: the loss must be finite.
@@ -12,7 +12,13 @@ Five parts, each reporting pass or FAIL per row (the script exits 1 if any row f
 4. end to end: ``banets run table1_wrn_28_10`` for two epochs on random CIFAR-10 files written in the official
    pickle layout, killed (SIGKILL) right after its first epoch's checkpoint, then ``banets resume``; reports each
    epoch's wall-clock time from the run's ``metrics.jsonl``.
-5. the report: one Markdown table on stdout, and ``gpu_check.md`` and ``gpu_check.json`` in ``--out``.
+5. CUDA paths: what only a GPU shows of the defects issue 16 fixed. ``precision: auto`` against PyTorch's own
+   "native bf16" answer; the LSTM in float32 under bf16 autocast (cuDNN's autocast wrapper would make it fp16);
+   no host-device sync (``torch.cuda.set_sync_debug_mode("error")``) in the normalisation, DKPP's permutation, the
+   CNN-LSTM's word features and a teacher-cache replay; the cache's stored dtype under autocast and its memory
+   budget. (The order of torch.compile and DistributedDataParallel needs several GPUs: tests/test_engine.py.)
+
+The report: one Markdown table on stdout, and ``gpu_check.md`` and ``gpu_check.json`` in ``--out``.
 
 ``--smoke`` runs every part on the CPU at tiny sizes (two small models, batches of a few images, a trivial compile
 that traces with Dynamo but generates no code, a WRN-10-1 in the end-to-end run), so that the test suite can run
@@ -42,12 +48,14 @@ from typing import Callable, Iterator
 import torch
 
 from banets import losses
+from banets.data.augment import cifar_transform
 from banets.data.fake_cifar import TRAIN_BATCHES, write_fake_cifar10
 from banets.data.text import BpttBatches
 from banets.engine import Trainer, TrainConfig, device_precision
 from banets.models import create_model, list_models
 from banets.models.registry import model_parameters
 from banets.runs import RunDirectory
+from banets.teacher_cache import CachedTeacher, free_memory
 from bench_speed import measure, timed
 
 KILL_AFTER_FIRST_EPOCH = r"""
@@ -305,7 +313,129 @@ def epoch_rows(seed_dir: Path, sizes: Sizes) -> list[Row]:
     return rows
 
 
-# -- part 5: the report --------------------------------------------------------------------------------------
+# -- part 5: the CUDA-only paths of issue 16 ---------------------------------------------------------------
+
+
+def check_cuda_paths(sizes: Sizes) -> list[Row]:
+    """Part 5: precision auto, the LSTM's dtype under autocast, no host sync in four per-step paths, the teacher
+    cache's dtype and budget. On a CPU (``--smoke``) the same code runs, with nothing to synchronise."""
+    checks: dict[str, Callable[[torch.device], tuple[bool, str]]] = {
+        "precision auto": auto_precision_row,
+        "LSTM in float32 under bf16 autocast": lstm_dtype_row,
+        "no host sync: normalisation": lambda device: sync_free_row(device, *normalised_batch(device)),
+        "no host sync: DKPP permutation": lambda device: sync_free_row(device, *dkpp_step(device)),
+        "no host sync: CNN-LSTM word features": lambda device: sync_free_row(device, *word_features(device)),
+        "no host sync: teacher-cache replay": lambda device: sync_free_row(device, *cache_replay(device)),
+        "teacher cache under bf16 autocast": cache_dtype_row,
+        "teacher cache budget": cache_budget_row,
+    }
+    rows = []
+    for check, make in checks.items():
+        rows += guarded("5 cuda paths", check, functools.partial(path_row, check, make, torch.device(sizes.device)))
+    return rows
+
+
+def path_row(check: str, make: Callable[[torch.device], tuple[bool, str]], device: torch.device) -> list[Row]:
+    return [Row("5 cuda paths", check, *make(device))]
+
+
+Step = tuple[Callable[[], object], Callable[[], object]]  # (what to run first, allowed to sync; what must not sync)
+
+
+def auto_precision_row(device: torch.device) -> tuple[bool, str]:
+    """``auto`` is bf16 exactly where PyTorch says bf16 is native (not emulated), and fp32 off CUDA."""
+    chosen = device_precision("auto", device)
+    if device.type != "cuda":
+        return chosen == "fp32", f"{chosen} on {device.type}"
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return (chosen == "bf16") == native, f"{chosen}; torch.cuda.is_bf16_supported(including_emulation=False) is {native}"
+
+
+def lstm_dtype_row(device: torch.device) -> tuple[bool, str]:
+    model = create_model("lstm_lm", vocab_size=50, embed_dim=16, hidden_dim=16, num_layers=2, dropout=0.0).to(device)
+    seen = []
+    model.lstm.register_forward_hook(lambda module, inputs, output: seen.append(output[0].dtype))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        logits = model(torch.randint(50, (2, 5), device=device))
+    return seen == [torch.float32] and logits.dtype == torch.bfloat16, f"LSTM {seen[0]}, decoder {logits.dtype}"
+
+
+def sync_free_row(device: torch.device, before: Callable[[], object], step: Callable[[], object]) -> tuple[bool, str]:
+    """Run ``before`` and ``step`` twice (the first time warms up), the second ``step`` with CUDA's sync debug mode
+    raising on any host-device synchronisation."""
+    before()
+    step()
+    before()
+    if device.type != "cuda":
+        step()
+        return True, "ran (a CPU has no device to wait for)"
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    return True, "no sync"
+
+
+def nothing() -> None:
+    """No preparation."""
+
+
+def normalised_batch(device: torch.device) -> Step:
+    transform, generator = cifar_transform("cifar10", normalize=True), torch.Generator(device).manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, device=device)
+    return nothing, lambda: transform(images, generator, True)
+
+
+def dkpp_step(device: torch.device) -> Step:
+    student = torch.randn(64, 100, device=device, requires_grad=True)
+    teacher, labels = torch.randn(64, 100, device=device), torch.randint(100, (64,), device=device)
+    return nothing, lambda: losses.dkpp(student, teacher, labels).backward()
+
+
+def word_features(device: torch.device) -> Step:
+    words = ["<unk>", "<eos>", *(f"w{i}" for i in range(48))]
+    model = create_model("cnn_lstm", words=words, widths=(1, 2), filters=(4, 4), highway_layers=1, hidden_dim=8).to(device)
+    tokens = torch.randint(len(words), (4, 6), device=device)
+    return nothing, lambda: model.word_features(tokens)
+
+
+def cache_replay(device: torch.device) -> Step:
+    """A filled cache's replay of a pass: its first batch (compared element for element: the one sync a pass may
+    have) before, the others in the step."""
+    batches = [torch.randint(50, (4, 6), device=device) for _ in range(3)]
+    cache = CachedTeacher(torch.nn.Embedding(50, 50).to(device), len(batches), "auto", max_bytes=10**9)
+    for x in batches:
+        cache(x)
+
+    def first_batch() -> None:
+        cache.reset_state()
+        cache(batches[0])
+
+    return first_batch, lambda: [cache(x) for x in batches[1:]]
+
+
+def cache_dtype_row(device: torch.device) -> tuple[bool, str]:
+    cache = CachedTeacher(torch.nn.Linear(8, 10).to(device), 1, "fp32", max_bytes=10**9)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        cache(torch.randn(4, 8, device=device))
+    stored = cache.logits[0].dtype
+    return stored == torch.bfloat16, f"cache_teacher fp32 stores {stored}"
+
+
+def cache_budget_row(device: torch.device) -> tuple[bool, str]:
+    """Memory PyTorch keeps reserved after freeing a tensor counts as free for the cache's budget."""
+    if device.type != "cuda":
+        return free_memory(device) > 0, f"{free_memory(device) / 1e9:.1f} GB available on the host"
+    block = torch.empty(2**28, dtype=torch.uint8, device=device)  # 256 MiB, then freed: reserved, unused
+    del block
+    driver_free = torch.cuda.mem_get_info(device)[0]
+    counted = free_memory(device)
+    return counted >= driver_free + 2**28, f"{counted / 1e9:.2f} GB counted free, the driver says {driver_free / 1e9:.2f} GB"
+
+
+# -- the report ----------------------------------------------------------------------------------------------
 
 
 def environment(sizes: Sizes) -> dict:
@@ -340,6 +470,7 @@ PARTS: dict[str, Callable[[Sizes, Path], list[Row]]] = {
     "2": lambda sizes, workdir: check_speed(sizes),
     "3": lambda sizes, workdir: check_losses(sizes),
     "4": check_end_to_end,
+    "5": lambda sizes, workdir: check_cuda_paths(sizes),
 }
 
 

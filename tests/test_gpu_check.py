@@ -18,12 +18,13 @@ def test_smoke_run_passes_every_part_and_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = report["rows"]
     assert all(row["ok"] for row in rows)
-    assert {row["part"] for row in rows} == {"1 steps", "2 speed", "3 losses", "4 end to end"}
+    assert {row["part"] for row in rows} == {"1 steps", "2 speed", "3 losses", "4 end to end", "5 cuda paths"}
     checks = {row["check"] for row in rows}
     assert {"resnet8 bf16", "resnet8 fp16", "small_cnn fp16"} <= checks
     assert {f"resnet8 {mode} {kind}" for mode in ("eager", "compiled") for kind in ("bare", "engine", "distill")} <= checks
     assert {"lstm_lm engine", "lstm_lm distill", "ce", "ban", "dkpp"} <= checks
     assert {"run, killed after epoch 1", "resume", "resume continued at epoch 2", "teacher epoch 2", "BAN-1 epoch 2"} <= checks
+    assert {"LSTM in float32 under bf16 autocast", "no host sync: DKPP permutation", "teacher cache budget"} <= checks
     assert all(row["numbers"]["images_per_s"] > 0 for row in rows if row["check"].endswith(" engine") and row["part"] == "2 speed"
                and "lstm" not in row["check"])
     assert report["environment"]["precision_auto"] == "fp32"
