@@ -24,7 +24,7 @@ The report: one Markdown table on stdout, and ``gpu_check.md`` and ``gpu_check.j
 that traces with Dynamo but generates no code, a WRN-10-1 in the end-to-end run), so that the test suite can run
 the script and it cannot rot; its numbers mean nothing.
 
-Run: python bench/gpu_check.py --out OUT [--parts 1,2,3,4]    (one CUDA GPU; aimed at under 5 minutes)
+Run: python bench/gpu_check.py --out OUT [--parts 1,3,5]    (one CUDA GPU; aimed at under 5 minutes)
      OMP_NUM_THREADS=1 python bench/gpu_check.py --smoke --out OUT
 """
 
