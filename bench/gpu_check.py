@@ -480,13 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: checks the script, measures nothing")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run, e.g. 1,3")
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        parser.error(f"--parts takes some of {','.join(PARTS)}, not {args.parts}")
     sizes = SMOKE if args.smoke else GPU
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on a GPU machine, or with --smoke for the CPU self-test", file=sys.stderr)
         return 2
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as workdir, trivial_compile() if args.smoke else contextlib.nullcontext():
-        for part in args.parts.split(","):
+        for part in parts:
             rows += PARTS[part](sizes, Path(workdir))
     print(write_report(rows, environment(sizes), Path(args.out)))
     return 0 if all(row.ok for row in rows) else 1
