@@ -39,7 +39,8 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(config: TrainConfig, device: torch.device):
-    """The engine's mixed precision (bf16 on CUDA with precision auto, none on CPU), for the steps outside it."""
+    """The engine's autocast (precision auto: bf16 or fp16 on CUDA, see ``engine.choose_precision``; none on CPU),
+    for the steps outside it."""
     dtype = autocast_dtype(config.precision, device)
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
@@ -57,14 +58,16 @@ def timed(run: Callable[[], None], device: torch.device, wall: bool) -> float:
 
 
 def bare_steps(model: torch.nn.Module, config: TrainConfig, x: torch.Tensor, y: torch.Tensor, steps: int) -> Callable[[], None]:
-    """``steps`` plain model steps on the fixed batch ``(x, y)``: what the engine cannot beat."""
+    """``steps`` plain model steps on the fixed batch ``(x, y)``: what the engine cannot beat (the model compiled as
+    the engine compiles it when ``config.compile``)."""
     optimizer = make_optimizer(model, config)
     model.train()
+    forward = torch.compile(model) if config.compile else model
 
     def run() -> None:
         for _ in range(steps):
             with autocast(config, x.device):
-                loss = losses.ce(model(x), None, y)
+                loss = losses.ce(forward(x), None, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -92,15 +95,15 @@ def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.devi
     return lambda: trainer.train_epoch(data)
 
 
-def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int, channels_last: bool,
+def measure(name: str, device: torch.device, batch: int, steps: int, rounds: int, config: TrainConfig,
             wall: bool) -> dict[str, float]:
-    """Images/s of model ``name``'s bare, engine and distillation steps and teacher forward (fastest of ``rounds``)."""
+    """Images/s of model ``name``'s bare, engine and distillation steps and teacher forward (fastest of ``rounds``),
+    trained as ``config`` says (precision, channels_last, compile)."""
     torch.manual_seed(0)
-    config = TrainConfig(progress="none", channels_last=channels_last)
     images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (batch * steps,), device=device)
     data = TensorBatches(images, labels, batch_size=batch, shuffle=True, drop_last=True)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     x = (images[:batch].float() / 255).contiguous(memory_format=memory_format)
     runs = {
         "bare": bare_steps(create_model(name).to(device, memory_format=memory_format), config, x, labels[:batch], steps),
@@ -127,6 +130,7 @@ def main() -> None:
     parser.add_argument("--wall", action="store_true", help="time wall-clock seconds on CPU (an idle machine, several threads)")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    config = TrainConfig(progress="none", channels_last=args.channels_last)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), batch {args.batch}, "
           f"{args.steps} steps per epoch, fastest of {args.rounds}, channels_last {args.channels_last}, "
           f"{'wall-clock' if args.wall else 'CPU'} time\n")
@@ -135,7 +139,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for device in devices:
         for name in args.models.split(","):
-            rate = measure(name, device, args.batch, args.steps, args.rounds, args.channels_last, args.wall)
+            rate = measure(name, device, args.batch, args.steps, args.rounds, config, args.wall)
             overhead = rate["bare"] / rate["engine"] - 1
             print(f"| {device.type} | {name} | {rate['bare']:,.0f} | {rate['engine']:,.0f} | {100 * overhead:+.1f}% | "
                   f"{rate['distill']:,.0f} | {rate['engine'] / rate['distill']:.2f}x | {rate['teacher']:,.0f} | "

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from banets.data.augment import CIFAR_STATS, ImageTransform, cifar_transform, pad_crop_flip
+from banets.data.augment import CIFAR_STATS, ImageTransform, cifar_transform, pad_crop_flip, per_channel
 
 
 def distinct_pixels(n: int, c: int = 3, h: int = 8, w: int = 8) -> torch.Tensor:
@@ -114,3 +114,13 @@ def test_transform_rejects_bad_inputs_and_configurations():
         ImageTransform(normalize=True)
     with pytest.raises(ValueError, match="unknown dataset"):
         cifar_transform("mnist")
+
+
+def test_normalisation_constants_are_made_once_per_device_and_results_unchanged():
+    transform = cifar_transform("cifar10", normalize=True)
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in CIFAR_STATS["cifar10"])
+    per_channel.cache_clear()
+    for seed in range(3):
+        x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(transform(x, None, train=False), (x.float() / 255 - mean) / std)
+    assert (per_channel.cache_info().misses, per_channel.cache_info().hits) == (2, 4)  # mean and std, built once

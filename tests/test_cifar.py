@@ -18,34 +18,9 @@ import torch
 
 from banets.data import cifar
 from banets.data.cifar import DataError, load_cifar, train_val_split
+from banets.data.fake_cifar import fake_batch, write_fake_cifar10, write_pickle
 
-CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
 MD5_DIFFERS = "differ from the official md5"
-
-
-def write_pickle(path: Path, obj: object, protocol: int = 2) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=protocol))
-
-
-def fake_batch(rng: np.random.Generator, n: int, num_classes: int, labels_key: bytes = b"labels") -> dict:
-    """A batch dict like the official ones: uint8 rows of 3072 channel-major pixels and a list of labels."""
-    return {
-        b"batch_label": b"fake batch",
-        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        labels_key: rng.integers(0, num_classes, n).tolist(),
-    }
-
-
-def make_cifar10(parent: Path, protocol: int = 2, per_batch: int = 8, test: int = 10) -> Path:
-    """A fake ``cifar-10-batches-py`` folder under ``parent``: five training batches, a test batch, the meta."""
-    folder = parent / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(1, 6):
-        write_pickle(folder / f"data_batch_{i}", fake_batch(rng, per_batch, 10), protocol)
-    write_pickle(folder / "test_batch", fake_batch(rng, test, 10), protocol)
-    write_pickle(folder / "batches.meta", {b"label_names": CIFAR10_NAMES, b"num_vis": 3072}, protocol)
-    return folder
 
 
 def make_cifar100(parent: Path) -> Path:
@@ -80,7 +55,7 @@ def read_raw(path: Path) -> dict:
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_cifar10_round_trip_of_pixels_and_labels(tmp_path, protocol):
-    folder = make_cifar10(tmp_path, protocol)
+    folder = write_fake_cifar10(tmp_path, protocol)
     with pytest.warns(UserWarning, match=MD5_DIFFERS):
         data = load_cifar("cifar10", folder)
 
@@ -110,7 +85,7 @@ def test_cifar100_uses_fine_labels_and_meta_names(tmp_path):
 
 
 def test_every_form_of_root_gives_the_same_data(tmp_path):
-    folder = make_cifar10(tmp_path / "extracted")
+    folder = write_fake_cifar10(tmp_path / "extracted")
     archive_dir = tmp_path / "archive_only"
     archive_dir.mkdir()
     archive = make_archive(folder, archive_dir / "cifar-10-python.tar.gz")
@@ -123,13 +98,13 @@ def test_every_form_of_root_gives_the_same_data(tmp_path):
 
 
 def test_missing_meta_gives_numbered_classes(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     (folder / "batches.meta").unlink()
     assert load_quietly("cifar10", folder).classes == tuple(str(i) for i in range(10))
 
 
 def test_official_checksums_load_without_warning(tmp_path, monkeypatch):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     spec = cifar._SPECS["cifar10"]
 
     def with_local_md5(files):
@@ -148,7 +123,7 @@ def test_official_checksums_load_without_warning(tmp_path, monkeypatch):
 
 
 def test_checksum_warning_is_one_line_naming_files_and_the_structural_check(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     with pytest.warns(UserWarning) as record:
         load_cifar("cifar10", folder)
     (warning,) = record
@@ -190,7 +165,7 @@ STRUCTURAL_DEFECTS = {
 @pytest.mark.parametrize("defect", STRUCTURAL_DEFECTS)
 def test_structural_defects_are_one_line_errors_naming_the_file(tmp_path, defect):
     change, message = STRUCTURAL_DEFECTS[defect]
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     corrupt(folder, "data_batch_3", change)
     with pytest.raises(DataError, match=message) as error:
         load_quietly("cifar10", folder)
@@ -198,7 +173,7 @@ def test_structural_defects_are_one_line_errors_naming_the_file(tmp_path, defect
 
 
 def test_truncated_pickle_is_reported_as_corrupt(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     content = (folder / "test_batch").read_bytes()
     (folder / "test_batch").write_bytes(content[: len(content) // 2])
     with pytest.raises(DataError, match="test_batch is not a readable pickle .*truncated or corrupt, re-download"):
@@ -206,14 +181,14 @@ def test_truncated_pickle_is_reported_as_corrupt(tmp_path):
 
 
 def test_a_pickle_that_is_not_a_dict_is_rejected(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     write_pickle(folder / "data_batch_2", [1, 2, 3])
     with pytest.raises(DataError, match="data_batch_2 holds a list, not a dict"):
         load_quietly("cifar10", folder)
 
 
 def test_missing_file_names_the_file(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     (folder / "data_batch_4").unlink()
     with pytest.raises(DataError, match="cifar10: data_batch_4 is missing from .*re-extract or re-download"):
         load_quietly("cifar10", folder)
@@ -235,7 +210,7 @@ class RunsShellCommand:
 
 
 def test_pickle_naming_a_disallowed_global_is_refused_without_running_it(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     marker = tmp_path / "pwned"
     batch = read_raw(folder / "data_batch_1")
     batch[b"labels"] = RunsShellCommand(f"touch {marker}")
@@ -246,7 +221,7 @@ def test_pickle_naming_a_disallowed_global_is_refused_without_running_it(tmp_pat
 
 
 def test_legacy_numpy_module_names_of_official_files_are_allowed(tmp_path):
-    folder = make_cifar10(tmp_path)
+    folder = write_fake_cifar10(tmp_path)
     path = folder / "data_batch_1"
     path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     assert b"numpy.core.multiarray\n_reconstruct" in path.read_bytes()
@@ -278,7 +253,7 @@ def test_archive_with_symlink_is_refused(tmp_path):
 
 def test_a_planted_symlink_beside_the_archive_is_not_followed(tmp_path):
     (tmp_path / "data").mkdir()
-    archive = make_archive(make_cifar10(tmp_path / "source"), tmp_path / "data" / "cifar-10-python.tar.gz")
+    archive = make_archive(write_fake_cifar10(tmp_path / "source"), tmp_path / "data" / "cifar-10-python.tar.gz")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "data" / "cifar-10-batches-py").symlink_to(elsewhere)
@@ -322,7 +297,7 @@ def test_download_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
 
 
 def test_download_then_extract(tmp_path, monkeypatch):
-    archive = make_archive(make_cifar10(tmp_path / "source"), tmp_path / "served.tar.gz")
+    archive = make_archive(write_fake_cifar10(tmp_path / "source"), tmp_path / "served.tar.gz")
     content = archive.read_bytes()
     spec = dataclasses.replace(cifar._SPECS["cifar10"], archive_md5=hashlib.md5(content).hexdigest())
     monkeypatch.setitem(cifar._SPECS, "cifar10", spec)

@@ -73,3 +73,13 @@ def test_presets_and_models_are_listed(capsys):
     assert "demo" in capsys.readouterr().out
     assert main(["models", "resnet*"]) == 0
     assert "resnet20" in capsys.readouterr().out
+
+
+
+def test_fp16_runs_on_a_cpu(tmp_path, capsys):
+    """fp16 is valid on a CPU (autocast and GradScaler("cpu")), if slow: a run, not an error."""
+    out = tmp_path / "fp16"
+    assert main(["run", "demo", *QUICK, "--set", "optim.precision=fp16", "--set", "ban.generations=0", "--set",
+                 "ban.extra_losses=[]", "--set", "ban.controls={}", "--seeds", "0", "--out", str(out)]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert "precision: fp16" in (out / "seed-0" / "config.yaml").read_text()

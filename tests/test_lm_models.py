@@ -200,3 +200,36 @@ def test_named_configuration_parameter_counts() -> None:
         "cnn_lstm_large": 19_372_865,  # the paper's "ConvLSTM, 19M"
         "cnn_lstm_small": 5_312_215,
     }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lstm_runs_in_float32_with_autocast_off_and_the_decoder_under_autocast(family: str) -> None:
+    """cuDNN's autocast wrapper would run the LSTM in fp16 under any autocast dtype: the model turns autocast off."""
+    model = tiny_model(family)
+    seen = []
+    model.lstm.register_forward_hook(lambda module, inputs, output: seen.append(
+        (torch.is_autocast_enabled("cpu"), inputs[0].dtype, output[0].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(tokens(2, 5))
+        model(tokens(2, 5))  # with the carried state
+    assert seen == [(False, torch.float32, torch.float32)] * 2
+    assert logits.dtype == torch.bfloat16  # the decoder stays under autocast
+    assert all(state.dtype == torch.float32 for state in model._state)
+
+
+def test_cnn_lstm_spells_every_token_without_torch_unique(monkeypatch) -> None:
+    """Word vectors per token equal those computed once per distinct word (the sync-free path gives the same values)."""
+    model = tiny_model("cnn_lstm")
+    x = tokens(3, 7)
+    distinct, positions = torch.unique(x, return_inverse=True)
+    expected = model.highways(model.char_cnn(model.spellings[distinct]))[positions]
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), model.char_cnn.embedding.weight)
+
+    def no_unique(*args, **kwargs):
+        raise AssertionError("torch.unique waits for the GPU")
+
+    monkeypatch.setattr(torch, "unique", no_unique)
+    features = model.word_features(x)
+    (grad,) = torch.autograd.grad(features.square().sum(), model.char_cnn.embedding.weight)
+    torch.testing.assert_close(features, expected)
+    torch.testing.assert_close(grad, expected_grad)

@@ -175,3 +175,22 @@ def test_distillation_losses_need_a_teacher(batch):
     student, _, labels = batch
     with pytest.raises(ValueError, match="teacher"):
         losses.ban(student, None, labels)
+
+
+def masked_permutation(probs, generator):
+    """DKPP's permutation as first written, with boolean-mask indexing (a host sync on a GPU): the reference."""
+    rows, classes = probs.shape
+    others_mask = torch.ones_like(probs, dtype=torch.bool).scatter_(1, probs.argmax(-1, keepdim=True), False)
+    others = probs[others_mask].view(rows, classes - 1)
+    keys = torch.rand(others.shape, generator=generator)
+    permuted = probs.clone()
+    permuted[others_mask] = others.gather(1, keys.argsort(dim=1)).reshape(-1)
+    return permuted
+
+
+def test_permute_non_argmax_equals_the_masked_reference_bit_for_bit():
+    probs = F.softmax(torch.randn(64, CLASSES, generator=torch.Generator().manual_seed(9)) * 3, -1)
+    probs[0] = probs[0].roll(-int(probs[0].argmax()))  # argmax in the first column
+    probs[1] = probs[1].roll(CLASSES - 1 - int(probs[1].argmax()))  # and in the last
+    permuted = losses.permute_non_argmax(probs, torch.Generator().manual_seed(10))
+    assert torch.equal(permuted, masked_permutation(probs, torch.Generator().manual_seed(10)))

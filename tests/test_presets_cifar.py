@@ -12,9 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from banets.cli import main
 from banets.config import load_config, preset_names
+from banets.data.fake_cifar import write_fake_cifar10
 from banets.experiment import model_factory
 from banets.generations import plan_ensembles, plan_generations
-from test_cifar import make_cifar10, make_cifar100
+from test_cifar import make_cifar100
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*differ from the official md5 sums:UserWarning")  # fake data
 TABLE1 = [f"table1_wrn_28_{k}" for k in (1, 2, 5, 10)] + [f"table1_densenet_{g}" for g in ("112_33", "90_60", "80_80", "80_120")]
@@ -117,7 +118,7 @@ def test_table2_row_runs_end_to_end_on_fake_cifar100(tmp_path, capsys):
 
 
 def test_quick_preset_runs_end_to_end_on_fake_cifar10(tmp_path, capsys):
-    make_cifar10(tmp_path / "data", per_batch=8)
+    write_fake_cifar10(tmp_path / "data", per_batch=8)
     tiny = ["--set", "model.options={width: 4}", "--set", "data.train_subset=24", "--set", "ban.controls={CE: {}}"]
     results, printed = run_and_read(["cifar10_quick", "--data-dir", str(tmp_path / "data"), *tiny], tmp_path / "out", capsys)
     assert [row["model"] for row in results["train"]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "CE", "Ens*2"]

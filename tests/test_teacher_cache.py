@@ -11,22 +11,22 @@ from banets.engine import TrainConfig
 from banets import born_again
 from banets.config import BornAgainConfig
 from banets.models import create_model
-from banets.teacher_cache import CacheError, CachedTeacher
+from banets.teacher_cache import CacheError, CachedTeacher, free_memory
 
 VOCAB = 12
 
 
 class CountingTeacher(nn.Module):
-    """A fixed random 'language model' that counts its forward calls."""
+    """A fixed random 'language model' that counts its forward calls; its logits are in ``dtype``."""
 
-    def __init__(self):
+    def __init__(self, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.table = nn.Embedding(VOCAB, VOCAB)
-        self.calls = 0
+        self.calls, self.dtype = 0, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.table(x)
+        return self.table(x).to(self.dtype)
 
 
 def stream(seed: int, length: int = 600) -> torch.Tensor:
@@ -59,6 +59,40 @@ def test_changed_batches_are_refused():
     cache.reset_state()
     with pytest.raises(CacheError, match="batch 0 differs"):
         cache(next(iter(BpttBatches(stream(1), batch_size=4, bptt=10)))[0])
+
+
+def test_contents_are_compared_once_per_pass_and_shapes_at_every_batch(monkeypatch):
+    batches = BpttBatches(stream(0), batch_size=4, bptt=10)
+    cache = CachedTeacher(CountingTeacher(), len(batches))
+    epochs(cache, batches, 1)
+    comparisons = []
+    equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: comparisons.append(a.shape) or equal(a, b))
+    epochs(cache, batches, 2)
+    assert len(comparisons) == 2  # one per replayed pass: no host sync at the other 14 batches
+    cache.reset_state()
+    inputs = [x for x, _ in batches]
+    for x in inputs[:3]:
+        cache(x)
+    with pytest.raises(CacheError, match="batch 3 differs"):
+        cache(inputs[3][:, :5])  # another shape, caught without comparing contents
+
+
+def test_a_cache_never_stores_more_precision_than_the_teacher_computes():
+    batches = BpttBatches(stream(0), batch_size=4, bptt=10)
+    cache = CachedTeacher(CountingTeacher(torch.bfloat16), len(batches), "fp32", max_bytes=1000)
+    with pytest.warns(UserWarning, match=r"x 12 classes x 2 B = "):  # estimated at bf16's 2 bytes, not fp32's 4
+        epochs(cache, batches, 1)
+    stored = CachedTeacher(CountingTeacher(torch.bfloat16), len(batches), "fp32")
+    assert epochs(stored, batches, 1)[0][0].dtype == torch.bfloat16
+    assert CachedTeacher(CountingTeacher(), len(batches), "fp16").stored_dtype(torch.float32) == torch.float16
+
+
+def test_gpu_memory_reserved_by_pytorch_but_unused_counts_as_free(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3_000, 10_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1_500)
+    assert free_memory(torch.device("cuda", 0)) == 3_000 + 5_000 - 1_500
 
 
 def test_a_cache_over_budget_warns_and_keeps_nothing():

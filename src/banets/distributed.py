@@ -93,6 +93,8 @@ def main_first() -> Iterator[None]:
 
 def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` wrapped in DistributedDataParallel when several processes train it, else ``model`` itself.
+    ``model`` may be ``torch.compile``'s wrapper: compilation waits for the first call, so the graph sees the
+    SyncBatchNorm layers and DDP's hooks stay outside it.
 
     On CUDA its BatchNorm layers become SyncBatchNorm (in place: the parameters and buffers are the same
     tensors), so batch statistics are those of the global batch as in one process. PyTorch has SyncBatchNorm

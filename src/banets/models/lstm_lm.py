@@ -27,6 +27,7 @@ uniform in [-0.04, 0.04].
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -60,18 +61,30 @@ class StatefulLSTMLanguageModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.word_features(x)
-        output, (hidden, cell) = self.lstm(features, self._carried_state(features))
+        output = self._recurrent(features.float())
+        return self.decoder(self.output_dropout(output))  # under autocast when the caller has it on
+
+    def _recurrent(self, features: Tensor) -> Tensor:
+        """The LSTM over ``features`` in float32, with autocast off whatever the caller set.
+
+        PyTorch's autocast wrapper for cuDNN RNNs (``aten/src/ATen/cudnn/AutocastRNN.cpp``) casts input, weights
+        and state to fp16 whatever the autocast dtype, so under bf16 autocast the LSTM would train in fp16
+        without loss scaling. In float32 the recurrence keeps its precision over the 35 unrolled steps; cuDNN
+        still uses TF32 tensor cores on Ampere and later (``torch.backends.cudnn.allow_tf32`` is on by default).
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            output, (hidden, cell) = self.lstm(features, self._carried_state(features))
         self._state = hidden.detach(), cell.detach()  # truncated BPTT: no gradient into the previous chunk
-        return self.decoder(self.output_dropout(output))
+        return output
 
     def _carried_state(self, features: Tensor) -> LSTMState | None:
-        """The previous call's state in the dtype of ``features``, or None (zeros) if there is none that fits."""
+        """The previous call's state, or None (zeros) if there is none that fits ``features``."""
         if self._state is None:
             return None
-        hidden, cell = self._state
+        hidden, _ = self._state
         if hidden.size(1) != features.size(0) or hidden.device != features.device:
             return None
-        return hidden.to(features.dtype), cell.to(features.dtype)
+        return self._state
 
     def init_uniform_(self, init_range: float) -> None:
         """Every parameter uniform in ``[-init_range, init_range]``, as Zaremba et al. and Kim et al. do."""
