@@ -87,6 +87,16 @@ def refusals(model_fn, data):
         "epochs as text": (lambda: TrainConfig(epochs="10"), "optim.epochs expects int, got '10'"),
         "no seeds": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, seeds=[]), "seeds must be a non-empty list"),
         "huge seed": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, seeds=10**20), "seeds must be integers in [0, 2147483647]"),
+        "a generator as data": (lambda: born_again(model_fn, ((x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)), val, optim=ONE_EPOCH),
+                                "train is a one-shot iterator (generator)"),
+        "a label beyond the first batch's": (lambda: born_again(model_fn, (x, torch.where(torch.arange(64) == 63, 9, y)), val,
+                                                                optim=ONE_EPOCH), "the labels range over [0, 9]"),
+        "a control named like a path": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
+                                                           ban=BornAgainConfig(controls={"../../x": {}})),
+                                        "labelled with letters, digits and _ . + * - (they name files)"),
+        "a NumPy number in loss options": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
+                                                              ban=BornAgainConfig(loss="ban+l", loss_options={"label_weight": np.float64(0.5)})),
+                                           "cannot be written to config.yaml"),
     }
 
 
@@ -164,7 +174,7 @@ def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, 
     with pytest.raises(KeyboardInterrupt):
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
     monkeypatch.setattr(RunDirectory, "on_epoch_end", on_epoch_end)
-    with pytest.raises(UserError, match="already holds seed 0"):
+    with pytest.raises(UserError, match=r"already holds seed 0; continue it with born_again\(\.\.\., out='.*crashed', resume=True\)"):
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
     assert main(["resume", str(tmp_path / "crashed")]) == 1  # unfinished, and the CLI cannot rebuild your model
     assert "continue it from Python with born_again(..., out=DIR, resume=True)" in capsys.readouterr().err
@@ -193,3 +203,28 @@ def test_defaults_are_short_and_quiet_per_model(model_fn, data, capsys):
     born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=TrainConfig(epochs=3))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 2 and lines[0].startswith("teacher (model 1/2, seed 1/1) epoch 3")  # one line per model
+
+
+def test_a_language_model_from_python_is_bootstrapped_by_rows(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 12, (40, 9), generator=gen)
+    data = (tokens[:, :-1], tokens[:, 1:])  # next-token prediction over rows of 8 steps
+    lm = lambda: torch.nn.Sequential(torch.nn.Embedding(12, 8), torch.nn.Linear(8, 12))  # noqa: E731
+    run = born_again(lm, data, data, ban=BornAgainConfig(generations=1), optim=ONE_EPOCH, batch_size=8, out=tmp_path / "lm")
+    manifest = RunDirectory(tmp_path / "lm" / "seed-0").manifest
+    assert (manifest["metric"], manifest["bootstrap_block"]) == ("perplexity", 8)
+    assert run.rows("val")[0]["metric"] == "perplexity"
+
+
+def test_a_different_trained_teacher_is_refused_when_the_run_continues(model_fn, data, tmp_path):
+    teacher = model_fn()
+    born_again(model_fn, *data, ban=BornAgainConfig(generations=1), teacher=teacher, optim=ONE_EPOCH, out=tmp_path / "o")
+    with pytest.raises(UserError, match="the trained teacher given now differs from the one this run was started with"):
+        born_again(model_fn, *data, ban=BornAgainConfig(generations=1, ensembles={"T+B": ["teacher", "BAN-1"]}),
+                   teacher=model_fn(), optim=ONE_EPOCH, out=tmp_path / "o", resume=True)
+
+
+def test_partial_losses_are_named_by_their_function():
+    import functools
+
+    assert losses.name_of(functools.partial(focal, gamma=1.0)) == "test_api:focal"

@@ -134,7 +134,7 @@ CASES = {
     "report into user files": (["report", "{world}/run", "--out", "{world}/user"], "holds files a banets report did not write (report.md)",
                                "user", None),
     "run over a run": (["run", "demo", *TINY, "--out", "{world}/run"], "already holds seed 0; continue it with `banets resume", "run", None),
-    "resume with other seeds": (["resume", "{run}", "--set", "seeds=[5]"], "differs in seeds", "run", "copy"),
+    "resume with other seeds": (["resume", "{run}", "--set", "seeds=[5]"], "a resume continues the seeds", "run", "copy"),
     "resume with other lr": (["resume", "{run}", "--set", "optim.lr=0.5"], "differs in optim.lr", "run", "copy"),
     "edited config.yaml": (["resume", "{run}"], "config.yaml was edited after the run started", "run", edit_config),
     "truncated manifest": (["resume", "{run}"], "manifest.json is damaged (not valid JSON", "run", truncate_manifest),
@@ -197,7 +197,7 @@ def test_a_kill_after_the_final_checkpoint_recovers_that_model_instead_of_retrai
     from banets.config import load_config
 
     config = load_config("demo", ["optim.epochs=2", "optim.progress=none", "ban.generations=1", "ban.extra_losses=[]",
-                                  "ban.controls={}", "model.options.width=4"])
+                                  "ban.controls={}", "model.options.width=4", "seeds=[0]"])
     run_experiment(config, tmp_path / "straight")
     record = RunDirectory._record_finished
 
@@ -255,3 +255,101 @@ def test_an_interrupt_says_how_to_continue_and_exits_130(tmp_path):
     assert f"banets: interrupted; continue with `banets resume {tmp_path / 'o'}`" in err
     teacher = RunDirectory(tmp_path / "o" / "seed-0").manifest["models"]["teacher"]
     assert teacher["status"] == "running" and teacher["epoch_checkpoints"]  # what the resume continues from
+
+
+def test_a_multi_seed_run_interrupted_in_its_first_seed_resumes_every_seed(tmp_path, monkeypatch, capsys):
+    from banets.engine import Trainer
+
+    fit = Trainer.fit
+
+    def interrupted(self, *args):
+        if self.name == "BAN-1":
+            raise KeyboardInterrupt
+        return fit(self, *args)
+
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    args = ["run", "demo", *TINY[:-2], "--seeds", "0,1", "--out", str(tmp_path / "o")]
+    assert main(args) == 130
+    assert "continue with `banets resume" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "fit", fit)
+    assert [p.name for p in (tmp_path / "o").glob("seed-*")] == ["seed-0"]  # seed 1 never started
+    assert main(["resume", str(tmp_path / "o")]) == 0
+    assert "mean ± SD over 2 seeds" in capsys.readouterr().out
+    assert all((tmp_path / "o" / f"seed-{s}" / "results.json").is_file() for s in (0, 1))
+
+
+def test_other_data_under_the_same_paths_are_refused_on_resume(tmp_path, capsys):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 6, generator=gen), torch.randint(0, 3, (80,), generator=gen)
+    torch.save({"x": x[:60], "y": y[:60]}, tmp_path / "train.pt")
+    torch.save({"x": x[60:], "y": y[60:]}, tmp_path / "val.pt")
+    args = ["run", "demo", "--set", "data={dataset: tensors, batch_size: 16}", "--set", "model={name: mlp, options: {in_features: 6}}",
+            "--data-dir", str(tmp_path / "train.pt"), "--set", f"data.val_path={tmp_path / 'val.pt'}", *TINY[:-6], "--seeds", "0",
+            "--set", "ban.extra_losses=[]", "--set", "ban.controls={}", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    before = snapshot(tmp_path / "o")
+    assert main(["resume", str(tmp_path / "o"), "--set", f"data.val_path={tmp_path / 'train.pt'}",
+                 "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 1
+    assert "(data.json differs)" in capsys.readouterr().err and snapshot(tmp_path / "o") == before
+
+
+def test_a_corrupt_final_checkpoint_left_by_a_killed_retraining_is_not_taken_as_finished(world, tmp_path):
+    run = copy_run(world, tmp_path)
+    seed_dir = run / "seed-0"
+    path = seed_dir / "checkpoints" / "BAN-1.pt"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # a flipped byte torch does not notice
+    path.write_bytes(bytes(data))
+    directory = RunDirectory(seed_dir)
+    directory.manifest["models"]["BAN-1"]["status"] = "running"  # its retraining was killed
+    directory._write_manifest()
+    from banets.generations import ModelSpec
+
+    assert RunDirectory(seed_dir)._recover_final(ModelSpec("BAN-1", "generation"), directory.manifest["models"]["BAN-1"]) is None
+
+
+def test_a_kill_between_recording_ensembles_and_config_yaml_still_resumes(world, tmp_path, monkeypatch):
+    from banets import runs
+
+    run = copy_run(world, tmp_path)
+    write = runs.atomic_write_text
+
+    def killed_at_config(path, text):
+        if path.name == "config.yaml":
+            raise KeyboardInterrupt
+        write(path, text)
+
+    monkeypatch.setattr(runs, "atomic_write_text", killed_at_config)
+    assert main(["resume", str(run), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 130  # killed there
+    assert "T+B" in RunDirectory(run / "seed-0").manifest["ensembles"]  # the manifest was written, config.yaml was not
+    monkeypatch.setattr(runs, "atomic_write_text", write)
+    assert main(["resume", str(run), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0
+    assert RunDirectory(run / "seed-0").config()["ban"]["ensembles"] == {"T+B": ["teacher", "BAN-1"]}
+
+
+def test_a_report_index_that_points_outside_its_folder_is_refused(world, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / ".banets-report").write_text(json.dumps(["report.md", "../victim.txt"]))
+    assert main(["report", str(world / "run"), "--out", str(folder)]) == 1
+    assert "lists paths outside its folder" in capsys.readouterr().err and victim.read_text() == "keep me"
+    (folder / ".banets-report").write_text("{bad")
+    assert main(["report", str(world / "run"), "--out", str(folder)]) == 1
+    assert ".banets-report is damaged" in capsys.readouterr().err
+
+
+def test_user_files_in_the_report_folder_are_found_before_training(tmp_path, capsys):
+    (tmp_path / "o" / "report").mkdir(parents=True)
+    (tmp_path / "o" / "report" / "notes.md").write_text("mine")
+    assert main(["run", "demo", *TINY, "--out", str(tmp_path / "o")]) == 1
+    assert "holds files a banets report did not write (notes.md)" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["report"]
+
+
+def test_presets_that_extend_each_other_in_a_circle_are_refused(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    assert main(["run", str(tmp_path / "a.yaml")]) == 1
+    assert "presets extend each other in a circle" in capsys.readouterr().err

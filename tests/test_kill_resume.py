@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from banets.cli import main
-from banets.runs import RunDirectory, load_checkpoint
+from banets.runs import RunDirectory, sha256_of, load_checkpoint
 
 RUN = ["run", "demo", "--seeds", "0", "--set", "optim.epochs=3", "--set", "ban.generations=2", "--set", "ban.extra_losses=[]",
        "--set", "model.options.width=4", "--set", "optim.progress=none"]
@@ -110,8 +110,8 @@ def final_weights(seed_dir):
 
 
 def untimed(records: list[dict]) -> list[dict]:
-    """The epoch records without their wall-clock ``seconds``, which no two runs share."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    """Epoch records or result rows without their wall-clock ``seconds`` and ``minutes``, which no two runs share."""
+    return [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("minutes")} for r in records]
 
 
 @pytest.mark.parametrize("kill", list(KILLS))
@@ -123,8 +123,12 @@ def test_resume_after_sigkill_is_bitwise_the_uninterrupted_run(runs, kill):
     for name, state in expected.items():
         assert state.keys() == got[name].keys()
         assert all(torch.equal(state[k], got[name][k]) for k in state), name
-    assert json.loads((resumed / "results.json").read_text()) == json.loads((straight / "results.json").read_text())
+    results = [json.loads((d / "results.json").read_text()) for d in (resumed, straight)]
+    assert {k: untimed(v) for k, v in results[0].items()} == {k: untimed(v) for k, v in results[1].items()}
     assert untimed(RunDirectory(resumed).epochs()) == untimed(RunDirectory(straight).epochs())  # redone epochs replace the lost ones
+    for folder in ("checkpoints", "weights", "predictions"):  # the files themselves, byte for byte
+        digests = [{p.name: sha256_of(p) for p in (d / folder).iterdir()} for d in (resumed, straight)]
+        assert digests[0] == digests[1], folder
     leftovers = sorted(p.name for p in (resumed / "checkpoints").iterdir())
     assert leftovers == sorted(f"{name}.pt" for name in expected)  # no temporary file, no stale epoch checkpoint
     assert not list(resumed.glob("**/.*.tmp"))

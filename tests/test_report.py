@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from banets.data.registry import Data
 from banets.generations import ModelSpec
 from banets.metrics import Predictions
 from banets.report import read_run, read_runs, summarize, wide_rows, write_report
@@ -32,7 +33,7 @@ def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", n
     run = RunDirectory(root / f"seed-{seed}")
     data = {"dataset": dataset, "bptt": 7}  # bptt is read for text only
     run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}},
-              metric="perplexity" if dataset == "text" else "error")
+              Data([], [], metric="perplexity" if dataset == "text" else "error", block=7 if dataset == "text" else 1), [seed])
     for spec in PLAN:
         run.entry(spec)["status"] = "done"
     run.manifest["ensembles"] = {"Ens*2": ["BAN-1", "BAN-2"], "T+CE": ["teacher", "CE"]}
@@ -110,7 +111,7 @@ def test_report_writes_tables_csv_json_and_embedded_plots(tmp_path):
 
 def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
     fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5})
-    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]})
+    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]}, Data([], []), [1])
     runs, skipped = read_runs([tmp_path])
     assert [r.seed for r in runs] == [0] and "seed-1 has no predictions yet" in skipped[0]
     assert "skipped: " in write_report(runs, tmp_path / "report", skipped=tuple(skipped))

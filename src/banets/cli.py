@@ -60,6 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     args.preset = "demo"
     config = build_config(args)
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    args.dir = out  # what an interrupt's hint names
     started = time.time()
     if distributed.is_main():
         print(f"banets demo: {config.description}; run directory {out} (--out to choose another)")

@@ -139,6 +139,7 @@ class DataConfig(Section):
         for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):
             self.check(getattr(self, key) >= 1, key, "a positive integer")
         self.check(self.val_size >= 0, "val_size", "0 or more")
+        self.check(self.split_seed >= 0, "split_seed", "0 or more")
         self.check(self.train_subset is None or self.train_subset >= 1, "train_subset", "a positive integer or null")
         self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab", "3 or more (it counts <unk> and <eos>) or null")
         self.check_choice("tokenizer", TOKENIZERS)
@@ -179,6 +180,10 @@ class BornAgainConfig(Section):
         self.check(self.generations >= 0, "generations", "0 or more")
         if self.cache_teacher is not None:
             self.check_choice("cache_teacher", CACHE_DTYPES)
+        for key in ("controls", "ensembles"):
+            for label in getattr(self, key):
+                self.check(isinstance(label, str) and bool(MODEL_NAME.match(label)), key,
+                           f"labelled with letters, digits and _ . + * - (they name files), not {label!r}")
         for label, options in self.controls.items():
             self.check(isinstance(options, dict), "controls", f"a mapping of labels to option mappings ({label!r} is not)")
         for label, members in self.ensembles.items():
@@ -186,6 +191,7 @@ class BornAgainConfig(Section):
                        f"a mapping of labels to lists of model names ({label!r} is not)")
 
 
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+*-]*$")  # a control's or ensemble's label: it names files
 DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
@@ -312,8 +318,10 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def preset_dict(name_or_path: str) -> dict:
+def preset_dict(name_or_path: str, chain: tuple[str, ...] = ()) -> dict:
     """The preset's nested dictionary with its ``extends:`` chain merged in (later keys win)."""
+    if name_or_path in chain:
+        raise ConfigError(f"presets extend each other in a circle: {' -> '.join([*chain, name_or_path])}; break the circle")
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_path}.yaml"
@@ -323,7 +331,7 @@ def preset_dict(name_or_path: str) -> dict:
     values = read_yaml(path)
     parent = values.pop("extends", None)
     values.setdefault("name", path.stem)
-    return deep_merge(preset_dict(parent), values) if parent else values
+    return deep_merge(preset_dict(parent, (*chain, name_or_path)), values) if parent else values
 
 
 def read_yaml(path: Path) -> dict:

@@ -47,7 +47,8 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's, or before it exists torchrun's ``RANK`` (0 without torchrun)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
@@ -141,6 +142,15 @@ def split_batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
                          f"use a batch size whose last batch has at least {world} rows, or drop the last batch")
     rows = shard(len(y))
     return x[rows], y[rows], world * y[rows].numel() / y.numel()
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true in any process (every process gets the same answer)."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor(int(flag), device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def sum_over_processes(*values: Tensor) -> tuple[Tensor, ...]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from banets import distributed
 from banets.config import TrainConfig, UserError
-from banets.data.registry import Batch, Transform
+from banets.data.registry import Batch, DataError, Transform
 from banets.losses import Loss
 from banets.metrics import Predictions
 
@@ -196,7 +196,9 @@ class Trainer:
         totals = EpochTotals.zeros(self.nonfinite_run)
         steps = tqdm(train_data, desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
                      disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
+        batches = 0
         for step, batch in enumerate(steps):
+            batches += 1
             if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
                 distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
             x, y = self._inputs(batch, augment_rng, train=True)
@@ -207,6 +209,9 @@ class Trainer:
                 self._check_finite(totals, step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
         totals.sum_over_processes()
+        if batches == 0:
+            raise DataError(f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
+                            f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)")
         self._check_finite(totals, "last")
         self.nonfinite_run = totals.nonfinite_run
         rows = max(totals.rows.item(), 1)
@@ -243,7 +248,11 @@ class Trainer:
                     f"{self.name}: teacher outputs {tuple(teacher_logits.shape)} but student outputs "
                     f"{tuple(logits.shape)}; build teacher and student for the same classes and inputs"
                 )
-            loss = self.loss(logits, teacher_logits, y)
+            try:
+                loss = self.loss(logits, teacher_logits, y)
+            except IndexError as error:  # a label beyond the outputs, in a batch the checks before training did not see
+                raise DataError(f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "
+                                f"build the model for every class in the data") from None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share).backward()
         if self.config.grad_clip:

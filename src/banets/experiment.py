@@ -11,6 +11,7 @@ and evaluates; rank 0 alone writes.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -19,18 +20,19 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import yaml
 
 from banets import distributed, losses
-from banets.config import BornAgainConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, load_config, to_dict
+from banets.config import (BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, UserError,
+                           load_config, to_dict)
 from banets.data.batches import as_batches
 from banets.data.registry import Data, Transform, build_dataset
-from banets.data.text import Vocabulary
 from banets.engine import DivergedError, resolve_device
 from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (TEACHER, BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, build_model,
-                                check_plan, first_batch, plan_ensembles, plan_generations)
+                                check_plan, first_batch, plan_ensembles, plan_generations, saved_weights_of)
 from banets.models.registry import create_model, model_parameters
-from banets.report import seed_run_of, summarize
+from banets.report import check_report_folder, read_run, read_runs, seed_run_of, summarize
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
 
@@ -112,12 +114,12 @@ class BornAgainRun:
     """The result of :func:`born_again` or ``banets run``: per seed, the trained models and their predictions.
 
     ``rows(split)`` gives the report's rows (mean and SD over seeds, the paired difference to the teacher with its
-    95% interval); ``models`` are the first seed's trained models; ``out`` the run directory, if any.
+    95% interval), read back from ``out`` when the run has one; ``models`` are the first seed's trained models.
     """
 
     config: ExperimentConfig
     results: dict[int, BornAgainResult]
-    metric: str = "error"
+    data_record: dict  # Data.record(): the metric and bootstrap block of the report
     out: Optional[Path] = None
 
     @property
@@ -125,7 +127,9 @@ class BornAgainRun:
         return self.results[self.config.seeds[0]].models
 
     def rows(self, split: str = "val") -> list[dict]:
-        return summarize([seed_run_of(self.config, seed, result, self.metric) for seed, result in self.results.items()], split)
+        if self.out is not None:
+            return summarize(read_runs([self.out])[0], split)
+        return summarize([seed_run_of(self.config, seed, result, self.data_record) for seed, result in self.results.items()], split)
 
 
 def config_record(config: ExperimentConfig, **changes: Any) -> dict:
@@ -137,6 +141,7 @@ def config_record(config: ExperimentConfig, **changes: Any) -> dict:
 def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resume: bool = False) -> BornAgainRun:
     """Check everything, then train and evaluate every seed of ``config`` on ``setup``, each into ``out/seed-<s>``
     (nothing is written without ``out``). ``resume`` continues the seeds ``out`` already holds."""
+    check_recordable(config)
     device = available_device(config.device)
     distributed.init_from_env(device)
     if config.data.batch_size % distributed.world_size():
@@ -145,13 +150,28 @@ def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resu
     plan = plan_generations(config.ban, config.seeds[0])
     check_plan(plan, config.ban, setup.student_fn, setup.teacher_fn, setup.teacher, setup.data.train, setup.data.val,
                device, setup.data.transform)
+    refused = None
     if out is not None and distributed.is_main():
-        prepare_out(Path(out), config, setup.data, resume)
+        try:
+            prepare_out(Path(out), config, setup.data, resume)
+        except UserError as error:
+            refused = error
+    if distributed.any_process(refused is not None):  # every process stops, not only rank 0
+        raise refused or RunError(f"rank 0 refused --out {out}; its message says why")
     results = {}
     for i, seed in enumerate(config.seeds):
         run_dir = Path(out) / f"seed-{seed}" if out is not None else None
         results[seed] = run_seed(config, setup, seed, run_dir, device, label=f"seed {i + 1}/{len(config.seeds)}")
-    return BornAgainRun(config, results, setup.data.metric, Path(out) if out is not None else None)
+    return BornAgainRun(config, results, setup.data.record(), Path(out) if out is not None else None)
+
+
+def check_recordable(config: ExperimentConfig) -> None:
+    """``config.yaml`` must be able to hold the config: plain numbers, strings, lists and mappings only."""
+    try:
+        yaml.safe_dump(config_record(config))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"a config value cannot be written to config.yaml ({str(error).splitlines()[0]}); use plain "
+                          f"Python numbers, strings, lists and dicts (e.g. float(x) for a NumPy number)") from None
 
 
 def available_device(name: str) -> torch.device:
@@ -181,10 +201,13 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
     if foreign:
         raise RunError(f"--out {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
                        f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+    check_report_folder(out / REPORT_DIR)
     for seed in config.seeds:
         run_dir = RunDirectory(out / f"seed-{seed}")
         if run_dir.root.exists() and not resume:
-            raise RunError(f"{out} already holds seed {seed}; continue it with `banets resume {out}` or choose another --out")
+            how = (f"born_again(..., out={str(out)!r}, resume=True)" if config.data.dataset == PYTHON
+                   else f"`banets resume {out}`")
+            raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another --out")
         if run_dir.root.exists():
             run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
 
@@ -203,10 +226,9 @@ def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optiona
     """Train and evaluate one seed's plan, into ``run_dir`` when given; what the directory holds is not redone."""
     main = distributed.is_main()
     with distributed.main_first():  # rank 0 creates the directory, then the others read it
-        store = RunDirectory(run_dir) if run_dir is not None else MemoryStore()
+        store = RunDirectory(run_dir, read_only=not main) if run_dir is not None else MemoryStore()
         if main and isinstance(store, RunDirectory) and not store.exists():
-            store.start(config_record(config, seeds=[seed]), setup.data.files, setup.data.metric,
-                        {k: v for k, v in setup.data.model_options.items() if k != "words"})  # words: in vocab.json
+            store.start(config_record(config, seeds=[seed]), setup.data, config.seeds)
     plan = plan_generations(config.ban, seed)
     ensembles = plan_ensembles(plan, config.ban)
     driver = Driver(setup.student_fn, setup.data.train, setup.data.val, config.optim, config.ban, device,
@@ -224,15 +246,19 @@ def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optiona
                    for split, data in splits.items() if data is not None}
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, RunDirectory):
-        save_result(store, config, seed, result, setup.data.metric)
+        save_result(store, config, result)
     return result
 
 
-def save_result(store: RunDirectory, config: ExperimentConfig, seed: int, result: BornAgainResult, metric: str) -> None:
+def save_result(store: RunDirectory, config: ExperimentConfig, result: BornAgainResult) -> None:
+    """Predictions and ensembles into the run directory, then ``results.json``: the report's rows of this seed,
+    computed from what the directory now holds. ``results.json`` goes first and comes back last, so a kill in
+    between leaves a run that a resume evaluates again."""
+    (store.root / "results.json").unlink(missing_ok=True)
     for split, predictions in result.predictions.items():
         store.save_predictions(split, predictions)
     store.record_ensembles(result.ensembles, config.ban.ensembles)
-    seed_run = seed_run_of(config, seed, result, metric)
+    seed_run = read_run(store.root)
     store.save_results({split: summarize([seed_run], split) for split in result.predictions})
 
 
@@ -254,19 +280,29 @@ def seed_dirs(out: Path) -> list[Path]:
 
 
 def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> list[int]:
-    """``banets resume``: continue every seed of the run in ``out`` with the config it was started with; ``overrides``
-    may change runtime keys and the ensembles only. A finished seed with nothing new to evaluate needs neither its
-    data nor its models. Returns the seeds that ran."""
+    """``banets resume``: continue every seed of the run in ``out`` with the config it was started with, and start
+    the seeds an interruption never reached (each seed directory records the run's seeds); ``overrides`` may change
+    runtime keys and the ensembles only. A finished seed with nothing new to evaluate needs neither its data nor its
+    models. Returns the seeds that ran."""
+    dirs = seed_dirs(out)
+    recorded = {int(d.name.removeprefix("seed-")): d for d in dirs if d.name.removeprefix("seed-").isdigit()}
+    planned = sorted(set(recorded) | {s for d in dirs for s in RunDirectory(d).manifest.get("run_seeds", [])})
     ran = []
-    for seed_dir in seed_dirs(out):
-        directory = RunDirectory(seed_dir)
-        config = load_config(str(seed_dir / "config.yaml"), overrides)
-        directory.check_resumable(config_record(config))  # the overrides change runtime keys only
-        plan = plan_generations(config.ban, config.seeds[0])
-        if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
-            continue
+    for seed in planned:
+        template = recorded.get(seed, dirs[0])
+        config = load_config(str(template / "config.yaml"), overrides)
+        if config.seeds != load_config(str(template / "config.yaml")).seeds:
+            raise RunError(f"a resume continues the seeds {out} was started with ({', '.join(map(str, planned))}); add "
+                           f"seeds with `banets run ... --seeds N --out {out}`")
+        config = replace(config, seeds=[seed])
+        if seed in recorded:
+            directory = RunDirectory(recorded[seed], read_only=not distributed.is_main())
+            directory.check_resumable(config_record(config))  # the overrides change runtime keys only
+            plan = plan_generations(config.ban, seed)
+            if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
+                continue
         run(config, setup_from_config(config), Path(out), resume=True)
-        ran += config.seeds
+        ran.append(seed)
     return ran
 
 
@@ -307,7 +343,9 @@ def born_again(
     train_batches = as_batches(train, batch_size, shuffle=True, what="train")
     data = Data(train=train_batches, val=as_batches(val, batch_size, shuffle=False, what="val"),
                 test=as_batches(test, batch_size, shuffle=False, what="test"), transform=transform)
-    data.metric = "perplexity" if first_batch(train_batches, "training")[1].dim() > 1 else "error"
+    labels = first_batch(train_batches, "training")[1]
+    if labels.dim() > 1:  # sequences: a language model, scored by perplexity; its bootstrap resamples whole rows
+        data.metric, data.block = "perplexity", labels.shape[-1]
     architecture = type(build_model(model_fn, "model_fn")).__name__
     config = ExperimentConfig(
         name=name, seeds=[seeds] if isinstance(seeds, int) else list(seeds), device=device,
@@ -337,7 +375,8 @@ def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: O
     if model_fn is None:
         model_fn = recorded_factory(config, directory, teacher=entry.get("role") == "teacher")
     model = build_model(model_fn, "model_fn")
-    model.load_state_dict(state["model"])
+    with saved_weights_of(name):
+        model.load_state_dict(state["model"])
     return model.eval()
 
 
@@ -345,10 +384,13 @@ def recorded_factory(config: ExperimentConfig, directory: RunDirectory, teacher:
     """The factory of a run's students (or of its teacher, when it has another architecture), from its records."""
     if config.data.dataset == PYTHON:
         raise RunError(f"{directory.root} was made from Python with its own model; pass it: load(..., model_fn=lambda: MyNet())")
+    if "model_options" not in directory.manifest:
+        raise RunError(f"{directory.root} was made by a banets that did not record its models' data options; pass the "
+                       f"model: load(..., model_fn=lambda: create_model(NAME, num_classes=..., ...))")
     import_modules(config.imports)
-    options = dict(directory.manifest.get("model_options", {}))
-    if (directory.root / "vocab.json").exists():
-        options["words"] = Vocabulary.load(directory.root / "vocab.json").words
+    options = dict(directory.manifest["model_options"])
+    for option, file in directory.manifest.get("options_in_files", {}).items():
+        options[option] = json.loads((directory.root / file).read_text(encoding="utf-8"))[option]
     if teacher and config.model.teacher_name:
         return model_factory(config.model.teacher_name, config.model.teacher_options, options)
     return model_factory(config.model.name, config.model.options, options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional, Protocol
 
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 from banets import losses
 from banets.config import BornAgainConfig, Loss, TrainConfig, UserError
-from banets.data.batches import to_batch
+from banets.data.batches import TensorBatches, to_batch
 from banets.data.registry import Batch, DataError, Transform
 from banets.engine import Trainer, reset_state
 from banets.ensemble import prefix_ensembles
@@ -73,8 +74,14 @@ class ModelSpec:
 
 
 def short_name(loss: Loss) -> str:
-    """A loss as it names a model: ``ban+l`` -> ``BAN+L``, ``my.module:focal_loss`` -> ``FOCAL_LOSS``."""
-    return losses.name_of(loss).rsplit(":", 1)[-1].rsplit(".", 1)[-1].upper()
+    """A loss as it names a model (and its files): ``ban+l`` -> ``BAN+L``, ``my.module:focal_loss`` -> ``FOCAL_LOSS``,
+    a lambda -> ``LAMBDA``."""
+    name = losses.name_of(loss).rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_.+*-]", "_", name).strip("_").upper() or "LOSS"
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def plan_generations(ban: BornAgainConfig, seed: int = 0) -> list[ModelSpec]:
@@ -145,17 +152,24 @@ def build_model(factory: ModelFn, what: str) -> nn.Module:
     return model
 
 
-def check_outputs(logits: object, y: torch.Tensor, what: str) -> torch.Tensor:
+def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest label: of the whole label tensor when the data are in memory, else of batch ``y``."""
+    labels = data.tensors[1] if isinstance(data, TensorBatches) else y
+    return int(labels.min()), int(labels.max())
+
+
+def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:
     """``logits`` checked against the labels of one batch: a tensor of ``labels.shape + (classes,)`` whose
-    classes cover every label."""
+    classes cover every label in ``bounds``."""
     if not isinstance(logits, torch.Tensor):
         raise PlanError(f"{what} returned {type(logits).__name__}; a model must return a logits tensor")
     if tuple(logits.shape[:-1]) != tuple(y.shape):
         raise PlanError(f"{what} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}; "
                         f"expected {tuple(y.shape)} + (classes,)")
-    if int(y.max()) >= logits.shape[-1] or int(y.min()) < 0:
-        raise PlanError(f"{what} has {logits.shape[-1]} outputs but the labels range over [{int(y.min())}, {int(y.max())}]; "
-                        f"build it with at least {int(y.max()) + 1} classes")
+    low, high = bounds
+    if high >= logits.shape[-1] or low < 0:
+        raise PlanError(f"{what} has {logits.shape[-1]} outputs but the labels range over [{low}, {high}]; "
+                        f"build it with at least {high + 1} classes")
     return logits
 
 
@@ -202,8 +216,9 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, student_fn: ModelFn,
     student = build_model(student_fn, "the model factory")
     if teacher is None:
         teacher = build_model(teacher_fn, "the teacher factory") if teacher_fn is not None else student
+    bounds = label_bounds(train_data, y)
     with torch.no_grad():
-        logits = {what: check_outputs(forward_once(model, x, device, what), y, what)
+        logits = {what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
                   for model, what in ((student, "the model"), (teacher, "the teacher"))}
     if logits["the model"].shape != logits["the teacher"].shape:
         raise PlanError(f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
@@ -301,8 +316,12 @@ class Driver:
     def train(self, spec: ModelSpec, position: str = "") -> nn.Module:
         if spec.name in self.given:
             model = self.given[spec.name].to(self.device).eval()
-            if self.store.finished(spec) is None:
+            stored = self.store.finished(spec)
+            if stored is None:
                 self.store.on_finished(spec, model, [])
+            elif not same_weights(model.state_dict(), stored["model"]):
+                raise PlanError(f"the trained {spec.name} given now differs from the one this run was started with; give "
+                                f"the same one to continue the run, or start a new run")
             self.histories[spec.name] = []
             return model
         model = self.build(spec)

@@ -187,7 +187,8 @@ def name_of(loss: str | Callable) -> str:
     for name, factory in _LOSSES.items():
         if getattr(factory, "__wrapped_loss__", None) is loss:
             return name
-    return f"{getattr(loss, '__module__', '?')}:{getattr(loss, '__qualname__', type(loss).__name__)}"
+    fn = loss.func if isinstance(loss, functools.partial) else loss
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 def get(loss: str | Callable, **options) -> Loss:

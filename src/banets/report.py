@@ -98,6 +98,7 @@ def architecture_of(model: dict) -> str:
 
 
 def bootstrap_block(data: dict) -> int:
+    """The bootstrap block of runs made before manifests recorded it: a BPTT segment for text, else one example."""
     return data.get("bptt", 1) if data.get("dataset") == "text" else 1
 
 
@@ -117,7 +118,7 @@ def read_run(seed_dir: Path) -> SeedRun:
         models=run.manifest.get("models", {}),
         epochs=run.epochs(),
         path=Path(seed_dir),
-        block=bootstrap_block(config["data"]),
+        block=run.manifest.get("bootstrap_block") or bootstrap_block(config["data"]),
         metric_key=run.manifest.get("metric") or metric_for(config["data"]["dataset"]).key,
         ensembles=run.manifest["ensembles"] if "ensembles" in run.manifest else planned_ensembles(config),
     )
@@ -129,14 +130,14 @@ def planned_ensembles(config: dict) -> dict[str, list[str]]:
     return plan_ensembles(plan_generations(ban), ban)
 
 
-def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, metric: str) -> SeedRun:
-    """A seed's result in memory, as :func:`read_run` would read it back from its run directory."""
-    record = to_dict(config)
+def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, data_record: dict) -> SeedRun:
+    """A seed's result in memory, as :func:`read_run` would read it back from its run directory (but untimed)."""
     return SeedRun(
-        experiment=config.name, architecture=architecture_of(record["model"]), dataset=config.data.dataset, seed=seed,
-        predictions=result.predictions, models={s.name: s.describe() for s in result.plan},
+        experiment=config.name, architecture=architecture_of(to_dict(config)["model"]), dataset=config.data.dataset,
+        seed=seed, predictions=result.predictions,
+        models={s.name: {**s.describe(), "epoch": len(result.histories.get(s.name, []))} for s in result.plan},
         epochs=[{"model": name, **r} for name, history in result.histories.items() for r in history],
-        block=bootstrap_block(record["data"]), metric_key=metric, ensembles=result.ensembles,
+        block=data_record["bootstrap_block"], metric_key=data_record["metric"], ensembles=result.ensembles,
     )
 
 
@@ -569,20 +570,31 @@ def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, yl
 # -- the report ---------------------------------------------------------------------------------------------
 
 
+def check_report_folder(root: Path) -> set[str]:
+    """The files a previous report wrote into ``root`` (its index); a folder holding any other file is refused."""
+    if root.exists() and not root.is_dir():
+        raise RunError(f"report --out {root} is a file; choose a folder")
+    index = root / REPORT_INDEX
+    try:
+        previous = set(json.loads(index.read_text())) if index.exists() else set()
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        raise RunError(f"{index} is damaged; remove it and the files of the last report, or choose another folder") from None
+    if any(not isinstance(name, str) or Path(name).name != name or name.startswith(".") for name in previous):
+        raise RunError(f"{index} lists paths outside its folder; remove it, or choose another folder")
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in previous | {REPORT_INDEX}) if root.exists() else []
+    if foreign:
+        raise RunError(f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
+                       f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+    return previous
+
+
 class ReportFolder:
     """The folder a report writes into. It writes only files it records in ``.banets-report``, and refuses a
     folder that holds other files (yours), so a report never overwrites what it did not write."""
 
     def __init__(self, root: Path):
         self.root = root
-        if root.exists() and not root.is_dir():
-            raise RunError(f"report --out {root} is a file; choose a folder")
-        index = root / REPORT_INDEX
-        self.previous = set(json.loads(index.read_text())) if index.exists() else set()
-        foreign = sorted(p.name for p in root.iterdir() if p.name not in self.previous | {REPORT_INDEX}) if root.exists() else []
-        if foreign:
-            raise RunError(f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
-                           f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+        self.previous = check_report_folder(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as error:

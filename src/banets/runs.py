@@ -48,6 +48,7 @@ import torch.nn as nn
 import yaml
 
 from banets.config import ConfigError, ExperimentConfig, UserError, from_dict, read_yaml, to_dict
+from banets.data.registry import Data
 from banets.generations import ModelSpec
 from banets.metrics import Predictions
 
@@ -112,6 +113,12 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
+def canonical(records: list[dict]) -> list[dict]:
+    """``records`` rebuilt through JSON, so that equal records pickle to equal bytes whether they were made in this
+    process or loaded from a checkpoint (pickle shares repeated key strings only when they are one object)."""
+    return json.loads(json.dumps(records))
+
+
 def load_checkpoint(path: Path, sha256: Optional[str] = None) -> dict:
     """Load a checkpoint safely (tensors and plain containers only), after checking its sha256."""
     if sha256 is not None and sha256_of(path) != sha256:
@@ -168,8 +175,9 @@ class TensorBoardLog:
 class RunDirectory:
     """A run directory (one seed); implements the driver's ``Store`` so that training resumes from it."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, read_only: bool = False):
         self.root = Path(root)
+        self.read_only = read_only  # under torchrun every process but rank 0 reads the directory and writes nothing
         self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = self._read_manifest() if self.manifest_path.exists() else {}
         self.tensorboard = TensorBoardLog(self.root / "tensorboard")
@@ -189,11 +197,11 @@ class RunDirectory:
     def exists(self) -> bool:
         return (self.root / "config.yaml").exists()
 
-    def start(self, config: dict, files: Optional[dict[str, str]] = None, metric: str = "error",
-              model_options: Optional[dict] = None) -> None:
-        """Create the directory whole: ``config.yaml``, the manifest and the data's ``files``, written into a
-        temporary folder that is then renamed, so a crash leaves either no directory or a complete one.
-        ``model_options`` (derived from the data, e.g. ``num_classes``) are recorded so the models can be rebuilt."""
+    def start(self, config: dict, data: Data, run_seeds: list[int]) -> None:
+        """Create the directory whole: ``config.yaml``, the manifest (with what it keeps of ``data``: the metric,
+        the bootstrap block, the model options derived from the data; and ``run_seeds``, every seed of the run it
+        belongs to, so a resume can start the ones an interruption never reached) and the data's ``files``, written
+        into a temporary folder that is then renamed, so a crash leaves either no directory or a complete one."""
         if self.root.exists():
             raise RunError(f"{self.root} already exists; continue it with `banets resume {self.root.parent}` or choose another --out")
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -202,10 +210,10 @@ class RunDirectory:
             os.chmod(staging, 0o777 & ~_umask())
             config_text = yaml.safe_dump(config, sort_keys=False)
             atomic_write_text(staging / "config.yaml", config_text)
-            for name, text in (files or {}).items():
+            for name, text in data.files.items():
                 atomic_write_text(staging / name, text)
-            self.manifest = {"format_version": FORMAT_VERSION, "config_sha256": _digest(config_text), "metric": metric,
-                             "model_options": model_options or {}, "models": {}, "ensembles": {}}
+            self.manifest = {"format_version": FORMAT_VERSION, "config_sha256": _digest(config_text), **data.record(),
+                             "run_seeds": list(run_seeds), "models": {}, "ensembles": {}}
             atomic_write_text(staging / "manifest.json", json.dumps(self.manifest, indent=2))
             os.rename(staging, self.root)
         except BaseException:
@@ -228,8 +236,8 @@ class RunDirectory:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunError(f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run")
-        recorded = self.manifest.get("config_sha256")
-        if recorded and _digest((self.root / "config.yaml").read_text(encoding="utf-8")) != recorded:
+        recorded = {self.manifest.get(k) for k in ("config_sha256", "config_sha256_before")} - {None}
+        if recorded and _digest((self.root / "config.yaml").read_text(encoding="utf-8")) not in recorded:
             raise RunError(f"{self.root}/config.yaml was edited after the run started; undo the edit (a resume may change "
                            f"only {', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
         saved, wanted = _without_runtime(with_defaults(self.config())), _without_runtime(with_defaults(config))
@@ -247,8 +255,9 @@ class RunDirectory:
 
     def _remove_temporary_files(self) -> None:
         """Temporary files of writes a crash interrupted (never renamed into place, so never referenced)."""
-        for tmp in self.root.glob("**/.*.tmp"):
-            tmp.unlink()
+        if not self.read_only:
+            for tmp in self.root.glob("**/.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def config(self) -> dict:
         return read_yaml(self.root / "config.yaml")
@@ -258,7 +267,7 @@ class RunDirectory:
         ``ensembles`` are the recorded ones: then a resume has nothing to do."""
         entries = [self.manifest.get("models", {}).get(m, {}) for m in models]
         return (all(e.get("status") == "done" and self._intact(e) for e in entries)
-                and (self.root / "predictions" / "val.pt").exists() and self.manifest.get("ensembles") == ensembles)
+                and (self.root / "results.json").exists() and self.manifest.get("ensembles") == ensembles)
 
     def _intact(self, entry: dict) -> bool:
         path = self.root / entry.get("checkpoint", "")
@@ -291,6 +300,8 @@ class RunDirectory:
         path = self.root / "checkpoints" / f"{spec.name}.pt"
         if not path.exists() or entry.get("status") == "failed":
             return None
+        if entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+            return None  # the corrupt checkpoint of a model being trained again, not a new one
         try:
             state = load_checkpoint(path)
         except RunError:
@@ -312,7 +323,8 @@ class RunDirectory:
 
     def on_epoch_end(self, spec: ModelSpec, trainer: Any, record: dict) -> None:
         path = Path("checkpoints") / f"{spec.name}.epoch{trainer.epoch}.pt"
-        sha = save_checkpoint(self.root / path, trainer.state_dict())
+        state = trainer.state_dict()
+        sha = save_checkpoint(self.root / path, {**state, "history": canonical(state["history"])})
         self._append_jsonl("metrics.jsonl", {"model": spec.name, **record})
         self.tensorboard.log(spec.name, record)
         entry = self.entry(spec)
@@ -324,7 +336,7 @@ class RunDirectory:
 
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
         path = self.root / "checkpoints" / f"{spec.name}.pt"
-        sha = save_checkpoint(path, {"model": model.state_dict(), "history": history})
+        sha = save_checkpoint(path, {"model": model.state_dict(), "history": canonical(history)})
         save_weights(self.root / "weights" / f"{spec.name}.safetensors", model)
         self._record_finished(spec, path, sha, history)
         self.tensorboard.close(spec.name)
@@ -332,7 +344,8 @@ class RunDirectory:
     def _record_finished(self, spec: ModelSpec, path: Path, sha: str, history: list[dict]) -> None:
         entry = self.entry(spec)
         for old in entry.pop("epoch_checkpoints", []):
-            (self.root / old["path"]).unlink(missing_ok=True)
+            if not self.read_only:
+                (self.root / old["path"]).unlink(missing_ok=True)
         entry.update(status="done", epoch=len(history), checkpoint=str(path.relative_to(self.root)), sha256=sha,
                      final=history[-1] if history else {})
         self._write_manifest()
@@ -370,13 +383,16 @@ class RunDirectory:
         """Record every ensemble's members in the manifest, and write ``requested`` (``ban.ensembles``) into
         ``config.yaml`` when a resume evaluated other ones than the run was started with."""
         saved = self.config()
-        if saved.get("ban", {}).get("ensembles", {}) != requested:
-            saved.setdefault("ban", {})["ensembles"] = requested
-            text = yaml.safe_dump(saved, sort_keys=False)
-            atomic_write_text(self.root / "config.yaml", text)
-            self.manifest["config_sha256"] = _digest(text)
         self.manifest["ensembles"] = ensembles
+        if saved.get("ban", {}).get("ensembles", {}) == requested:
+            self._write_manifest()
+            return
+        saved.setdefault("ban", {})["ensembles"] = requested
+        text = yaml.safe_dump(saved, sort_keys=False)
+        self.manifest["config_sha256_before"] = self.manifest.get("config_sha256")  # a kill between the two writes
+        self.manifest["config_sha256"] = _digest(text)  # leaves a config.yaml that matches one of them
         self._write_manifest()
+        atomic_write_text(self.root / "config.yaml", text)
 
     def _append_jsonl(self, name: str, record: dict) -> None:
         """Append one JSON line; after a line a crash cut short, start a new line (readers skip the cut one)."""
@@ -389,7 +405,8 @@ class RunDirectory:
             f.write(json.dumps(record).encode() + b"\n")
 
     def _write_manifest(self) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
+        if not self.read_only:
+            atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
 
 
 def _digest(text: str) -> str:

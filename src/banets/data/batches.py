@@ -8,6 +8,8 @@ per-sample ``__getitem__`` and collate. Shuffling draws from torch's global gene
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, Iterable, Iterator, Optional
 
@@ -102,6 +104,9 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
         raise DataError(f"{what} is a {type(data).__name__}; pass an (x, y) pair of tensors or NumPy arrays, a Dataset, "
                         f"a DataLoader or an iterable of (x, y) batches")
+    if iter(data) is data:
+        raise DataError(f"{what} is a one-shot iterator ({type(data).__name__}): it would be empty after the first epoch; "
+                        f"pass a list of batches, a Dataset or a DataLoader")
     return Batches(data)
 
 
@@ -112,3 +117,19 @@ def take_subset(pair: tuple[Tensor, Tensor], subset: Optional[int], what: str) -
     if subset > len(pair[1]):
         raise DataError(f"data.train_subset={subset} is more than the {len(pair[1])} {what}; lower it or remove it")
     return pair[0][:subset], pair[1][:subset]
+
+
+def tensor_digest(*tensors: Optional[Tensor]) -> str:
+    """A sha256 of the tensors' shapes, dtypes and bytes: what a run records of its data, to refuse other data on resume."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        if tensor is not None:
+            digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
+            digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_record(**splits: Optional[tuple[Tensor, Tensor]]) -> dict[str, str]:
+    """``Data.files`` entry ``data.json``: the digest of each split's inputs and labels, compared on resume."""
+    digests = {name: tensor_digest(*pair) for name, pair in splits.items() if pair is not None}
+    return {"data.json": json.dumps(digests, indent=1)}

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from banets.config import DataConfig
 from banets.data.augment import cifar_transform
-from banets.data.batches import TensorBatches
+from banets.data.batches import TensorBatches, data_record
 from banets.data.registry import Data, DataError, register_dataset
 
 __all__ = ["CifarData", "DataError", "cifar_data", "load_cifar", "train_val_split"]
@@ -446,6 +446,7 @@ def cifar_data(cfg: DataConfig) -> Data:
         train_eval=TensorBatches(x[train_idx[:TRAIN_EVAL_ROWS]], y[train_idx[:TRAIN_EVAL_ROWS]], batch_size=cfg.eval_batch_size),
         transform=cifar_transform(cfg.dataset, augment=cfg.augment, normalize=cfg.normalize),
         model_options={"num_classes": data.num_classes, "in_channels": 3},
+        files=data_record(train=(x, y), test=(data.test_x, data.test_y)),  # the split is a function of the config
     )
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from banets.config import DataConfig
 from banets.data.augment import ImageTransform
-from banets.data.batches import TensorBatches, take_subset
+from banets.data.batches import TensorBatches, data_record, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -112,5 +112,5 @@ def imagefolder_data(cfg: DataConfig) -> Data:
         train_eval=TensorBatches(*train, batch_size=cfg.eval_batch_size),
         transform=ImageTransform(augment=cfg.augment, normalize=cfg.normalize, mean=mean, std=std),
         model_options={"num_classes": len(classes), "in_channels": 3},
-        files={"imagefolder.json": json.dumps(record, indent=1)},
+        files={"imagefolder.json": json.dumps(record, indent=1), **data_record(train=train, val=val, test=test)},
     )

@@ -33,8 +33,11 @@ class Data:
 
     ``model_options`` are derived from the data and given to registered models that take them (num_classes,
     in_channels, vocab_size); ``files`` are written into each run directory when it starts and compared on
-    resume (e.g. a text corpus' vocabulary), so a resumed run cannot silently use other data; ``metric`` is how
-    the report scores models: ``error`` (classifiers) or ``perplexity`` (language models).
+    resume (e.g. a text corpus' vocabulary, digests of the data), so a resumed run cannot silently use other data;
+    ``metric`` is how the report scores models: ``error`` (classifiers) or ``perplexity`` (language models);
+    ``block`` how many consecutive examples its bootstrap resamples together (a BPTT segment of a text);
+    ``options_in_files`` names the model options kept in one of ``files`` rather than in the manifest
+    (``{"words": "vocab.json"}``: the file's JSON holds them under that key).
     """
 
     train: Iterable[Batch]
@@ -45,6 +48,14 @@ class Data:
     model_options: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     metric: str = "error"
+    block: int = 1
+    options_in_files: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """What a run's manifest keeps of these data: how models are scored, and how they are built again."""
+        options = {k: v for k, v in self.model_options.items() if k not in self.options_in_files}
+        return {"metric": self.metric, "bootstrap_block": self.block, "model_options": options,
+                "options_in_files": self.options_in_files}
 
 
 @dataclass(frozen=True)

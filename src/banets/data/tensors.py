@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from banets.config import DataConfig
-from banets.data.batches import TensorBatches, as_tensor, take_subset
+from banets.data.batches import TensorBatches, as_tensor, data_record, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 
 Pair = tuple[Tensor, Tensor]
@@ -96,4 +96,5 @@ def tensors_data(cfg: DataConfig) -> Data:
         train_eval=TensorBatches(*train, batch_size=cfg.eval_batch_size),
         transform=scale_uint8 if x.dtype == torch.uint8 else None,
         model_options=options,
+        files=data_record(train=train, val=val, test=test),
     )

@@ -297,4 +297,6 @@ def text_data(cfg: DataConfig) -> Data:
         model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
         files={"vocab.json": corpus.vocab.to_json()},
         metric="perplexity",
+        block=cfg.bptt,
+        options_in_files={"words": "vocab.json"},
     )
