@@ -52,7 +52,7 @@ def test_round_trip_and_saved_vocabulary(ptb_folder: Path, tmp_path: Path) -> No
     assert corpus.vocab.decode(corpus.vocab.encode(lines[0].split())) == lines[0].split()
     assert corpus.train.dtype == torch.long and corpus.train.dim() == 1
 
-    corpus.vocab.save(tmp_path / "vocab.json")
+    (tmp_path / "vocab.json").write_text(corpus.vocab.to_json(), encoding="utf-8")  # as a run directory records it
     reloaded = Vocabulary.load(tmp_path / "vocab.json")
     assert reloaded == corpus.vocab
     again = load_corpus(ptb_folder, vocab=reloaded)

@@ -115,12 +115,9 @@ class Vocabulary:
         """The words in id order as JSON (``vocab.json`` of a run), so evaluation and resumed runs use the same ids."""
         return json.dumps({"words": self.words}, ensure_ascii=False)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
-
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
-        """Read a vocabulary written by ``save``."""
+        """Read a run's ``vocab.json`` (written from ``to_json``), e.g. to evaluate its models on other text."""
         return cls(json.loads(Path(path).read_text(encoding="utf-8"))["words"])
 
 
