@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from banets import distributed
-from banets.config import load_config
+from banets.config import UserError, load_config
 from banets.experiment import run_experiment
-from banets.runs import RunDirectory, RunError, load_checkpoint
+from banets.runs import RunDirectory, load_checkpoint
 
 TINY = """\
 name: tiny
@@ -144,7 +144,7 @@ def test_shares_make_the_average_of_per_process_gradients_the_global_mean(monkey
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
     (tmp_path / "tiny.yaml").write_text(TINY.replace("batch_size: 64", "batch_size: 63"))
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(RunError, match="data.batch_size=63 .* split evenly over 2 processes"):
+    with pytest.raises(UserError, match="data.batch_size=63 .* split evenly over 2 processes"):
         run_experiment(load_config(str(tmp_path / "tiny.yaml")), tmp_path / "out")
 
 

@@ -6,7 +6,8 @@ import torch
 from banets import born_again
 from banets.config import BornAgainConfig, TrainConfig
 from banets.ensemble import average_log_probs
-from banets.generations import Driver, Role, plan_ensembles, plan_generations
+from banets.data.registry import Data
+from banets.generations import Driver, Role, Setup, plan_ensembles, plan_generations
 from banets.models import create_model
 
 
@@ -51,8 +52,8 @@ def test_each_generation_is_taught_by_a_frozen_copy_of_the_previous(blobs, tiny_
 
     from banets.data.batches import TensorBatches
 
-    driver = Driver(model_fn, TensorBatches(*train, batch_size=64, shuffle=True), TensorBatches(*val, batch_size=64),
-                    tiny_config, BornAgainConfig(generations=2), torch.device("cpu"), store=Recorder())
+    data = Data(TensorBatches(*train, batch_size=64, shuffle=True), TensorBatches(*val, batch_size=64))
+    driver = Driver(Setup(model_fn, data), tiny_config, BornAgainConfig(generations=2), torch.device("cpu"), store=Recorder())
     models = driver.run(plan_generations(driver.ban))
     assert all(torch.equal(s, flat_params(models["teacher"])) for s in snapshots["BAN-1"])
     assert all(torch.equal(s, flat_params(models["BAN-1"])) for s in snapshots["BAN-2"])
@@ -69,7 +70,8 @@ def test_generations_get_distinct_recorded_seeds_and_distinct_weights(blobs, tin
 
 
 def test_init_from_teacher_starts_generation_one_from_the_teacher(mlp_fn, tiny_config):
-    driver = Driver(mlp_fn, [], [], tiny_config, BornAgainConfig(generations=2, init_from_teacher=True), torch.device("cpu"))
+    driver = Driver(Setup(mlp_fn, Data([], [])), tiny_config, BornAgainConfig(generations=2, init_from_teacher=True),
+                    torch.device("cpu"))
     plan = plan_generations(driver.ban)
     driver.models["teacher"] = mlp_fn()
     assert torch.equal(flat_params(driver.models["teacher"]), flat_params(driver.build(plan[1])))

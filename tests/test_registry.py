@@ -16,7 +16,7 @@ from banets.models.registry import (
     _REGISTRY, count_parameters, create_model, describe_models, list_models, model_parameters, variant_of,
 )
 from banets.models.resnet_cifar import resnet_cifar
-from banets.runs import RunError
+from banets.experiment import SetupError
 
 MODELS = Path(banets.models.__file__).parent
 BUILTIN = [name for name in list_models() if _REGISTRY[name].__module__.startswith("banets.models.")]
@@ -62,7 +62,7 @@ def test_variant_of_refuses_an_argument_that_its_family_does_not_take() -> None:
 
 
 def test_model_factory_refuses_unknown_options_and_passes_a_variant_the_data_options_it_takes() -> None:
-    with pytest.raises(RunError, match="takes no option bogus"):
+    with pytest.raises(SetupError, match="takes no option bogus"):
         model_factory("resnet8", {"bogus": 1}, {})
     data = {"num_classes": 100, "in_channels": 3, "vocab_size": 50}
     assert model_factory("resnet8", {"width": 4}, data)().classifier.out_features == 100

@@ -17,11 +17,11 @@ from banets.cli import main
 from banets.config import ExperimentConfig, ModelConfig, load_config
 from banets import born_again
 from banets.config import BornAgainConfig, TrainConfig
-from banets.experiment import model_factory, teacher_factory
-from banets.generations import Driver, plan_generations
+from banets.experiment import SetupError, model_factory, teacher_factory
+from banets.data.registry import Data
+from banets.generations import Driver, Setup, plan_generations
 from banets.models import create_model
 from banets.models.students import dense_shape, densenet_variant_kwargs, share_frozen
-from banets.runs import RunError
 from test_cifar import make_cifar100
 
 DOCS = Path(__file__).parent.parent / "docs" / "models.md"
@@ -187,9 +187,9 @@ def test_shared_layers_stay_the_teachers_frozen_and_out_of_the_optimizer():
     from banets.data.batches import TensorBatches
 
     ban = BornAgainConfig(generations=2, controls={"Baseline": {}}, share_layers=["conv1", "classifier"])
-    driver = Driver(student_fn, TensorBatches(*image_data(32), batch_size=16, shuffle=True), TensorBatches(*image_data(16), batch_size=16),
-                    TrainConfig(epochs=1, lr=0.1, weight_decay=0.01, progress="none"), ban, torch.device("cpu"),
-                    teacher_fn=lambda: create_model("densenet_bc", num_classes=3, **teacher_options), store=recorder)
+    data = Data(TensorBatches(*image_data(32), batch_size=16, shuffle=True), TensorBatches(*image_data(16), batch_size=16))
+    setup = Setup(student_fn, data, teacher_fn=lambda: create_model("densenet_bc", num_classes=3, **teacher_options))
+    driver = Driver(setup, TrainConfig(epochs=1, lr=0.1, weight_decay=0.01, progress="none"), ban, torch.device("cpu"), store=recorder)
     plan = plan_generations(ban)
     driver.run(plan)
     result = driver
@@ -239,7 +239,7 @@ def test_resnet_teacher_teaches_densenet_students():
 
 def test_teacher_with_other_classes_is_refused_before_training(tmp_path, capsys):
     config = ModelConfig(name="dense_shaped_wrn_1_1", teacher_name="densenet_bc_90_60", teacher_options={"num_classes": 10})
-    with pytest.raises(RunError, match=r"teacher densenet_bc_90_60 has num_classes=10 but the students "
+    with pytest.raises(SetupError, match=r"teacher densenet_bc_90_60 has num_classes=10 but the students "
                                        r"\(dense_shaped_wrn_1_1\) have num_classes=100"):
         teacher_factory(config, {"num_classes": 100})
     assert main(["run", "demo", "--set", "model.teacher_name=small_cnn", "--set", "model.teacher_options={in_channels: 1, "

@@ -32,6 +32,17 @@ class UserError(Exception):
     command line prints its one-line message, which names the problem and the fix, and exits with status 1."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type's name), for one-line errors that wrap it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def qualified_name(fn: Any) -> str:
+    """``module:qualname`` of a function: how configs name it, and how a registry knows a cell run again."""
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
 class ConfigError(UserError, ValueError):
     """A configuration key or value that does not fit the schema."""
 

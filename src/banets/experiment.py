@@ -24,30 +24,24 @@ import yaml
 
 from banets import distributed, losses
 from banets.config import (BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, UserError,
-                           load_config, to_dict)
+                           first_line, load_config, to_dict)
 from banets.data.batches import as_batches
 from banets.data.registry import Data, Transform, build_dataset
 from banets.engine import DivergedError, resolve_device
 from banets.ensemble import evaluate_with_ensembles
-from banets.generations import (TEACHER, BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, build_model,
-                                check_plan, first_batch, plan_ensembles, plan_generations, saved_weights_of)
+from banets.generations import (BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, Setup, build_model, check_plan,
+                                first_batch, plan_ensembles, plan_generations, saved_weights_of)
 from banets.models.registry import create_model, model_parameters
 from banets.report import check_report_folder, read_run, read_runs, seed_run_of, summarize
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
 
+class SetupError(UserError, ValueError):
+    """What a run would train on cannot be set up: a module, a model's options, the device, the batch split."""
+
+
 PYTHON = "python"  # data.dataset of a run whose data and model were given from Python
 REPORT_DIR = "report"  # the sub-folder of a run's --out that banets writes reports into
-
-
-@dataclass
-class Setup:
-    """What a run trains on: the students' factory, the data, and the teacher's factory or trained teacher."""
-
-    student_fn: ModelFn
-    data: Data
-    teacher_fn: Optional[ModelFn] = None
-    teacher: Optional[nn.Module] = None  # a trained teacher, used as it is
 
 
 # -- from a config: registered datasets and models -------------------------------------------------------
@@ -62,7 +56,7 @@ def import_modules(names: Sequence[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as error:
-            raise RunError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
+            raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
                            f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
 
 
@@ -71,7 +65,7 @@ def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
     accepted = model_parameters(name)
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
-        raise RunError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+        raise SetupError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     takes = accepted if accepted is not None else {"num_classes", "in_channels"}  # timm: any option, these from the data
     derived = {k: v for k, v in data_options.items() if k in takes and k not in options}
     return lambda: create_model(name, **derived, **options)
@@ -85,7 +79,7 @@ def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[ModelFn]:
         ours, theirs = (options.get(key, data_options.get(key)) if key in (model_parameters(name) or {key}) else None
                         for name, options in ((cfg.name, cfg.options), (cfg.teacher_name, cfg.teacher_options)))
         if None not in (ours, theirs) and ours != theirs:
-            raise RunError(f"teacher {cfg.teacher_name} has {key}={theirs} but the students ({cfg.name}) have {key}={ours}; "
+            raise SetupError(f"teacher {cfg.teacher_name} has {key}={theirs} but the students ({cfg.name}) have {key}={ours}; "
                            f"teacher and students must share classes and inputs")
     return model_factory(cfg.teacher_name, cfg.teacher_options, data_options)
 
@@ -145,11 +139,10 @@ def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resu
     device = available_device(config.device)
     distributed.init_from_env(device)
     if config.data.batch_size % distributed.world_size():
-        raise RunError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
+        raise SetupError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
                        f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}")
     plan = plan_generations(config.ban, config.seeds[0])
-    check_plan(plan, config.ban, setup.student_fn, setup.teacher_fn, setup.teacher, setup.data.train, setup.data.val,
-               device, setup.data.transform)
+    check_plan(plan, config.ban, setup, device)
     refused = None
     if out is not None and distributed.is_main():
         try:
@@ -170,7 +163,7 @@ def check_recordable(config: ExperimentConfig) -> None:
     try:
         yaml.safe_dump(config_record(config))
     except yaml.YAMLError as error:
-        raise ConfigError(f"a config value cannot be written to config.yaml ({str(error).splitlines()[0]}); use plain "
+        raise ConfigError(f"a config value cannot be written to config.yaml ({first_line(error)}); use plain "
                           f"Python numbers, strings, lists and dicts (e.g. float(x) for a NumPy number)") from None
 
 
@@ -180,7 +173,7 @@ def available_device(name: str) -> torch.device:
     present = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available(),
                "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}
     if kind in present and not present[kind]():
-        raise RunError(f"device={name} but torch {torch.__version__} finds no {kind} device here; use --set device=cpu "
+        raise SetupError(f"device={name} but torch {torch.__version__} finds no {kind} device here; use --set device=cpu "
                        f"(or device=auto: a GPU when there is one)")
     return resolve_device(name)
 
@@ -231,10 +224,7 @@ def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optiona
             store.start(config_record(config, seeds=[seed]), setup.data, config.seeds)
     plan = plan_generations(config.ban, seed)
     ensembles = plan_ensembles(plan, config.ban)
-    driver = Driver(setup.student_fn, setup.data.train, setup.data.val, config.optim, config.ban, device,
-                    teacher_fn=setup.teacher_fn, transform=setup.data.transform,
-                    store=store if main else ReadOnlyStore(store), label=label,
-                    given={TEACHER: setup.teacher} if setup.teacher is not None else {})
+    driver = Driver(setup, config.optim, config.ban, device, store=store if main else ReadOnlyStore(store), label=label)
     try:
         models = driver.run(plan)
     except DivergedError as error:

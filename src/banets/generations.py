@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 
 from banets import losses
-from banets.config import BornAgainConfig, Loss, TrainConfig, UserError
+from banets.config import BornAgainConfig, Loss, TrainConfig, UserError, first_line
 from banets.data.batches import TensorBatches, to_batch
-from banets.data.registry import Batch, DataError, Transform
+from banets.data.registry import Batch, Data, DataError
 from banets.engine import Trainer, reset_state
 from banets.ensemble import prefix_ensembles
 from banets.metrics import Predictions
@@ -145,7 +145,7 @@ def build_model(factory: ModelFn, what: str) -> nn.Module:
     try:
         model = factory()
     except (RuntimeError, ValueError, TypeError) as error:
-        raise PlanError(f"{what} failed to build the model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+        raise PlanError(f"{what} failed to build the model ({type(error).__name__}: {first_line(error)}); "
                         f"check its options") from None
     if not isinstance(model, nn.Module):
         raise PlanError(f"{what} returned {type(model).__name__}, not an nn.Module; make it return the model")
@@ -180,8 +180,7 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: 
     try:
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PlanError(f"{what} fails on a training batch of shape {tuple(x.shape)} ({first_line}); build it for "
+        raise PlanError(f"{what} fails on a training batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
                         f"these inputs") from None
     finally:
         reset_state(model)
@@ -196,27 +195,36 @@ def first_batch(data: Iterable[Batch], what: str) -> Batch:
     raise DataError(f"the {what} data yield no batch; is it empty?")
 
 
-def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, student_fn: ModelFn, teacher_fn: Optional[ModelFn],
-               teacher: Optional[nn.Module], train_data: Iterable[Batch], val_data: Optional[Iterable[Batch]],
-               device: torch.device, transform: Optional[Transform] = None) -> None:
+@dataclass
+class Setup:
+    """What a plan trains on: the students' factory, the data, and the teacher's factory or a trained teacher."""
+
+    student_fn: ModelFn
+    data: Data
+    teacher_fn: Optional[ModelFn] = None  # a teacher of another architecture
+    teacher: Optional[nn.Module] = None  # a trained teacher, used as it is
+
+
+def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device: torch.device) -> None:
     """Everything that can be checked before training: every loss with its options, the model factories, one
     training batch through a student and the teacher (shapes, label range), the validation data, the shared
     layers and the ensembles. Raises a one-line error naming the problem and the fix; trains nothing."""
     for spec in plan:
         spec.make_loss()
     plan_ensembles(plan, ban)
-    if val_data is None:
+    if setup.data.val is None:
         raise PlanError("no validation data; banets compares and selects models on a held-out split: pass val "
                         "(e.g. 10% of the training examples carved off)")
-    x, y = first_batch(train_data, "training")
-    first_batch(val_data, "validation")
+    x, y = first_batch(setup.data.train, "training")
+    first_batch(setup.data.val, "validation")
     x, y = x.to(device), y.to(device)
-    if transform is not None:
-        x = transform(x, None, False)
-    student = build_model(student_fn, "the model factory")
+    if setup.data.transform is not None:
+        x = setup.data.transform(x, None, False)
+    student = build_model(setup.student_fn, "the model factory")
+    teacher = setup.teacher
     if teacher is None:
-        teacher = build_model(teacher_fn, "the teacher factory") if teacher_fn is not None else student
-    bounds = label_bounds(train_data, y)
+        teacher = build_model(setup.teacher_fn, "the teacher factory") if setup.teacher_fn is not None else student
+    bounds = label_bounds(setup.data.train, y)
     with torch.no_grad():
         logits = {what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
                   for model, what in ((student, "the model"), (teacher, "the teacher"))}
@@ -275,18 +283,14 @@ class ReadOnlyStore(MemoryStore):
 @dataclass
 class Driver:
     """Trains the models of a plan in order with one engine; each teacher is a frozen copy. A model with a teacher
-    takes the teacher's ``ban.share_layers`` (module paths) copied and frozen (Section 4.1, Table 5)."""
+    takes the teacher's ``ban.share_layers`` (module paths) copied and frozen (Section 4.1, Table 5); a trained
+    teacher given in ``setup`` is used as it is."""
 
-    student_fn: ModelFn
-    train_data: Iterable[Batch]
-    val_data: Iterable[Batch]
+    setup: Setup
     optim: TrainConfig
     ban: BornAgainConfig
     device: torch.device
-    teacher_fn: Optional[ModelFn] = None
-    transform: Optional[Transform] = None
     store: Store = field(default_factory=MemoryStore)
-    given: dict[str, nn.Module] = field(default_factory=dict)  # trained models to use as they are (a trained teacher)
     models: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict]] = field(default_factory=dict)
     label: str = ""  # shown beside each model's progress, e.g. "seed 1/3"
@@ -299,7 +303,7 @@ class Driver:
 
     def build(self, spec: ModelSpec) -> nn.Module:
         torch.manual_seed(spec.seed)
-        factory = self.teacher_fn if spec.role == Role.TEACHER and self.teacher_fn else self.student_fn
+        factory = self.setup.teacher_fn if spec.role == Role.TEACHER and self.setup.teacher_fn else self.setup.student_fn
         model = factory()
         if spec.init_from is not None:
             model.load_state_dict(self.models[spec.init_from].state_dict())
@@ -311,11 +315,11 @@ class Driver:
         if spec.teacher is None:
             return None
         teacher = copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
-        return CachedTeacher(teacher, len(self.train_data), self.ban.cache_teacher) if self.ban.cache_teacher else teacher
+        return CachedTeacher(teacher, len(self.setup.data.train), self.ban.cache_teacher) if self.ban.cache_teacher else teacher
 
     def train(self, spec: ModelSpec, position: str = "") -> nn.Module:
-        if spec.name in self.given:
-            model = self.given[spec.name].to(self.device).eval()
+        if spec.role == Role.TEACHER and self.setup.teacher is not None:
+            model = self.setup.teacher.to(self.device).eval()
             stored = self.store.finished(spec)
             if stored is None:
                 self.store.on_finished(spec, model, [])
@@ -333,13 +337,13 @@ class Driver:
             return model.to(self.device)
         callbacks = [lambda trainer, record: self.store.on_epoch_end(spec, trainer, record)]
         trainer = Trainer(model, spec.make_loss(), self.optim, seed=spec.seed, device=self.device,
-                          teacher=self.frozen_teacher(spec), transform=self.transform, callbacks=callbacks, name=spec.name,
+                          teacher=self.frozen_teacher(spec), transform=self.setup.data.transform, callbacks=callbacks, name=spec.name,
                           label=", ".join(p for p in (position, self.label) if p))
         progress = self.store.progress(spec)
         if progress is not None:
             with saved_weights_of(spec.name):
                 trainer.load_state_dict(progress)
-        self.histories[spec.name] = trainer.fit(self.train_data, self.val_data)
+        self.histories[spec.name] = trainer.fit(self.setup.data.train, self.setup.data.val)
         self.store.on_finished(spec, trainer.model, trainer.history)
         return trainer.model
 

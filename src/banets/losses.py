@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from banets.config import UserError
+from banets.config import UserError, qualified_name
 
 Loss = Callable[[Tensor, Optional[Tensor], Tensor], Tensor]
 
@@ -163,7 +163,7 @@ def register(name: str, fn: Optional[Callable[..., Tensor]] = None):
     configs can name it (``ban.loss: name``); usable as ``@losses.register("name")``."""
 
     def add(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in _LOSSES:
+        if name in _LOSSES and qualified_name(_LOSSES[name].__wrapped_loss__) != qualified_name(loss):  # a cell run again: same function
             raise LossError(f"loss {name!r} is registered twice; choose another name")
         _LOSSES[name] = _with_options(loss, name)
         return loss
@@ -187,8 +187,7 @@ def name_of(loss: str | Callable) -> str:
     for name, factory in _LOSSES.items():
         if getattr(factory, "__wrapped_loss__", None) is loss:
             return name
-    fn = loss.func if isinstance(loss, functools.partial) else loss
-    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return qualified_name(loss.func if isinstance(loss, functools.partial) else loss)
 
 
 def get(loss: str | Callable, **options) -> Loss:

@@ -133,3 +133,35 @@ def data_record(**splits: Optional[tuple[Tensor, Tensor]]) -> dict[str, str]:
     """``Data.files`` entry ``data.json``: the digest of each split's inputs and labels, compared on resume."""
     digests = {name: tensor_digest(*pair) for name, pair in splits.items() if pair is not None}
     return {"data.json": json.dumps(digests, indent=1)}
+
+
+def train_val_split(n: int, val_size: int = 5000, seed: int = 0, subset: int | None = None) -> tuple[Tensor, Tensor]:
+    """Indices ``(train, val)`` of a seeded split of ``n`` training examples (45k / 5k for CIFAR by default).
+
+    A numpy PCG64 permutation of ``range(n)`` seeded with ``seed``: its first ``val_size`` entries are the
+    validation set, the rest the training set, in permuted order. ``subset`` keeps only the first ``subset``
+    training indices (for short CPU runs); the validation set is unchanged. A pure function of its arguments, so
+    a run's config records its split.
+    """
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
+    if subset is not None and not 0 < subset <= n - val_size:
+        raise ValueError(f"subset must be in [1, {n - val_size}], got {subset}")
+    permutation = torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.int64))
+    train = permutation[val_size:] if subset is None else permutation[val_size : val_size + subset]
+    return train.clone(), permutation[:val_size].clone()
+
+
+def checked_split(n: int, val_size: int, seed: int, where: str) -> tuple[Tensor, Tensor]:
+    """:func:`train_val_split` of ``n`` rows; a ``val_size`` that leaves either side empty is a :class:`DataError`
+    naming ``where`` the rows come from."""
+    if not 0 < val_size < n:
+        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1} ({where} has {n}), or pass a separate "
+                        f"validation split")
+    return train_val_split(n, val_size, seed)
+
+
+def carve_validation(pair: tuple[Tensor, Tensor], val_size: int, seed: int, where: str) -> tuple[tuple[Tensor, Tensor], ...]:
+    """``(train, val)`` pairs: ``val_size`` rows of ``pair`` for validation, the rest for training (:func:`checked_split`)."""
+    train, val = checked_split(len(pair[1]), val_size, seed, where)
+    return (pair[0][train], pair[1][train]), (pair[0][val], pair[1][val])

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from banets.config import DataConfig
 from banets.data.augment import cifar_transform
-from banets.data.batches import TensorBatches, data_record
+from banets.data.batches import TensorBatches, data_record, train_val_split
 from banets.data.registry import Data, DataError, register_dataset
 
 __all__ = ["CifarData", "DataError", "cifar_data", "load_cifar", "train_val_split"]
@@ -401,27 +401,6 @@ def load_cifar(name: str, root: str | Path, download: bool = False) -> CifarData
         raise ValueError(f"unknown CIFAR variant {name!r}; expected one of {sorted(_SPECS)}")
     spec = _SPECS[name]
     return _read_folder(_locate_folder(spec, Path(root).expanduser(), download), spec)
-
-
-# ------------------------------------------------------------------------------------------------ the val split
-
-
-def train_val_split(
-    n: int, val_size: int = 5000, seed: int = 0, subset: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Indices ``(train, val)`` of a seeded split of ``n`` training examples (45k / 5k for CIFAR by default).
-
-    A numpy PCG64 permutation of ``range(n)`` seeded with ``seed``: its first ``val_size`` entries are the
-    validation set, the rest the training set, in permuted order. ``subset`` keeps only the first ``subset``
-    training indices (for short CPU runs); the validation set is unchanged. A pure function of its arguments.
-    """
-    if not 0 <= val_size < n:
-        raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
-    if subset is not None and not 0 < subset <= n - val_size:
-        raise ValueError(f"subset must be in [1, {n - val_size}], got {subset}")
-    permutation = torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.int64))
-    train = permutation[val_size:] if subset is None else permutation[val_size : val_size + subset]
-    return train.clone(), permutation[:val_size].clone()
 
 
 TRAIN_EVAL_ROWS = 10_000  # training examples evaluated at the end, for the training error (does the teacher fit?)

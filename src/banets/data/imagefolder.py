@@ -21,7 +21,7 @@ from torch import Tensor
 
 from banets.config import DataConfig
 from banets.data.augment import ImageTransform
-from banets.data.batches import TensorBatches, data_record, take_subset
+from banets.data.batches import TensorBatches, checked_split, data_record, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -93,12 +93,7 @@ def imagefolder_data(cfg: DataConfig) -> Data:
     if (root / "val").is_dir():
         val, val_files = read_split(root / "val", classes, cfg.image_size)
     else:
-        n = len(train[1])
-        if not 0 < cfg.val_size < n:
-            raise DataError(f"data.val_size={cfg.val_size} must be between 1 and {n - 1} ({train_root} has {n} images), "
-                            f"or add a val/ folder")
-        order = torch.from_numpy(np.random.default_rng(cfg.split_seed).permutation(n).astype(np.int64))
-        val_idx, train_idx = order[: cfg.val_size], order[cfg.val_size :]
+        train_idx, val_idx = checked_split(len(train[1]), cfg.val_size, cfg.split_seed, str(train_root))
         val, val_files = (train[0][val_idx], train[1][val_idx]), [train_files[i] for i in val_idx.tolist()]
         train = (train[0][train_idx], train[1][train_idx])
     test = read_split(root / "test", classes, cfg.image_size)[0] if (root / "test").is_dir() else None

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from banets.config import DataConfig, UserError
+from banets.config import DataConfig, UserError, qualified_name
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # Turns a raw input batch (already on the device) into model input; ``train`` selects augmentation.
@@ -72,11 +72,11 @@ def register_dataset(name: str, options: Iterable[str], summary: str = ""):
     """Register ``build(cfg: DataConfig) -> Data`` under ``name``; ``options`` are the ``data.*`` keys it uses."""
 
     def add(build: Callable[[DataConfig], Data]) -> Callable[[DataConfig], Data]:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
+        if name in _DATASETS and qualified_name(_DATASETS[name].build) != qualified_name(build):  # the same one again: replaced
+            raise DataError(f"dataset {name!r} is registered twice; choose another name")
         unknown = set(options) - {f.name for f in dataclasses.fields(DataConfig)}
         if unknown:
-            raise ValueError(f"dataset {name!r} names unknown data options {sorted(unknown)}")
+            raise DataError(f"dataset {name!r} names unknown data options {sorted(unknown)}; see `banets datasets`")
         _DATASETS[name] = DatasetEntry(build, frozenset(options) | ALWAYS_USED, summary or (build.__doc__ or "").split("\n")[0])
         return build
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from banets.config import DataConfig
-from banets.data.batches import TensorBatches, as_tensor, data_record, take_subset
+from banets.data.batches import TensorBatches, as_tensor, carve_validation, data_record, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 
 Pair = tuple[Tensor, Tensor]
@@ -58,17 +58,6 @@ def _rows(value: object) -> str:
     return str(len(value)) if hasattr(value, "__len__") else "?"
 
 
-def carve_validation(pair: Pair, val_size: int, seed: int) -> tuple[Pair, Pair]:
-    """``(train, val)``: ``val_size`` rows drawn by a seeded permutation, the rest for training."""
-    n = len(pair[1])
-    if not 0 < val_size < n:
-        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1} (the training file has {n} rows), "
-                        f"or pass a validation file with data.val_path")
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n).astype(np.int64))
-    val, train = order[:val_size], order[val_size:]
-    return (pair[0][train], pair[1][train]), (pair[0][val], pair[1][val])
-
-
 def scale_uint8(x: Tensor, generator: Optional[torch.Generator], train: bool) -> Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
@@ -79,7 +68,8 @@ def tensors_data(cfg: DataConfig) -> Data:
     if cfg.path is None:
         raise DataError("tensors: no file; pass --data-dir FILE (a .pt or .npz holding x and y)")
     pair = read_pair(cfg.path, "path")
-    train, val = (pair, read_pair(cfg.val_path, "val_path")) if cfg.val_path else carve_validation(pair, cfg.val_size, cfg.split_seed)
+    train, val = ((pair, read_pair(cfg.val_path, "val_path")) if cfg.val_path
+                  else carve_validation(pair, cfg.val_size, cfg.split_seed, f"the training file {cfg.path}"))
     test = read_pair(cfg.test_path, "test_path") if cfg.test_path else None
     train = take_subset(train, cfg.train_subset, "training rows")
     splits = [p for p in (train, val, test) if p is not None]

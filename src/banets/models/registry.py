@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from banets.config import UserError
+from banets.config import UserError, qualified_name
 
 TIMM = "timm:"
 ModelFactory = Callable[..., nn.Module]
@@ -28,8 +28,8 @@ def register_model(name: str, factory: ModelFactory | None = None):
     """Register ``factory`` under ``name``; usable as ``@register_model("name")`` or called directly."""
 
     def add(fn: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+        if name in _REGISTRY and qualified_name(_REGISTRY[name]) != qualified_name(fn):  # the same one again: replaced
+            raise ModelError(f"model {name!r} is registered twice; choose another name")
         _REGISTRY[name] = fn
         return fn
 
