@@ -4,6 +4,7 @@ metrics.jsonl read back, plots embedded in report.md. Run directories are writte
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +168,27 @@ def test_a_run_made_before_manifests_recorded_ensembles_takes_them_from_its_conf
     (seed_dir / "config.yaml").write_text(__import__("yaml").safe_dump(config))
     (row,) = [r for r in summarize([read_run(seed_dir)], "val") if r["model"] == "Ens*2"]
     assert row["role"] == "ensemble" and row["what"] == "mean of BAN-1, BAN-2"
+
+
+def test_every_plot_has_a_title_labelled_axes_and_the_learning_curves_exist(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = {}
+    original = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        ax = fig.axes[0]
+        saved[Path(path).name] = (ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), len(ax.get_lines()) + len(ax.collections))
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    runs = three_seeds(tmp_path / "runs")
+    for run in runs:  # validation error per epoch, as metrics.jsonl holds it
+        run.epochs = [{"model": m, "epoch": e, "val_error": 30.0 - e} for m in ("teacher", "BAN-1") for e in (1, 2, 3)]
+    markdown = write_report(runs, tmp_path / "report")
+    assert {"delta-val-error.png", "curves-0.png", "generations-val-error.png", "ensembles-val-error.png"} <= set(saved)
+    for name, (title, xlabel, ylabel, drawn) in saved.items():
+        assert title and xlabel and drawn, name
+    assert saved["curves-0.png"][1:3] == ("epoch", "validation error %")
+    assert "left of 0 = better" in saved["delta-val-error.png"][1]
+    assert "![learning curves of demo (small_cnn)](curves-0.png)" in markdown and "## Verdict" in markdown
