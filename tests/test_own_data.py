@@ -184,6 +184,11 @@ def test_import_makes_a_users_model_dataset_and_loss_usable_by_name(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "banets", "models", "two*", "--import", "mine"], cwd=tmp_path,
                             capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert "two_layer" in listed.stdout and "A two-layer perceptron of the user's." in listed.stdout
+    (tmp_path / "xor.yaml").write_text("imports: [mine]\ndata: {dataset: xor}\nmodel: {name: two_layer}\n"
+                                       "optim: {epochs: 1, progress: none}\nban: {generations: 1}\n")
+    by_config = subprocess.run([sys.executable, "-m", "banets", "run", "xor.yaml", "--out", "o3"], cwd=tmp_path,
+                               capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert by_config.returncode == 0, by_config.stderr[-2000:]  # the config's imports: key does what --import does
     missing = subprocess.run([sys.executable, "-m", "banets", "run", "demo", "--import", "nothere", "--out", "o2"], cwd=tmp_path,
                              capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert missing.returncode == 1 and "cannot import 'nothere'" in missing.stderr and "Traceback" not in missing.stderr

@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import re
 import statistics
 import textwrap
 from dataclasses import dataclass, field
@@ -410,7 +409,9 @@ def legend_line(run: SeedRun, metric: Metric) -> str:
     parts = []
     if any(e.get("role") == Role.CONTROL for e in run.models.values()):
         parts.append("controls (LS, CE, ...) train on labels without a teacher")
-    if any(re.fullmatch(r"Ens\*\d+", label) for label in run.ensembles):
+    generations = sorted((e.get("generation"), n) for n, e in run.models.items() if e.get("role") == Role.GENERATION)
+    chain = [name for _, name in generations]
+    if any(len(members) > 1 and members == chain[: len(members)] for members in run.ensembles.values()):
         parts.append("Ens*k averages generations 1..k (BANE, Eq. 4)")
     unit = "points" if metric is ERROR else "nats/token"
     parts.append(f"Δ: paired difference to the teacher in {unit}, 95% bootstrap interval")
