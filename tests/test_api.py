@@ -94,6 +94,11 @@ def refusals(model_fn, data):
         "a control named like a path": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
                                                            ban=BornAgainConfig(controls={"../../x": {}})),
                                         "labelled with letters, digits and _ . + * - (they name files)"),
+        "a control option out of range": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
+                                                             ban=BornAgainConfig(controls={"LS": {"label_smoothing": 2}})),
+                                          "LS's loss ce with options {'label_smoothing': 2} fails on a batch"),
+        "a list of single examples": (lambda: born_again(model_fn, list(zip(x.numpy(), y.numpy())), val, optim=ONE_EPOCH),
+                                      "this looks like a list of single examples"),
         "a NumPy number in loss options": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
                                                               ban=BornAgainConfig(loss="ban+l", loss_options={"label_weight": np.float64(0.5)})),
                                            "cannot be written to config.yaml"),
@@ -183,6 +188,7 @@ def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, 
     for name in ("teacher", "BAN-1"):
         ours, theirs = resumed.models[name].state_dict(), straight.models[name].state_dict()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert (tmp_path / "crashed" / "report" / "report.md").is_file()  # born_again(out=) reports as `banets run` does
     assert main(["report", str(tmp_path / "crashed")]) == 0
     assert "MLP" in capsys.readouterr().out  # the architecture, from the model's class
     with pytest.raises(UserError, match="pass it: load\\(..., model_fn="):

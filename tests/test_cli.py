@@ -20,7 +20,7 @@ def test_demo_prints_one_compact_table_a_legend_and_verdicts(capsys, tmp_path):
     assert [line.split()[0] for line in lines[3:11]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2", "Legend:"]
     assert max(len(line) for line in lines) <= 100
     assert "±" not in table  # one seed: no spread to show
-    assert "Legend: " in table and "Ens*k averages generations 1..k" in table and "Verdict:" in table
+    assert "Legend: " in table and "Ens*k averages generations 1..k" in table and "Verdict: (one seed: the intervals cover" in table
     assert re.search(r"BAN-1: [+-]\d+\.\d\d points of error \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] vs the teacher", table)
     assert f"{tmp_path / 'demo'}/report/report.md" in out and (tmp_path / "demo" / "report" / "report.md").is_file()
     assert (tmp_path / "demo" / "seed-0" / "manifest.json").is_file()

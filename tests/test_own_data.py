@@ -82,6 +82,17 @@ def test_imagefolder_with_train_val_test_folders(tmp_path):
         build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "set")))
 
 
+def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere(tmp_path, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.randn(40, 3, generator=gen), "y": torch.randint(0, 2, (40,), generator=gen)}, tmp_path / "d.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "demo", "--set", "data={dataset: tensors, val_size: 10}", "--set", "model={name: mlp}",
+                 "--data-dir", "d.pt", "--out", "o", *QUICK]) == 0
+    assert RunDirectory(tmp_path / "o" / "seed-0").config()["data"]["path"] == str(tmp_path / "d.pt")
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["resume", str(tmp_path / "o"), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0
+
+
 def test_tensors_files_pt_and_npz_with_separate_validation(tmp_path, capsys):
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(80, 6, generator=gen), torch.randint(0, 3, (80,), generator=gen)

@@ -83,3 +83,9 @@ def test_banets_models_shows_counts_and_summaries_within_120_columns() -> None:
                 "cnn_lstm_large": "19.37M"}
     assert {name: lines[name].split()[1] for name in expected} == expected
     assert "Tables 1 and 3 row Wide-ResNet-28-10 (36M)" in lines["wrn_28_10"]
+
+
+def test_one_model_asked_for_shows_its_options():
+    from banets.models.registry import describe_models
+
+    assert describe_models("resnet20").splitlines()[-1] == "options: depth=20, width=16, num_classes=10, shortcut='A'"

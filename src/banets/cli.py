@@ -37,8 +37,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
     overrides = list(args.set or [])
-    if args.data_dir:
-        overrides.append(f"data.path={args.data_dir}")
+    if args.data_dir:  # recorded absolute, so a resume from another folder finds the data
+        overrides.append(f"data.path={Path(args.data_dir).resolve()}")
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     config = configs.load_config(args.preset, overrides)
@@ -63,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     args.dir = out  # what an interrupt's hint names
     started = time.time()
     if distributed.is_main():
-        print(f"banets demo: {config.description}; run directory {out} (--out to choose another)")
+        print(f"banets demo: digits, a small CNN, {len(config.seeds)} seed(s); run directory {out} (--out to choose another)")
     run_experiment(config, out)
     report_and_print(out, demo=True)
     if distributed.is_main():
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    overrides = [*(args.set or []), *([f"data.path={args.data_dir}"] if args.data_dir else [])]
+    overrides = [*(args.set or []), *([f"data.path={Path(args.data_dir).resolve()}"] if args.data_dir else [])]
     import_modules(args.imports or [])
     ran = resume_experiment(Path(args.dir), overrides)
     if not ran and distributed.is_main():

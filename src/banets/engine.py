@@ -212,7 +212,7 @@ class Trainer:
         if batches == 0:
             raise DataError(f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
                             f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)")
-        self._check_finite(totals, "last")
+        self._check_finite(totals, "at the end of the epoch")
         self.nonfinite_run = totals.nonfinite_run
         rows = max(totals.rows.item(), 1)
         return {
@@ -277,7 +277,7 @@ class Trainer:
         skipped = f" for more than {allowed} consecutive steps (each skipped by fp16's loss scaler)" if allowed else ""
         raise DivergedError(
             self.name, f"loss became {value if not math.isfinite(value) else 'nan or inf'}{skipped} at epoch "
-            f"{self.epoch + 1} (step {step}); lower the learning rate (--set optim.lr=...) or set optim.grad_clip"
+            f"{self.epoch + 1} ({f'step {step}' if isinstance(step, int) else step}); lower the learning rate (--set optim.lr=...) or set optim.grad_clip"
             f"{' or optim.precision=fp32' if allowed else ''}; checkpoints up to epoch {self.epoch} are kept"
         )
 

@@ -32,7 +32,7 @@ from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, Setup, build_model, check_plan,
                                 first_batch, plan_ensembles, plan_generations, saved_weights_of)
 from banets.models.registry import create_model, model_parameters
-from banets.report import check_report_folder, read_run, read_runs, seed_run_of, summarize
+from banets.report import check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
 
@@ -326,8 +326,9 @@ def born_again(
     losses, controls, ensembles; :class:`~banets.config.BornAgainConfig`), ``optim`` the training recipe
     (:class:`~banets.config.TrainConfig`: 10 epochs by default). Everything is checked before the first epoch.
 
-    With ``out``, each seed trains into ``out/seed-<s>``, the run directory ``banets run`` writes (``banets report
-    out`` reads it); ``resume=True`` continues one that was interrupted. Without ``out`` nothing is written.
+    With ``out``, each seed trains into ``out/seed-<s>``, the run directory ``banets run`` writes, and the report goes
+    to ``out/report/report.md``; ``resume=True`` continues a run that was interrupted. Without ``out`` nothing is
+    written.
     """
     optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
     train_batches = as_batches(train, batch_size, shuffle=True, what="train")
@@ -342,7 +343,10 @@ def born_again(
         data=DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size),
         model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban,
     )
-    return run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
+    result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
+    if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
+        write_report(read_runs([Path(out)])[0], Path(out) / REPORT_DIR)
+    return result
 
 
 def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: Optional[ModelFn] = None) -> nn.Module:

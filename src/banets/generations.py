@@ -181,7 +181,7 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: 
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         raise PlanError(f"{what} fails on a training batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
-                        f"these inputs") from None
+                        f"these inputs (`banets models NAME` lists a registered model's options, e.g. in_channels)") from None
     finally:
         reset_state(model)
 
@@ -231,6 +231,12 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     if logits["the model"].shape != logits["the teacher"].shape:
         raise PlanError(f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
                         f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs")
+    for spec in plan:  # each loss once on these logits: values its options take only when called (label smoothing 2)
+        try:
+            spec.make_loss()(logits["the model"], logits["the teacher"], y)
+        except (RuntimeError, ValueError) as error:
+            raise PlanError(f"{spec.name}'s loss {losses.name_of(spec.loss)} with options {spec.loss_options or 'none'} fails "
+                            f"on a batch ({first_line(error)}); fix its options") from None
     if ban.share_layers:
         try:
             share_frozen(student, teacher, ban.share_layers)

@@ -44,6 +44,8 @@ def _soft_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> Tensor:
 
 def ce(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Label cross-entropy, the teacher's ERM objective (Eq. 1); ``label_smoothing`` gives the control run."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise LossError(f"label_smoothing must be between 0 and 1, got {label_smoothing}")
     return F.cross_entropy(_flat(student_logits), labels.reshape(-1), label_smoothing=label_smoothing)
 
 

@@ -397,7 +397,8 @@ def summary_table(runs: list[SeedRun], split: str = "val", legend: bool = False)
             lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, w in zip(cells, widths)).rstrip())
         if legend:
             lines += textwrap.wrap(legend_line(group[0], metric), WIDTH)
-        lines += ["", "Verdict:"]
+        lines += ["", *textwrap.wrap("Verdict:" + (" (one seed: the intervals cover example noise only, not seed-to-seed "
+                                                   "variation; run more seeds before trusting them)" if n == 1 else ""), WIDTH)]
         for verdict in verdicts(group, split) or ["(no student or ensemble to judge)"]:
             lines += textwrap.wrap(verdict, WIDTH, initial_indent="  ", subsequent_indent="    ")
         blocks.append("\n".join(lines))

@@ -68,6 +68,9 @@ def to_batch(batch: Any) -> Batch:
         raise DataError(f"a batch must be (inputs, labels), a dict with input and label keys, or NumPy arrays; got "
                         f"{type(batch).__name__}")
     x, y = as_tensor(batch[0]), as_tensor(batch[1])
+    if isinstance(batch[1], (int, np.integer)) or (isinstance(y, Tensor) and y.dim() == 0):
+        raise DataError("a batch's labels are a single number: this looks like a list of single examples; pass an (x, y) "
+                        "pair of arrays, a Dataset or a DataLoader instead")
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise DataError(f"a batch's inputs and labels must be tensors or NumPy arrays; got {type(x).__name__} and {type(y).__name__}")
     return x, y

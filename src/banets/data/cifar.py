@@ -385,7 +385,7 @@ def _locate_folder(spec: _CifarSpec, root: Path, download: bool) -> Path:
     if download:
         return _extract(_download(spec, root), spec)
     raise DataError(
-        f"{spec.title}: no {spec.folder}/ or {spec.archive} at {root}; {DATA_DIR_HINT}, or use download=True"
+        f"{spec.title}: no {spec.folder}/ or {spec.archive} at {root}; {DATA_DIR_HINT}, or --set data.download=true"
     )
 
 

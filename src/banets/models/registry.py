@@ -146,7 +146,7 @@ def _ptb_like_words() -> list[str]:
 
 def describe_models(pattern: str = "*") -> str:
     """One line per registered model matching ``pattern``: name, parameters (``count_parameters``), the first line of
-    its docstring."""
+    its docstring; for a single match, its options and their defaults too."""
     names = list_models(pattern)
     width = max(map(len, names), default=0)
     lines = []
@@ -155,4 +155,7 @@ def describe_models(pattern: str = "*") -> str:
         size = f"{count / 1e6:.2f}M" if count is not None else "-"
         doc = (inspect.getdoc(_REGISTRY[name]) or "").split("\n")[0]
         lines.append(f"{name:{width}s} {size:>8s}  {doc}")
+    if len(names) == 1:  # one model asked for: its options too
+        options = inspect.signature(_REGISTRY[names[0]]).parameters.values()
+        lines.append("options: " + ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in options))
     return "\n".join(lines)
