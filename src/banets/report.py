@@ -415,7 +415,8 @@ def legend_line(run: SeedRun, metric: Metric) -> str:
     if any(len(members) > 1 and members == chain[: len(members)] for members in run.ensembles.values()):
         parts.append("Ens*k averages generations 1..k (BANE, Eq. 4)")
     unit = "points" if metric is ERROR else "nats/token"
-    parts.append(f"Δ: paired difference to the teacher in {unit}, 95% bootstrap interval")
+    parts.append("agree%: predictions equal to those of the model that taught it (the teacher for controls and ensembles)")
+    parts.append(f"Δ: paired difference to the teacher in {unit}, [95% bootstrap interval]")
     return "Legend: " + "; ".join(parts) + "."
 
 
