@@ -140,7 +140,7 @@ def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resu
     distributed.init_from_env(device)
     if config.data.batch_size % distributed.world_size():
         raise SetupError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
-                       f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}")
+                         f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}")
     plan = plan_generations(config.ban, config.seeds[0])
     check_plan(plan, config.ban, setup, device)
     refused = None
