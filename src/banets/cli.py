@@ -46,14 +46,18 @@ def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
     return config
 
 
-def report_and_print(out: Path, demo: bool = False) -> None:
-    """Write the run's report into ``out/report`` and print its summary table."""
-    if not distributed.is_main():  # under torchrun, rank 0 reports
-        return
-    runs, skipped = read_runs([out])
-    write_report(runs, out / REPORT_DIR, skipped=tuple(skipped))
+def print_report(paths: list[Path], folder: Path, where: str = "") -> None:
+    """Write the report of the runs below ``paths`` into ``folder`` and print its summary table and where it is."""
+    runs, skipped = read_runs(paths)
+    write_report(runs, folder, skipped=tuple(skipped))
     print(summary_table(runs, legend=True))
-    print(f"\nreport, plots and CSV tables: {out / REPORT_DIR}/report.md" + ("" if demo else f"; run directory: {out}"))
+    print(f"\nreport, plots and CSV tables: {folder}/report.md{where}")
+
+
+def report_and_print(out: Path, demo: bool = False) -> None:
+    """The report of the run in ``out``, into ``out/report``; under torchrun, rank 0 alone reports."""
+    if distributed.is_main():
+        print_report([out], out / REPORT_DIR, "" if demo else f"; run directory: {out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -89,11 +93,7 @@ def cmd_resume(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    runs, skipped = read_runs([Path(p) for p in args.dirs])
-    out = Path(args.out or Path(args.dirs[0]) / REPORT_DIR)
-    write_report(runs, out, skipped=tuple(skipped))
-    print(summary_table(runs, legend=True))
-    print(f"\nreport, plots and CSV tables: {out}/report.md")
+    print_report([Path(p) for p in args.dirs], Path(args.out or Path(args.dirs[0]) / REPORT_DIR))
 
 
 def cmd_presets(args: argparse.Namespace) -> None:

@@ -90,6 +90,13 @@ class SeedRun:
     def metric(self) -> Metric:
         return METRICS[self.metric_key]
 
+    def chain_ensembles(self) -> dict[int, str]:
+        """BANE's ensembles (Eq. 4) by k: those whose recorded members are generations 1..k, k > 1."""
+        generations = sorted((e.get("generation"), n) for n, e in self.models.items() if e.get("role") == Role.GENERATION)
+        chain = [name for _, name in generations]
+        return {len(members): label for label, members in self.ensembles.items()
+                if len(members) > 1 and members == chain[: len(members)]}
+
 
 def architecture_of(model: dict) -> str:
     teacher = model.get("teacher_name")
@@ -410,9 +417,7 @@ def legend_line(run: SeedRun, metric: Metric) -> str:
     parts = []
     if any(e.get("role") == Role.CONTROL for e in run.models.values()):
         parts.append("controls (LS, CE, ...) train on labels without a teacher")
-    generations = sorted((e.get("generation"), n) for n, e in run.models.items() if e.get("role") == Role.GENERATION)
-    chain = [name for _, name in generations]
-    if any(len(members) > 1 and members == chain[: len(members)] for members in run.ensembles.values()):
+    if run.chain_ensembles():
         parts.append("Ens*k averages generations 1..k (BANE, Eq. 4)")
     unit = "points" if metric is ERROR else "nats/token"
     parts.append("agree%: predictions equal to those of the model that taught it (the teacher for controls and ensembles)")
@@ -463,15 +468,6 @@ def plot_generations(rows: list[dict], path: Path, title: str, runs: list[SeedRu
     return _save_if_drawn(fig, ax, drawn, path, title, "generation (0 = teacher)", _axis_label(rows))
 
 
-def chain_ensembles(rows: list[dict], run: SeedRun) -> dict[int, dict]:
-    """The rows of ensembles whose members are generations 1..k (BANE's Ens*k), by k, read from the recorded members."""
-    generations = sorted((r for r in rows if r["role"] == Role.GENERATION), key=lambda r: r["generation"])
-    names = [r["model"] for r in generations]
-    by_name = {r["model"]: r for r in rows}
-    return {len(members): by_name[label] for label, members in run.ensembles.items()
-            if label in by_name and members == names[: len(members)] and len(members) > 1}
-
-
 def plot_ensembles(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -> bool:
     """BANE: the ensemble of generations 1..k (Eq. 4) against k, with the single generation BAN-k beside it
     (shifted a little to the right so the error bars stay apart) and the teacher as a dashed line. False (no file)
@@ -481,7 +477,8 @@ def plot_ensembles(rows: list[dict], path: Path, title: str, runs: list[SeedRun]
     first_run = {f"{r.experiment} ({r.architecture})": r for r in reversed(runs)}
     for i, (label, group) in enumerate(_by_experiment(rows).items()):
         by_gen = {r["generation"]: r for r in group if r["role"] == Role.GENERATION}
-        ensembles = chain_ensembles(group, first_run[label])
+        by_name = {r["model"]: r for r in group}
+        ensembles = {k: by_name[name] for k, name in first_run[label].chain_ensembles().items() if name in by_name}
         if not ensembles or 1 not in by_gen:
             continue
         ensembles[1] = by_gen[1]
