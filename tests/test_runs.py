@@ -154,6 +154,25 @@ def test_a_corrupt_final_checkpoint_is_retrained_to_the_same_weights(tmp_path):
     assert RunDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"] == ban2_sha  # the model it taught is kept
 
 
+def test_a_damaged_or_missing_weights_file_is_written_again_from_its_checkpoint_on_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    run_experiment(quick_config(), tmp_path)
+    seed_dir = tmp_path / "seed-0"
+    teacher, ban1 = seed_dir / "weights" / "teacher.safetensors", seed_dir / "weights" / "BAN-1.safetensors"
+    good = teacher.read_bytes()
+    teacher.write_bytes(good[: len(good) // 2])
+    ban1.unlink()
+    checkpoints = {p.name: p.stat().st_mtime_ns for p in (seed_dir / "checkpoints").iterdir()}
+    with pytest.warns(UserWarning, match="teacher: .*teacher.safetensors is missing or does not match"):
+        resume_experiment(tmp_path)
+    assert teacher.read_bytes() == good
+    assert same_weights(load_file(ban1), weights(seed_dir, "BAN-1"))
+    assert {p.name: p.stat().st_mtime_ns for p in (seed_dir / "checkpoints").iterdir()} == checkpoints  # nothing retrained
+    manifest = RunDirectory(seed_dir).manifest["models"]
+    assert all(manifest[m]["weights_sha256"] == sha256_of(seed_dir / "weights" / f"{m}.safetensors") for m in manifest)
+
+
 def test_refuses_to_overwrite_or_to_resume_with_another_config_or_format(tmp_path, capsys):
     run_experiment(quick_config(), tmp_path)
     with pytest.raises(RunError, match="already holds seed 0; continue it with `banets resume"):

@@ -254,6 +254,7 @@ class Store(Protocol):
     def progress(self, spec: ModelSpec) -> Optional[dict]: ...  # a Trainer state to resume from
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None: ...
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None: ...
+    def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None: ...  # a finished model loaded, not trained
 
 
 class MemoryStore:
@@ -269,6 +270,9 @@ class MemoryStore:
         pass
 
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
+        pass
+
+    def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None:
         pass
 
 
@@ -332,6 +336,8 @@ class Driver:
             elif not same_weights(model.state_dict(), stored["model"]):
                 raise PlanError(f"the trained {spec.name} given now differs from the one this run was started with; give "
                                 f"the same one to continue the run, or start a new run")
+            else:
+                self.store.on_loaded(spec, model)
             self.histories[spec.name] = []
             return model
         model = self.build(spec)
@@ -339,6 +345,7 @@ class Driver:
         if done is not None:
             with saved_weights_of(spec.name):
                 model.load_state_dict(done["model"])
+            self.store.on_loaded(spec, model)
             self.histories[spec.name] = done.get("history", [])
             return model.to(self.device)
         callbacks = [lambda trainer, record: self.store.on_epoch_end(spec, trainer, record)]

@@ -21,7 +21,8 @@ the permissions the umask gives. Checkpoints hold only tensors and plain contain
 by their sha256 before use: a corrupt epoch checkpoint is skipped in favour of the previous good one; a
 corrupt final checkpoint makes its model train again from its recorded seed (on CPU bitwise the same model,
 so later generations stay valid); a final checkpoint written just before a crash that the manifest never
-recorded is checked and used.
+recorded is checked and used. A ``weights/`` file that is missing or does not match its recorded sha256 is
+written again from its model's checkpoint on resume.
 
 A run is resumed with the config it was started with: only runtime keys (device, progress, data path) may
 change, and ``ban.ensembles``, which only evaluation uses: resuming a finished run with new ensembles
@@ -135,15 +136,18 @@ def load_checkpoint(path: Path, sha256: Optional[str] = None) -> dict:
                        f"than tensors and plain containers)") from None
 
 
-def save_weights(path: Path, model: nn.Module) -> None:
-    """The model's parameters and buffers as ``.safetensors`` (shared tensors, e.g. tied embeddings, stored once)."""
+def save_weights(path: Path, model: nn.Module) -> str:
+    """The model's parameters and buffers as ``.safetensors`` (shared tensors, e.g. tied embeddings, stored once);
+    returns the file's sha256."""
     from safetensors.torch import save_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         tmp = Path(scratch) / path.name
         save_model(model, str(tmp))
-        atomic_write_bytes(path, tmp.read_bytes())
+        data = tmp.read_bytes()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 class TensorBoardLog:
@@ -271,12 +275,20 @@ class RunDirectory:
         """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
         ``ensembles`` are the recorded ones: then a resume has nothing to do."""
         entries = [self.manifest.get("models", {}).get(m, {}) for m in models]
-        return (all(e.get("status") == "done" and self._intact(e) for e in entries)
+        return (all(e.get("status") == "done" and self._intact(e) and self._weights_intact(m, e)
+                    for m, e in zip(models, entries))
                 and (self.root / "results.json").exists() and self.manifest.get("ensembles") == ensembles)
 
     def _intact(self, entry: dict) -> bool:
         path = self.root / entry.get("checkpoint", "")
         return path.is_file() and sha256_of(path) == entry.get("sha256")
+
+    def _weights_path(self, name: str) -> Path:
+        return self.root / "weights" / f"{name}.safetensors"
+
+    def _weights_intact(self, name: str, entry: dict) -> bool:
+        path = self._weights_path(name)
+        return path.is_file() and sha256_of(path) == entry.get("weights_sha256")
 
     # -- the driver's Store ----------------------------------------------------------------------------
 
@@ -342,9 +354,22 @@ class RunDirectory:
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
         path = self.root / "checkpoints" / f"{spec.name}.pt"
         sha = save_checkpoint(path, {"model": model.state_dict(), "history": canonical(history)})
-        save_weights(self.root / "weights" / f"{spec.name}.safetensors", model)
+        self.entry(spec)["weights_sha256"] = save_weights(self._weights_path(spec.name), model)
         self._record_finished(spec, path, sha, history)
         self.tensorboard.close(spec.name)
+
+    def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None:
+        """A finished model loaded from its (verified) checkpoint: its ``weights/`` file, if missing or not the
+        one written (damaged, edited), is written again from it."""
+        entry = self.entry(spec)
+        if self.read_only or self._weights_intact(spec.name, entry):
+            return
+        path = self._weights_path(spec.name)
+        if "weights_sha256" in entry:
+            warnings.warn(f"{spec.name}: {path} is missing or does not match its recorded sha256 (damaged or edited); "
+                          f"writing it again from checkpoint {entry['checkpoint']}")
+        entry["weights_sha256"] = save_weights(path, model)
+        self._write_manifest()
 
     def _record_finished(self, spec: ModelSpec, path: Path, sha: str, history: list[dict]) -> None:
         entry = self.entry(spec)
