@@ -82,6 +82,20 @@ def test_imagefolder_with_train_val_test_folders(tmp_path):
         build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "set")))
 
 
+def test_an_imagefolder_one_level_too_high_or_too_low_or_of_one_class_is_refused_with_the_folder_to_give(tmp_path):
+    for split in ("train", "val"):
+        write_images(tmp_path / "datasets" / "pets" / split, per_class=2)
+    write_images(tmp_path / "datasets" / "birds", classes=("owl", "eel"), per_class=2)
+    build = lambda path: build_dataset(DataConfig(dataset="imagefolder", path=str(path)))
+    with pytest.raises(DataError, match=r"pets holds a dataset's split folders .* give --data-dir .*datasets/pets$"):
+        build(tmp_path / "datasets")
+    with pytest.raises(DataError, match=r"train/cat has no class sub-folders; .*holds images itself: give its parent .*pets/train$"):
+        build(tmp_path / "datasets" / "pets" / "train" / "cat")
+    (tmp_path / "datasets" / "birds" / "eel").rename(tmp_path / "eel")
+    with pytest.raises(DataError, match=r"birds has one class sub-folder \(owl\); a classifier needs two or more"):
+        build(tmp_path / "datasets" / "birds")
+
+
 def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere(tmp_path, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     torch.save({"x": torch.randn(40, 3, generator=gen), "y": torch.randint(0, 2, (40,), generator=gen)}, tmp_path / "d.pt")

@@ -27,18 +27,35 @@ from banets.data.registry import Data, DataError, register_dataset
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+SPLITS = ("train", "val", "test")
+
+
 def class_folders(root: Path) -> list[str]:
+    """The class sub-folders of ``root``; a folder one level too low (images, no classes) or too high (a folder
+    holding a dataset's ``train/``, or a single class) is refused with the folder to give instead."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.jpg")
+        hint = f"; it holds images itself: give its parent {root.parent}" if any(is_image(p) for p in root.iterdir()) else ""
+        raise DataError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.jpg{hint}")
+    for name in classes:
+        if any((root / name / split).is_dir() for split in SPLITS):
+            raise DataError(f"{root / name} holds a dataset's split folders (train/, val/ or test/), not the images of one "
+                            f"class: give --data-dir {root / name}")
+    if len(classes) == 1:
+        raise DataError(f"{root} has one class sub-folder ({classes[0]}); a classifier needs two or more: give the folder "
+                        f"whose sub-folders are the classes")
     return classes
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in EXTENSIONS and path.is_file()
 
 
 def image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     """Every image below ``root/<class>/`` and its class index, in sorted order."""
     files, labels = [], []
     for index, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        found = sorted(p for p in (root / name).rglob("*") if is_image(p))
         files += found
         labels += [index] * len(found)
     if not files:
@@ -85,7 +102,7 @@ def imagefolder_data(cfg: DataConfig) -> Data:
     if cfg.path is None or not Path(cfg.path).is_dir():
         raise DataError(f"imagefolder: {cfg.path or 'no folder'} is not a folder; pass --data-dir DIR holding class sub-folders")
     root = Path(cfg.path)
-    train_root = root / "train" if (root / "train").is_dir() else root
+    train_root = root / "train" if (root / "train").is_dir() else root  # else every image is a training image
     classes = class_folders(train_root)
     for split in ("val", "test"):
         check_same_classes(root, split, classes)
