@@ -110,6 +110,21 @@ def test_report_writes_tables_csv_json_and_embedded_plots(tmp_path):
     assert {r["model"] for r in saved["splits"]["val"]} == {m.name for m in PLAN} | {"Ens*2"}
 
 
+def test_each_paired_difference_is_bootstrapped_once_for_the_report_and_the_printed_summary(tmp_path, monkeypatch):
+    import banets.report as report
+
+    asked = []
+    original = report.bootstrap_paired_difference
+    monkeypatch.setattr(report, "bootstrap_paired_difference", lambda a, b, **kw: asked.append(1) or original(a, b, **kw))
+    runs = three_seeds(tmp_path / "runs")
+    write_report(runs, tmp_path / "report")
+    computed = len(asked)
+    assert computed >= 2 * (len(PLAN) - 1)  # every model vs the teacher on both splits, at least
+    report.summary_table(runs, legend=True)  # the summary and verdicts the CLI prints: already computed
+    assert len(asked) == computed
+    assert len(runs[0].deltas) == computed  # one bootstrap per (seeds, split, model, other)
+
+
 def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
     fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5})
     RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]}, Data([], []), [1])

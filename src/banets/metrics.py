@@ -96,7 +96,8 @@ def bootstrap_paired_difference(
     for i in range(samples):
         rows = rng.integers(0, seeds, seeds) if resample[0] else np.arange(seeds)
         cols = rng.integers(0, len(starts), len(starts)) if resample[1] else np.arange(len(starts))
-        draws[i] = block_sums[rows][:, cols].sum() / (seeds * block_sizes[cols].sum())
+        times_row, times_col = np.bincount(rows, minlength=seeds), np.bincount(cols, minlength=len(starts))
+        draws[i] = times_row @ block_sums @ times_col / (seeds * (block_sizes @ times_col))  # sum of the drawn cells
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [tail, 1.0 - tail])
     return float(diff.mean()), float(low), float(high)

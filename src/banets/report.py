@@ -85,6 +85,7 @@ class SeedRun:
     block: int = 1  # consecutive examples resampled together by the bootstrap (a BPTT segment of a text)
     metric_key: str = "error"
     ensembles: dict[str, list[str]] = field(default_factory=dict)  # label -> members
+    deltas: dict[tuple, Optional[tuple[float, float, float]]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def metric(self) -> Metric:
@@ -202,10 +203,13 @@ def paired_delta(group: list[SeedRun], split: str, model: str, other: str) -> Op
     interval resampling both; None unless every seed has both."""
     if model == other or not all(model in r.predictions[split] and other in r.predictions[split] for r in group):
         return None
-    metric = group[0].metric
-    ours = [metric.per_example(r.predictions[split][model]) for r in group]
-    theirs = [metric.per_example(r.predictions[split][other]) for r in group]
-    return bootstrap_paired_difference(ours, theirs, block=group[0].block)
+    key = (tuple(r.seed for r in group), split, model, other)  # each is asked for by the tables, verdicts and plots
+    if key not in group[0].deltas:
+        metric = group[0].metric
+        ours = [metric.per_example(r.predictions[split][model]) for r in group]
+        theirs = [metric.per_example(r.predictions[split][other]) for r in group]
+        group[0].deltas[key] = bootstrap_paired_difference(ours, theirs, block=group[0].block)
+    return group[0].deltas[key]
 
 
 def role_of(run: SeedRun, model: str) -> str:
