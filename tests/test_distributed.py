@@ -5,7 +5,7 @@ under torchrun; the weights, per-example predictions and files must match an uni
 with the same global batch. Every process but rank 0 runs with an audit hook that raises on any write under
 the test's directory, so a stray write by another rank fails the run loudly. The digits splits and batch
 sizes are chosen so that neither the last training batch (53 rows) nor the evaluation batches (97, 69 rows)
-split evenly over two processes.
+split evenly over two processes. A second run compiles the model (``optim.compile``) under torchrun.
 """
 
 import json
@@ -117,6 +117,19 @@ def test_torchrun_matches_one_process_resumes_and_only_rank_0_writes(tmp_path):
     results = json.loads((dist / "results.json").read_text())
     expected = json.loads((single / "results.json").read_text())
     assert [r["error"] for r in results["test"]] == pytest.approx([r["error"] for r in expected["test"]], abs=0.3)
+
+
+def test_torchrun_with_torch_compile_trains_the_same_teacher_as_one_eager_process(tmp_path):
+    """The model compiled first, then wrapped in DDP (PyTorch's advice), on real processes: same weights."""
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("generations: 1", "generations: 0").replace("epochs: 2", "epochs: 1"))
+    (tmp_path / "worker.py").write_text(WORKER)
+    run_experiment(load_config(str(tmp_path / "tiny.yaml")), tmp_path / "eager")
+    compiled = torchrun(tmp_path, "run", str(tmp_path / "tiny.yaml"), "--set", "optim.compile=true", "--out", str(tmp_path / "dist"))
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    ours, theirs = weights(tmp_path / "dist" / "seed-0", "teacher"), weights(tmp_path / "eager" / "seed-0", "teacher")
+    assert ours.keys() == theirs.keys()  # the compiled wrapper's "_orig_mod." prefix is not saved
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_rows_of_splits_a_batch_into_contiguous_near_equal_parts():
