@@ -184,6 +184,9 @@ def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, 
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
     assert main(["resume", str(tmp_path / "crashed")]) == 1  # unfinished, and the CLI cannot rebuild your model
     assert "continue it from Python with born_again(..., out=DIR, resume=True)" in capsys.readouterr().err
+    (x, y), *rest = data
+    with pytest.raises(UserError, match=r"the data differ from those .*seed-0 was started with \(data.json differs\)"):
+        born_again(model_fn, (x + 1, y), *rest, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed", resume=True)
     resumed = born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed", resume=True)
     for name in ("teacher", "BAN-1"):
         ours, theirs = resumed.models[name].state_dict(), straight.models[name].state_dict()

@@ -17,9 +17,9 @@ from banets import losses
 from banets.cli import main
 from banets.config import load_config
 from banets.data.text import BpttBatches, Vocabulary, load_corpus
-from banets.experiment import model_factory
+from banets.experiment import model_factory, run_experiment
 from banets.models import create_model
-from banets.runs import RunDirectory, load_checkpoint
+from banets.runs import RunDirectory, RunError, load_checkpoint
 
 SHRINK = ["--set", "model.options={embed_dim: 16, hidden_dim: 16, num_layers: 1, dropout: 0.0, init_range: 0.1}",
           "--set", "data.batch_size=8", "--set", "data.bptt=10", "--set", "optim.epochs=2",
@@ -100,6 +100,18 @@ def test_resume_reuses_the_saved_vocabulary(lm_run, capsys) -> None:
     assert (seed_dir / "vocab.json").read_text(encoding="utf-8") == saved
     after = {name: p.perplexity() for name, p in RunDirectory(seed_dir).load_predictions("test").items()}
     assert after == pytest.approx(before, rel=1e-6)
+
+
+def test_resume_refuses_a_corpus_whose_text_changed(lm_run) -> None:
+    corpus, seed_dir = lm_run
+    valid = corpus / "tiny.valid.txt"
+    original = valid.read_text(encoding="utf-8")
+    valid.write_text("\n".join(reversed(original.splitlines())) + "\n", encoding="utf-8")  # the same words, reordered
+    try:
+        with pytest.raises(RunError, match=r"the data differ from those .*seed-0 was started with \(data.json differs\)"):
+            run_experiment(load_config(str(seed_dir / "config.yaml")), seed_dir.parent, resume=True)
+    finally:
+        valid.write_text(original, encoding="utf-8")
 
 
 @pytest.mark.parametrize("loss_name", ["ban", "ban+l"])

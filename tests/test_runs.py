@@ -173,6 +173,17 @@ def test_a_damaged_or_missing_weights_file_is_written_again_from_its_checkpoint_
     assert all(manifest[m]["weights_sha256"] == sha256_of(seed_dir / "weights" / f"{m}.safetensors") for m in manifest)
 
 
+def test_a_seed_added_beside_others_must_repeat_their_experiment(tmp_path, capsys):
+    run_experiment(quick_config("seeds=[0]"), tmp_path)
+    with pytest.raises(RunError, match=r"holds seed-0 of another config \(differs in model.options.width, optim.lr\); a new "
+                                       r"seed must repeat its experiment exactly, so choose another --out"):
+        run_experiment(quick_config("optim.lr=0.5", "model.options.width=6", "seeds=[1]"), tmp_path)
+    assert not (tmp_path / "seed-1").exists()
+    assert main(["run", "demo", *CLI_QUICK, "--set", "ban.controls={}", "--seeds", "1", "--set", "optim.progress=epoch",
+                 "--out", str(tmp_path)]) == 0
+    assert "mean ± SD over 2 seeds" in capsys.readouterr().out  # runtime keys may differ
+
+
 def test_refuses_to_overwrite_or_to_resume_with_another_config_or_format(tmp_path, capsys):
     run_experiment(quick_config(), tmp_path)
     with pytest.raises(RunError, match="already holds seed 0; continue it with `banets resume"):

@@ -25,7 +25,7 @@ import yaml
 from banets import distributed, losses
 from banets.config import (BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, UserError,
                            first_line, load_config, to_dict)
-from banets.data.batches import as_batches
+from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
 from banets.engine import DivergedError, resolve_device
 from banets.ensemble import evaluate_with_ensembles
@@ -203,6 +203,10 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
             raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another --out")
         if run_dir.root.exists():
             run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
+    for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
+        seed = other.name.removeprefix("seed-")
+        if (other / "config.yaml").exists() and seed.isdigit():
+            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(seed)]), data.files)
 
 
 def is_ours(path: Path) -> bool:
@@ -334,6 +338,7 @@ def born_again(
     train_batches = as_batches(train, batch_size, shuffle=True, what="train")
     data = Data(train=train_batches, val=as_batches(val, batch_size, shuffle=False, what="val"),
                 test=as_batches(test, batch_size, shuffle=False, what="test"), transform=transform)
+    data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)  # compared on resume
     labels = first_batch(train_batches, "training")[1]
     if labels.dim() > 1:  # sequences: a language model, scored by perplexity; its bootstrap resamples whole rows
         data.metric, data.block = "perplexity", labels.shape[-1]

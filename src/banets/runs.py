@@ -235,11 +235,29 @@ class RunDirectory:
             raise RunError(f"{self.root} has no manifest.json; it is not a complete banets run, so start a new run with another --out")
         self._check_compatible(config)
         self._check_not_failed()
-        for name, text in (files or {}).items():
-            if not (self.root / name).exists() or (self.root / name).read_text(encoding="utf-8") != text:
-                raise RunError(f"the data differ from those {self.root} was started with ({name} differs); pass the data "
-                               f"the run was started with (--data-dir), or start a new run")
+        differing = self.data_differences(files or {})
+        if differing:
+            raise RunError(f"the data differ from those {self.root} was started with ({differing[0]} differs); pass the data "
+                           f"the run was started with (--data-dir), or start a new run")
         self._remove_temporary_files()
+
+    def check_same_experiment(self, config: dict, files: dict[str, str]) -> None:
+        """A new seed added beside this one must be the same experiment: the same config (but its seed and runtime
+        keys) and the same data, or the report would average two experiments as one."""
+        changed, differing = self.config_differences(config), self.data_differences(files)
+        if changed or differing:
+            what = f"config (differs in {', '.join(changed)})" if changed else f"data ({differing[0]} differs)"
+            raise RunError(f"{self.root.parent} holds {self.root.name} of another {what}; a new seed must repeat its "
+                           f"experiment exactly, so choose another --out")
+
+    def data_differences(self, files: dict[str, str]) -> list[str]:
+        return [name for name, text in files.items()
+                if not (self.root / name).exists() or (self.root / name).read_text(encoding="utf-8") != text]
+
+    def config_differences(self, config: dict) -> list[str]:
+        """The config keys in which ``config`` differs from this run's, but those that may change on resume."""
+        saved, wanted = _without_runtime(with_defaults(self.config())), _without_runtime(with_defaults(config))
+        return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
     def _check_compatible(self, config: dict) -> None:
         version = self.manifest.get("format_version")
@@ -249,8 +267,7 @@ class RunDirectory:
         if recorded and _digest((self.root / "config.yaml").read_text(encoding="utf-8")) not in recorded:
             raise RunError(f"{self.root}/config.yaml was edited after the run started; undo the edit (a resume may change "
                            f"only {', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
-        saved, wanted = _without_runtime(with_defaults(self.config())), _without_runtime(with_defaults(config))
-        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        changed = self.config_differences(config)
         if changed:
             raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
                            f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")

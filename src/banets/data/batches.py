@@ -132,10 +132,18 @@ def tensor_digest(*tensors: Optional[Tensor]) -> str:
     return digest.hexdigest()
 
 
-def data_record(**splits: Optional[tuple[Tensor, Tensor]]) -> dict[str, str]:
-    """``Data.files`` entry ``data.json``: the digest of each split's inputs and labels, compared on resume."""
+def data_record(**splits: Optional[tuple[Tensor, ...]]) -> dict[str, str]:
+    """``Data.files`` entry ``data.json``: the digest of each split's tensors (inputs and labels, or a text's token
+    ids), compared on resume."""
     digests = {name: tensor_digest(*pair) for name, pair in splits.items() if pair is not None}
     return {"data.json": json.dumps(digests, indent=1)}
+
+
+def given_tensors_record(**splits: Optional[Iterable[Batch]]) -> dict[str, str]:
+    """:func:`data_record` of the splits given as tensors; Datasets and loaders are not read through for it (that
+    could take an epoch, and random augmentation would change the digest), so a resume trusts them."""
+    tensors = {name: batches.tensors for name, batches in splits.items() if isinstance(batches, TensorBatches)}
+    return data_record(**tensors) if tensors else {}
 
 
 def train_val_split(n: int, val_size: int = 5000, seed: int = 0, subset: int | None = None) -> tuple[Tensor, Tensor]:

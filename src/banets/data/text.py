@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from banets.config import DataConfig
+from banets.data.batches import data_record
 from banets.data.registry import Data, DataError, register_dataset
 
 UNK = "<unk>"
@@ -292,7 +293,7 @@ def text_data(cfg: DataConfig) -> Data:
         val=stream_batches(corpus.valid, cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
         test=stream_batches(corpus.test, cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
         model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
-        files={"vocab.json": corpus.vocab.to_json()},
+        files={"vocab.json": corpus.vocab.to_json(), **data_record(train=(train,), valid=(corpus.valid,), test=(corpus.test,))},
         metric="perplexity",
         block=cfg.bptt,
         options_in_files={"words": "vocab.json"},
