@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -110,9 +111,9 @@ class TrainConfig(Section):
 
     def validate(self) -> None:
         self.check(self.epochs >= 1, "epochs", "a positive number of epochs")
-        self.check(self.lr > 0, "lr", "positive")
-        self.check(self.momentum >= 0, "momentum", "0 or more")
-        self.check(self.weight_decay >= 0, "weight_decay", "0 or more")
+        self.check(0 < self.lr < math.inf, "lr", "a positive finite number")
+        self.check(0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        self.check(0 <= self.weight_decay < math.inf, "weight_decay", "0 or more, finite")
         self.check(all(0 < m <= 1 for m in self.milestones), "milestones", "fractions of the epochs in (0, 1]")
         self.check(0 < self.gamma <= 1, "gamma", "a factor in (0, 1]")
         self.check(self.plateau_threshold >= 0, "plateau_threshold", "0 or more")

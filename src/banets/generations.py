@@ -159,8 +159,8 @@ def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
 
 
 def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:
-    """``logits`` checked against the labels of one batch: a tensor of ``labels.shape + (classes,)`` whose
-    classes cover every label in ``bounds``."""
+    """``logits`` checked against the labels of one batch: a finite tensor of ``labels.shape + (classes,)``
+    whose classes cover every label in ``bounds``."""
     if not isinstance(logits, torch.Tensor):
         raise PlanError(f"{what} returned {type(logits).__name__}; a model must return a logits tensor")
     if tuple(logits.shape[:-1]) != tuple(y.shape):
@@ -169,7 +169,10 @@ def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what
     low, high = bounds
     if high >= logits.shape[-1] or low < 0:
         raise PlanError(f"{what} has {logits.shape[-1]} outputs but the labels range over [{low}, {high}]; "
-                        f"build it with at least {high + 1} classes")
+                        f"build it with at least {high + 1} classes (labels are 0 .. classes - 1)")
+    if not torch.isfinite(logits).all():
+        raise PlanError(f"{what} outputs NaN or inf on the first batch; check its weights (a damaged or diverged "
+                        f"checkpoint?) and the inputs")
     return logits
 
 
@@ -180,19 +183,35 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: 
     try:
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        raise PlanError(f"{what} fails on a training batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
+        raise PlanError(f"{what} fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
                         f"these inputs (`banets models NAME` lists a registered model's options, e.g. in_channels)") from None
     finally:
         reset_state(model)
 
 
 def first_batch(data: Iterable[Batch], what: str) -> Batch:
+    """The first batch of ``data``, with integer labels and finite inputs (all of them when held in memory)."""
     for batch in data:
         x, y = to_batch(batch)
         if y.is_floating_point() or y.dtype == torch.bool:
             raise DataError(f"the {what} labels are {y.dtype}; class labels must be integers (e.g. y.long())")
+        inputs = data.tensors[0] if isinstance(data, TensorBatches) else x
+        if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+            raise DataError(f"the {what} inputs hold NaN or inf; clean or drop those examples")
         return x, y
     raise DataError(f"the {what} data yield no batch; is it empty?")
+
+
+def transformed(setup: "Setup", x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch as models see it in evaluation: on ``device``, through the data's transform."""
+    x = x.to(device)
+    if setup.data.transform is None:
+        return x
+    try:
+        return setup.data.transform(x, None, False)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise PlanError(f"the transform fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); it is called "
+                        f"as transform(x, generator, train), generator a torch.Generator (None when not training)") from None
 
 
 @dataclass
@@ -206,42 +225,98 @@ class Setup:
 
 
 def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device: torch.device) -> None:
-    """Everything that can be checked before training: every loss with its options, the model factories, one
-    training batch through a student and the teacher (shapes, label range), the validation data, the shared
-    layers and the ensembles. Raises a one-line error naming the problem and the fix; trains nothing."""
+    """Everything that can be checked before training: every loss with its options, the model factories, the
+    first batch of every split through a student and of the training data through the teacher (shapes, label
+    range, finite values), what each loss returns, the shared layers, the ensembles and the teacher cache.
+    Raises a one-line error naming the problem and the fix; trains nothing."""
     for spec in plan:
         spec.make_loss()
     plan_ensembles(plan, ban)
     if setup.data.val is None:
         raise PlanError("no validation data; banets compares and selects models on a held-out split: pass val "
                         "(e.g. 10% of the training examples carved off)")
-    x, y = first_batch(setup.data.train, "training")
-    first_batch(setup.data.val, "validation")
-    x, y = x.to(device), y.to(device)
-    if setup.data.transform is not None:
-        x = setup.data.transform(x, None, False)
-    student = build_model(setup.student_fn, "the model factory")
+    student = fresh_model(setup.student_fn, "the model factory")
     teacher = setup.teacher
     if teacher is None:
-        teacher = build_model(setup.teacher_fn, "the teacher factory") if setup.teacher_fn is not None else student
+        teacher = fresh_model(setup.teacher_fn, "the teacher factory") if setup.teacher_fn is not None else student
+    x, y = first_batch(setup.data.train, "training")
+    x, y = transformed(setup, x, device), y.to(device)
     bounds = label_bounds(setup.data.train, y)
     with torch.no_grad():
         logits = {what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
                   for model, what in ((student, "the model"), (teacher, "the teacher"))}
+        check_held_out(setup, student, bounds, device)
     if logits["the model"].shape != logits["the teacher"].shape:
         raise PlanError(f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
                         f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs")
-    for spec in plan:  # each loss once on these logits: values its options take only when called (label smoothing 2)
-        try:
-            spec.make_loss()(logits["the model"], logits["the teacher"], y)
-        except (RuntimeError, ValueError) as error:
-            raise PlanError(f"{spec.name}'s loss {losses.name_of(spec.loss)} with options {spec.loss_options or 'none'} fails "
-                            f"on a batch ({first_line(error)}); fix its options") from None
+    for spec in plan:
+        check_loss(spec, logits["the model"], logits["the teacher"], y)
+    if ban.init_from_teacher and teacher is not student:
+        with saved_weights_of(TEACHER, "ban.init_from_teacher needs a teacher of the students' architecture: drop it, "
+                                       "or train the teacher as a student"):
+            copy.deepcopy(student).load_state_dict(teacher.state_dict())
     if ban.share_layers:
         try:
             share_frozen(student, teacher, ban.share_layers)
         except ValueError as error:
             raise PlanError(f"ban.share_layers: {error}") from None
+    if ban.cache_teacher and any(spec.teacher is not None for spec in plan):
+        check_replayable(setup, device)
+
+
+def fresh_model(factory: ModelFn, what: str) -> nn.Module:
+    """:func:`build_model`, checked to build a new model at every call: a factory that returns one model (or
+    one layer) again would make every generation the same object, trained over and over."""
+    model, again = build_model(factory, what), build_model(factory, what)
+    if any(a is b for a in model.parameters() for b in again.parameters()):
+        raise PlanError(f"{what} returns the same model (or layers) at every call; build a new one inside it, e.g. "
+                        f"lambda: {type(model).__name__}(...), not lambda: model")
+    return model
+
+
+def check_held_out(setup: Setup, student: nn.Module, bounds: tuple[int, int], device: torch.device) -> None:
+    """The first batch of the validation and test data through the student: their inputs fit it and their labels
+    are classes it has (the training labels' range at least)."""
+    for data, what in ((setup.data.val, "validation"), (setup.data.test, "test")):
+        if data is not None:
+            x, y = first_batch(data, what)
+            x, y = transformed(setup, x, device), y.to(device)
+            low, high = label_bounds(data, y)
+            check_outputs(forward_once(student, x, device, f"the model, on the {what} data,"), y,
+                          (min(low, bounds[0]), max(high, bounds[1])), f"the model, on the {what} data,")
+
+
+def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> None:
+    """``spec``'s loss once on one batch: a finite scalar with a gradient to the student's logits. Options are
+    checked only when a loss is called (label smoothing 2), and a loss of your own may return anything."""
+    named = f"{spec.name}'s loss {losses.name_of(spec.loss)} with options {spec.loss_options or 'none'}"
+    try:
+        value = spec.make_loss()(student_logits.detach().requires_grad_(), teacher_logits, y)
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise PlanError(f"{named} fails on a batch ({first_line(error)}); fix its options") from None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise PlanError(f"{named} returned {shape}, not one number; return a scalar tensor (e.g. .mean() over the batch)")
+    if not value.requires_grad:
+        raise PlanError(f"{named} returned a value without a gradient to the student's logits; compute it from them "
+                        f"with torch operations (no .item(), .detach() or NumPy)")
+    if not torch.isfinite(value):
+        raise PlanError(f"{named} is {value.item()} on the first batch; fix its options (e.g. a temperature of 0)")
+
+
+def check_replayable(setup: Setup, device: torch.device) -> None:
+    """``ban.cache_teacher`` replays the teacher's outputs of the first epoch: the training batches must come in
+    the same order and unaugmented every epoch (a language model's BPTT batches), which shuffled or augmented
+    data do not."""
+    first, again = (to_batch(next(iter(setup.data.train)))[0] for _ in range(2))
+    same = first.shape == again.shape and torch.equal(first, again)
+    if same and setup.data.transform is not None:
+        x = first.to(device)
+        draws = [setup.data.transform(x, torch.Generator(device=device).manual_seed(s), True) for s in (0, 1)]
+        same = torch.equal(*draws)
+    if not same:
+        raise PlanError("ban.cache_teacher replays the teacher's outputs of the first epoch, but these training batches "
+                        "change from epoch to epoch (shuffled or augmented); set ban.cache_teacher=null")
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
@@ -361,16 +436,20 @@ class Driver:
         return trainer.model
 
 
+RUN_OF_ANOTHER_ARCHITECTURE = ("the run directory holds another architecture's checkpoint: resume with the config it was "
+                               "made with, or start a new run")
+
+
 @contextlib.contextmanager
-def saved_weights_of(name: str) -> Iterator[None]:
-    """Loading saved weights of model ``name``: another architecture's are a one-line error, not torch's listing."""
+def saved_weights_of(name: str, fix: str = RUN_OF_ANOTHER_ARCHITECTURE) -> Iterator[None]:
+    """Loading the weights of model ``name``: another architecture's are a one-line error naming ``fix``, not
+    torch's listing of every tensor."""
     try:
         yield
     except RuntimeError as error:
         detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "Missing" in line
                        or "Unexpected" in line), "")
-        raise PlanError(f"the saved weights of {name} do not fit its model ({detail.rstrip('.')}); the run directory holds "
-                        f"another architecture's checkpoint: resume with the config it was made with, or start a new run") from None
+        raise PlanError(f"the weights of {name} do not fit the model ({detail.rstrip('.')}); {fix}") from None
 
 
 @dataclass

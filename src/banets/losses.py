@@ -64,6 +64,8 @@ def ban_l(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tens
     Its gradient is the sum of two cross-entropies' gradients, about ``1 + label_weight`` times the teacher's at the
     same learning rate; ``normalize`` divides the sum by ``1 + label_weight``, a weighted mean of the two terms.
     """
+    if not label_weight >= 0:
+        raise LossError(f"ban+l takes a label_weight of 0 or more, got {label_weight}")
     total = ban(student_logits, teacher_logits, labels) + label_weight * ce(student_logits, None, labels)
     return total / (1.0 + label_weight) if normalize else total
 
@@ -79,6 +81,8 @@ def kd(
 
     ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T)) + label_weight * CE(labels, z)``.
     """
+    if not (temperature > 0 and 0.0 <= label_weight <= 1.0):
+        raise LossError(f"kd takes a temperature above 0 and a label_weight in [0, 1], got {temperature} and {label_weight}")
     soft_targets = _teacher_probs(teacher_logits / temperature)
     soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
     return (1.0 - label_weight) * soft + label_weight * ce(student_logits, None, labels)
