@@ -153,6 +153,9 @@ CASES = {
                                            "the weights of BAN-1 do not fit the model (size mismatch", "run", foreign_checkpoint),
     "tampered checkpoint": (["resume", "{run}", "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"], "cannot be loaded safely",
                             "run", tampered_checkpoint),
+    "run over a seed without config.yaml": (["run", "demo", *TINY, "--out", "{run}"], "seed-0 is not a complete run (no config.yaml); "
+                                            "move it away, or choose another --out", "run",
+                                            lambda run: (run / "seed-0" / "config.yaml").unlink()),
     "resume nothing": (["resume", "/nonexistent/run"], "is not a folder; pass the --out of a run", None, None),
     "report nothing": (["report", "/nonexistent/run"], "no run directories under /nonexistent/run", None, None),
 }

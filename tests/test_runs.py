@@ -222,6 +222,7 @@ def test_divergence_marks_the_model_failed_and_keeps_the_good_checkpoints(tmp_pa
     monkeypatch.setattr(ModelSpec, "make_loss", nan_after(20))
     with pytest.raises(DivergedError, match="BAN-1: loss became nan at epoch 2"):
         run_experiment(quick_config(), tmp_path)
+    monkeypatch.undo()
     seed_dir = tmp_path / "seed-0"
     models = RunDirectory(seed_dir).manifest["models"]
     assert models["BAN-1"]["status"] == "failed" and "lower the learning rate" in models["BAN-1"]["error"]
@@ -233,6 +234,23 @@ def test_divergence_marks_the_model_failed_and_keeps_the_good_checkpoints(tmp_pa
     assert main(["resume", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "BAN-1 failed" in err and "start a new run with the fix" in err and "--set optim.lr=" in err
+    assert main(["run", "demo", *CLI_QUICK, "--set", "ban.controls={}", "--out", str(tmp_path)]) == 1  # not "resume it"
+    assert "BAN-1 failed" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 1
+    assert "BAN-1 failed" in capsys.readouterr().err and not (tmp_path / "report").exists()
+
+
+def test_damaged_predictions_are_reported_skipped_and_evaluated_again_on_resume(tmp_path, capsys):
+    run_experiment(quick_config("seeds=[0, 1]"), tmp_path)
+    predictions = tmp_path / "seed-1" / "predictions" / "val.pt"
+    good = predictions.read_bytes()
+    predictions.write_bytes(good[:100])
+    with pytest.warns(UserWarning, match=r"skipped .*seed-1/predictions/val.pt is damaged .*`banets resume .*` evaluates"):
+        assert main(["report", str(tmp_path)]) == 0
+    assert "n=1 seed" in capsys.readouterr().out
+    assert resume_experiment(tmp_path) == [1]
+    assert predictions.read_bytes() == good  # the same models evaluated again: the same bytes
+    assert main(["report", str(tmp_path)]) == 0 and "over 2 seeds" in capsys.readouterr().out
 
 
 def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):

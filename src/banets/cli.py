@@ -49,6 +49,8 @@ def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
 def print_report(paths: list[Path], folder: Path, where: str = "") -> None:
     """Write the report of the runs below ``paths`` into ``folder`` and print its summary table and where it is."""
     runs, skipped = read_runs(paths)
+    for note in skipped:
+        warnings.warn(f"skipped {note}")
     write_report(runs, folder, skipped=tuple(skipped))
     print(summary_table(runs, legend=True))
     print(f"\nreport, plots and CSV tables: {folder}/report.md{where}")

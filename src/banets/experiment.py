@@ -197,6 +197,10 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
     check_report_folder(out / REPORT_DIR)
     for seed in config.seeds:
         run_dir = RunDirectory(out / f"seed-{seed}")
+        if run_dir.root.exists() and not run_dir.exists():
+            raise RunError(f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another --out")
+        if run_dir.root.exists():
+            run_dir.check_not_failed()
         if run_dir.root.exists() and not resume:
             how = (f"born_again(..., out={str(out)!r}, resume=True)" if config.data.dataset == PYTHON
                    else f"`banets resume {out}`")

@@ -112,6 +112,7 @@ def bootstrap_block(data: dict) -> int:
 def read_run(seed_dir: Path) -> SeedRun:
     """A finished seed directory; an unfinished one raises :class:`RunError`."""
     run = RunDirectory(seed_dir)
+    run.check_not_failed()
     config = run.config()
     splits = [p.stem for p in sorted((Path(seed_dir) / "predictions").glob("*.pt"))]
     if not splits:

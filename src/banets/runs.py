@@ -234,7 +234,7 @@ class RunDirectory:
         if not self.manifest:
             raise RunError(f"{self.root} has no manifest.json; it is not a complete banets run, so start a new run with another --out")
         self._check_compatible(config)
-        self._check_not_failed()
+        self.check_not_failed()
         differing = self.data_differences(files or {})
         if differing:
             raise RunError(f"the data differ from those {self.root} was started with ({differing[0]} differs); pass the data "
@@ -272,7 +272,7 @@ class RunDirectory:
             raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
                            f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
 
-    def _check_not_failed(self) -> None:
+    def check_not_failed(self) -> None:
         failed = {name: e.get("error", "") for name, e in self.manifest.get("models", {}).items() if e.get("status") == "failed"}
         if failed:
             name, error = next(iter(failed.items()))
@@ -294,7 +294,8 @@ class RunDirectory:
         entries = [self.manifest.get("models", {}).get(m, {}) for m in models]
         return (all(e.get("status") == "done" and self._intact(e) and self._weights_intact(m, e)
                     for m, e in zip(models, entries))
-                and (self.root / "results.json").exists() and self.manifest.get("ensembles") == ensembles)
+                and (self.root / "results.json").exists() and self._predictions_intact()
+                and self.manifest.get("ensembles") == ensembles)
 
     def _intact(self, entry: dict) -> bool:
         path = self.root / entry.get("checkpoint", "")
@@ -417,11 +418,25 @@ class RunDirectory:
     # -- results -----------------------------------------------------------------------------------------
 
     def save_predictions(self, split: str, predictions: dict[str, Predictions]) -> None:
-        save_checkpoint(self.root / "predictions" / f"{split}.pt", {name: vars(p) for name, p in predictions.items()})
+        sha = save_checkpoint(self.root / "predictions" / f"{split}.pt", {name: vars(p) for name, p in predictions.items()})
+        self.manifest.setdefault("predictions", {})[split] = sha
+        self._write_manifest()
 
     def load_predictions(self, split: str) -> dict[str, Predictions]:
-        saved = load_checkpoint(self.root / "predictions" / f"{split}.pt")
+        """The per-example predictions saved for ``split``, verified by their recorded sha256 (runs made before
+        manifests recorded it are read unverified)."""
+        path = self.root / "predictions" / f"{split}.pt"
+        sha = self.manifest.get("predictions", {}).get(split)
+        if sha is not None and sha256_of(path) != sha:
+            raise RunError(f"{path} is damaged (it does not match its recorded sha256); `banets resume {self.root.parent}` "
+                           f"evaluates the saved models again")
+        saved = load_checkpoint(path)
         return {name: Predictions(**fields) for name, fields in saved.items()}
+
+    def _predictions_intact(self) -> bool:
+        recorded = self.manifest.get("predictions", {})
+        return bool(recorded) and all((self.root / "predictions" / f"{split}.pt").is_file()
+                                      and sha256_of(self.root / "predictions" / f"{split}.pt") == sha for split, sha in recorded.items())
 
     def save_results(self, results: dict) -> None:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
