@@ -289,6 +289,23 @@ def test_a_trained_teacher_replaces_training_the_teacher(digits_run, tmp_path, f
     assert all(torch.equal(given[k], original[k]) for k in original)
 
 
+def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_but_not_change_on_resume(digits_run, tmp_path, monkeypatch, capsys):
+    torch.save(banets.load(digits_run, "teacher").state_dict(), tmp_path / "t.pt")
+    torch.save(banets.load(digits_run, "BAN-1").state_dict(), tmp_path / "other.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
+                 "--set", "model.teacher_checkpoint=t.pt", "--out", "student", *QUICK]) == 0
+    out = tmp_path / "student"
+    assert RunDirectory(out / "seed-0").config()["model"]["teacher_checkpoint"] == str(tmp_path / "t.pt")
+    (tmp_path / "t.pt").rename(tmp_path / "moved.pt")
+    monkeypatch.chdir(tmp_path.parent)
+    ensembles = ["--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]
+    assert main(["resume", str(out), *ensembles]) == 1 and f"no file {tmp_path / 't.pt'}" in capsys.readouterr().err
+    assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}"]) == 1
+    assert "differs from the one this run was started with" in capsys.readouterr().err
+    assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 0
+
+
 def test_a_teacher_checkpoint_of_another_architecture_is_refused_before_training(digits_run, tmp_path, capsys):
     path = digits_run / "seed-0" / "weights" / "teacher.safetensors"
     assert main(["run", "demo", "--set", "model.options.width=8", "--set", f"model.teacher_checkpoint={path}",

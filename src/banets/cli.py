@@ -156,7 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     resume = commands.add_parser("resume", help="continue a killed run from its last completed epoch",
                                  description="Continue a killed run with the config it was started with. --set may change "
-                                             "only runtime keys (device, optim.progress, data paths) and ban.ensembles "
+                                             "only runtime keys (device, optim.progress, data paths, model.teacher_checkpoint) and ban.ensembles "
                                              "(evaluated from the saved models); a run with a failed model is refused: start "
                                              "a new run with the fix.")
     resume.add_argument("dir", help="the run directory (the --out of `banets run`)")

@@ -391,12 +391,21 @@ def apply_override(values: dict, text: str) -> dict:
     return updated
 
 
+PATH_KEYS = (("data", "path"), ("data", "val_path"), ("data", "test_path"), ("model", "teacher_checkpoint"))
+
+
 def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
-    """The preset (or the defaults) with ``overrides`` applied, validated."""
+    """The preset (or the defaults) with ``overrides`` applied, validated; its file paths made absolute (from the
+    current folder), so that the run's ``config.yaml`` finds them from anywhere on resume."""
     values = preset_dict(preset) if preset else {}
     for override in overrides:
         values = apply_override(values, override)
-    return from_dict(ExperimentConfig, values)
+    config = from_dict(ExperimentConfig, values)
+    for section, key in PATH_KEYS:
+        path = getattr(getattr(config, section), key)
+        if path:
+            setattr(getattr(config, section), key, str(Path(path).expanduser().resolve()))
+    return config
 
 
 def to_dict(config: ExperimentConfig) -> dict:

@@ -55,7 +55,8 @@ from banets.metrics import Predictions
 
 FORMAT_VERSION = 1
 KEEP_EPOCH_CHECKPOINTS = 2
-RUNTIME_KEYS = ("device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles")  # may change on resume
+RUNTIME_KEYS = ("device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles",  # may change
+                "model.teacher_checkpoint")  # on resume (a given teacher is compared with the one the run saved)
 
 
 class RunError(UserError, RuntimeError):
@@ -269,7 +270,9 @@ class RunDirectory:
                            f"only {', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
         changed = self.config_differences(config)
         if changed:
-            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}); resume it unchanged "
+            saved, wanted = (_flatten(with_defaults(c)).get(changed[0]) for c in (self.config(), config))
+            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}: {changed[0]} was "
+                           f"{saved!r}, now {wanted!r}); resume it unchanged "
                            f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
 
     def check_not_failed(self) -> None:
