@@ -51,6 +51,7 @@ def world(tmp_path_factory) -> Path:
     write_corpus(root / "latin1", text="caf\u00e9 na\u00efve r\u00e9sum\u00e9 " * 40 + "\n", encoding="latin-1")
     (root / "bad.yaml").write_text("optim: {lr: [0.1\n")
     (root / "list.yaml").write_text("- optim\n- data\n")
+    (root / "extends-list.yaml").write_text("extends: [demo]\n")
     (root / "user").mkdir()
     (root / "user" / "report.md").write_text("my draft\n")
     (root / "a-file").write_text("not a folder\n")
@@ -104,6 +105,11 @@ def tampered_checkpoint(run: Path) -> None:
 CASES = {
     "unknown key": (["run", "demo", "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean optim.lr", None, None),
     "unknown preset": (["run", "no-such-preset"], "no preset 'no-such-preset'", None, None),
+    "missing config file": (["run", "mine.yml"], "no file mine.yml; give a YAML config file that exists, or a preset name", None, None),
+    "extends a list": (["run", "{world}/extends-list.yaml"], "extends: takes one preset name or YAML file, got ['demo']", None, None),
+    "no model matches": (["models", "nosuch"], "no registered model matches 'nosuch'", None, None),
+    "imagefolder without a folder": (["run", "demo", "--set", "data={dataset: imagefolder}"], "imagefolder: no folder given; pass --data-dir",
+                                     None, None),
     "unknown model": (["run", "demo", "--set", "model.name=resnet9000"], "unknown model 'resnet9000'", None, None),
     "zero epochs": (["run", "demo", "--set", "optim.epochs=0"], "optim.epochs must be a positive number of epochs", None, None),
     "negative epochs": (["run", "demo", "--set", "optim.epochs=-3"], "optim.epochs must be a positive", None, None),

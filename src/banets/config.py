@@ -334,8 +334,13 @@ def preset_dict(name_or_path: str, chain: tuple[str, ...] = ()) -> dict:
     """The preset's nested dictionary with its ``extends:`` chain merged in (later keys win)."""
     if name_or_path in chain:
         raise ConfigError(f"presets extend each other in a circle: {' -> '.join([*chain, name_or_path])}; break the circle")
+    if not isinstance(name_or_path, str):
+        raise ConfigError(f"extends: takes one preset name or YAML file, got {name_or_path!r}")
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        if not path.is_file():
+            raise ConfigError(f"no file {path}; give a YAML config file that exists, or a preset name (`banets presets`)")
+    else:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         near = difflib.get_close_matches(str(name_or_path), preset_names(), n=3)

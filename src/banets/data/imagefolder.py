@@ -99,8 +99,10 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 @register_dataset("imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize", "image_size"})
 def imagefolder_data(cfg: DataConfig) -> Data:
     """Your images: a folder of class sub-folders (or train/, val/, test/ of them), resized and center-cropped."""
-    if cfg.path is None or not Path(cfg.path).is_dir():
-        raise DataError(f"imagefolder: {cfg.path or 'no folder'} is not a folder; pass --data-dir DIR holding class sub-folders")
+    if cfg.path is None:
+        raise DataError("imagefolder: no folder given; pass --data-dir DIR holding class sub-folders")
+    if not Path(cfg.path).is_dir():
+        raise DataError(f"imagefolder: {cfg.path} is not a folder; pass --data-dir DIR holding class sub-folders")
     root = Path(cfg.path)
     train_root = root / "train" if (root / "train").is_dir() else root  # else every image is a training image
     classes = class_folders(train_root)

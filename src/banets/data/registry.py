@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -77,7 +78,7 @@ def register_dataset(name: str, options: Iterable[str], summary: str = ""):
         unknown = set(options) - {f.name for f in dataclasses.fields(DataConfig)}
         if unknown:
             raise DataError(f"dataset {name!r} names unknown data options {sorted(unknown)}; see `banets datasets`")
-        _DATASETS[name] = DatasetEntry(build, frozenset(options) | ALWAYS_USED, summary or (build.__doc__ or "").split("\n")[0])
+        _DATASETS[name] = DatasetEntry(build, frozenset(options) | ALWAYS_USED, summary or " ".join(inspect.cleandoc(build.__doc__ or "").split("\n\n")[0].split()))
         return build
 
     return add
