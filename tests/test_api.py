@@ -76,6 +76,11 @@ def refusals(model_fn, data):
                                          "the model, on the test data, fails on a batch of shape (32, 5)"),
         "cache on shuffled data": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, ban=BornAgainConfig(cache_teacher="fp32")),
                                    "ban.cache_teacher replays the teacher's outputs of the first epoch, but these training batches"),
+        "seeds as a float": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, seeds=1.5), "seeds expects a list, got 1.5"),
+        "batch size 0": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, batch_size=0),
+                         "data.batch_size must be a positive integer, got 0"),
+        "an array of Python objects": (lambda: born_again(model_fn, (np.array([[1.0], "a"] * 32, dtype=object), y.numpy()), val,
+                                                          optim=ONE_EPOCH), "an array of dtype object"),
         "model instance": (lambda: born_again(model_fn(), train, val, optim=ONE_EPOCH),
                            "model_fn is a model instance; pass a factory that builds a fresh one, e.g. lambda: MLP(...)"),
         "factory returns None": (lambda: born_again(lambda: None, train, val, optim=ONE_EPOCH),
@@ -145,6 +150,13 @@ def test_bad_input_is_refused_before_anything_is_trained_or_written(case, model_
         call()
     assert message in str(refused.value) and "\n" not in str(refused.value)
     assert trainings == [] and list(tmp_path.iterdir()) == []
+
+
+def test_float64_inputs_train_as_float32(model_fn, data):
+    (x, y), (vx, vy) = data
+    result = born_again(model_fn, (x.double(), y), (vx.double().numpy(), vy.numpy()), optim=ONE_EPOCH,
+                        ban=BornAgainConfig(generations=1))
+    assert set(result.models) == {"teacher", "BAN-1"}
 
 
 def test_out_is_checked_before_training(model_fn, data, trainings, tmp_path):

@@ -52,6 +52,7 @@ def world(tmp_path_factory) -> Path:
     (root / "bad.yaml").write_text("optim: {lr: [0.1\n")
     (root / "list.yaml").write_text("- optim\n- data\n")
     (root / "extends-list.yaml").write_text("extends: [demo]\n")
+    (root / "broken_module_here.py").write_text("raise RuntimeError('boom')\n")
     (root / "user").mkdir()
     (root / "user" / "report.md").write_text("my draft\n")
     (root / "a-file").write_text("not a folder\n")
@@ -66,6 +67,13 @@ def copy_run(world: Path, tmp_path: Path) -> Path:
 def edit_config(run: Path) -> None:
     path = run / "seed-0" / "config.yaml"
     path.write_text(path.read_text().replace("lr: 0.05", "lr: 0.5"))
+
+
+def edit_manifest(run: Path, edit) -> None:
+    path = run / "seed-0" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
 
 
 def truncate_manifest(run: Path) -> None:
@@ -153,7 +161,7 @@ CASES = {
     "run over a run": (["run", "demo", *TINY, "--out", "{world}/run"], "already holds seed 0; continue it with `banets resume", "run", None),
     "resume with other seeds": (["resume", "{run}", "--set", "seeds=[5]"], "a resume continues the seeds", "run", "copy"),
     "resume with other lr": (["resume", "{run}", "--set", "optim.lr=0.5"], "differs in optim.lr", "run", "copy"),
-    "edited config.yaml": (["resume", "{run}"], "config.yaml was edited after the run started", "run", edit_config),
+    "edited config.yaml": (["resume", "{run}"], "config.yaml is not the one the run wrote (edited or damaged)", "run", edit_config),
     "truncated manifest": (["resume", "{run}"], "manifest.json is damaged (not valid JSON", "run", truncate_manifest),
     "checkpoint of another architecture": (["resume", "{run}", "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"],
                                            "the weights of BAN-1 do not fit the model (size mismatch", "run", foreign_checkpoint),
@@ -162,14 +170,28 @@ CASES = {
     "run over a seed without config.yaml": (["run", "demo", *TINY, "--out", "{run}"], "seed-0 is not a complete run (no config.yaml); "
                                             "move it away, or choose another --out", "run",
                                             lambda run: (run / "seed-0" / "config.yaml").unlink()),
+    "truncated config.yaml": (["report", "{run}", "--out", "{world}/r"], "no finished runs to report: ", "run",
+                              lambda run: (run / "seed-0" / "config.yaml").write_text("name: demo\nseeds: [0]\n")),
+    "manifest entry without a checkpoint": (["resume", "{run}", "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"],
+                                            "is not a banets manifest (the finished BAN-1 names no checkpoint and sha256)",
+                                            "run", lambda run: edit_manifest(run, lambda m: m["models"]["BAN-1"].pop("checkpoint"))),
+    "manifest with a list entry": (["report", "{run}", "--out", "{world}/r"], "its models are not a mapping of entries",
+                                   "run", lambda run: edit_manifest(run, lambda m: m["models"].update({"BAN-1": [1]}))),
+    "empty manifest": (["resume", "{run}"], "manifest.json is empty; ", "run", lambda run: edit_manifest(run, lambda m: m.clear())),
+    "config key not a name": (["run", "demo", "--set", "model.options={1: 2}"], "model.options has the key 1, not a name", None, None),
+    "huge split seed": (["run", "demo", "--set", "data.split_seed=99999999999999999999"],
+                        "data.split_seed must be an integer in [0, 2147483647]", None, None),
+    "module that fails to import": (["run", "demo", "--import", "broken_module_here"],
+                                    "importing 'broken_module_here' failed at ", None, None),
     "resume nothing": (["resume", "/nonexistent/run"], "is not a folder; pass the --out of a run", None, None),
     "report nothing": (["report", "/nonexistent/run"], "no run directories under /nonexistent/run", None, None),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_a_nonzero_exit_and_changes_nothing(case, world, tmp_path, capsys):
+def test_bad_input_is_one_line_a_nonzero_exit_and_changes_nothing(case, world, tmp_path, capsys, monkeypatch):
     argv, message, kept, damage = CASES[case]
+    monkeypatch.syspath_prepend(str(world))  # --import finds the world's modules
     run = world / "run"
     if damage is not None:
         run = copy_run(world, tmp_path)

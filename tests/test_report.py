@@ -35,8 +35,8 @@ def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", n
     data = {"dataset": dataset, "bptt": 7}  # bptt is read for text only
     run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}},
               Data([], [], metric="perplexity" if dataset == "text" else "error", block=7 if dataset == "text" else 1), [seed])
-    for spec in PLAN:
-        run.entry(spec)["status"] = "done"
+    for spec in PLAN:  # finished, as the report reads it (no checkpoint is read)
+        run.entry(spec).update(status="done", checkpoint=f"checkpoints/{spec.name}.pt", sha256="0" * 64)
     run.manifest["ensembles"] = {"Ens*2": ["BAN-1", "BAN-2"], "T+CE": ["teacher", "CE"]}
     run._write_manifest()
     for split in splits:
@@ -127,7 +127,8 @@ def test_each_paired_difference_is_bootstrapped_once_for_the_report_and_the_prin
 
 def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
     fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5})
-    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1]}, Data([], []), [1])
+    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1], "data": {"dataset": "digits"},
+                                             "model": {"name": "small_cnn"}}, Data([], []), [1])
     runs, skipped = read_runs([tmp_path])
     assert [r.seed for r in runs] == [0] and "seed-1 has no predictions yet" in skipped[0]
     assert "skipped: " in write_report(runs, tmp_path / "report", skipped=tuple(skipped))
@@ -144,6 +145,9 @@ def test_metrics_jsonl_keeps_the_last_line_per_model_and_epoch(tmp_path):
     redone = {"model": "BAN-1", "epoch": 2, "train_loss": 0.9}
     run._append_jsonl("metrics.jsonl", redone)  # the resumed run's next line is not glued to the cut one
     assert run.epochs() == [lines[0], lines[2], lines[3], redone]
+    with open(tmp_path / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xfe not text\n[1, 2]\n{"epoch": 3}\n{"model": "BAN-1", "epoch": "three"}\n')
+    assert run.epochs() == [lines[0], lines[2], lines[3], redone]  # damaged lines are skipped
 
 
 def test_a_seed_reported_twice_is_refused(tmp_path):
@@ -176,9 +180,9 @@ def test_training_minutes_sum_each_models_epochs_and_skip_untimed_runs(tmp_path)
 def test_a_run_made_before_manifests_recorded_ensembles_takes_them_from_its_config(tmp_path):
     seed_dir = fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5, "BAN-2": 5, "Ens*2": 4})
     run = RunDirectory(seed_dir)
-    del run.manifest["ensembles"]
-    run._write_manifest()
     config = run.config()
+    del run.manifest["ensembles"], run.manifest["config_sha256"]  # as old manifests were
+    run._write_manifest()
     config["ban"] = {"generations": 2}
     (seed_dir / "config.yaml").write_text(__import__("yaml").safe_dump(config))
     (row,) = [r for r in summarize([read_run(seed_dir)], "val") if r["model"] == "Ens*2"]

@@ -151,7 +151,7 @@ class DataConfig(Section):
         for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):
             self.check(getattr(self, key) >= 1, key, "a positive integer")
         self.check(self.val_size >= 0, "val_size", "0 or more")
-        self.check(self.split_seed >= 0, "split_seed", "0 or more")
+        self.check(0 <= self.split_seed <= MAX_SEED, "split_seed", f"an integer in [0, {MAX_SEED}]")
         self.check(self.train_subset is None or self.train_subset >= 1, "train_subset", "a positive integer or null")
         self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab", "3 or more (it counts <unk> and <eos>) or null")
         self.check_choice("tokenizer", TOKENIZERS)
@@ -236,6 +236,7 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
+    check_text_keys(values, prefix.rstrip(".") or "the config")
     for key, value in values.items():
         if key not in names:
             raise ConfigError(unknown_key_message(first_leaf(prefix + key, value), all_keys(ExperimentConfig)))
@@ -280,6 +281,15 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
         raise ConfigError(f"{key} expects {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+def check_text_keys(mapping: dict, where: str) -> None:
+    """Config keys, and the keys of the mappings inside (options, controls, ensembles), are names: ``1: 2`` is not."""
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where} has the key {key!r}, not a name; config keys are names such as lr or width")
+        if isinstance(value, dict):
+            check_text_keys(value, f"{where}.{key}" if where != "the config" else key)
 
 
 def check_no_glued_colons(mapping: dict, key: str) -> None:

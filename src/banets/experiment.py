@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -58,6 +59,12 @@ def import_modules(names: Sequence[str]) -> None:
         except ImportError as error:
             raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
                            f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
+        except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
+            frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+            where = (f"{error.filename}:{error.lineno}" if isinstance(error, SyntaxError)
+                     else f"{frame.filename}:{frame.lineno}" if frame else name)
+            raise SetupError(f"importing {name!r} failed at {where} ({type(error).__name__}: {first_line(error)}); fix the "
+                             f"module") from None
 
 
 def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
@@ -339,6 +346,7 @@ def born_again(
     written.
     """
     optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
+    data_config = DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size)  # checked first
     train_batches = as_batches(train, batch_size, shuffle=True, what="train")
     data = Data(train=train_batches, val=as_batches(val, batch_size, shuffle=False, what="val"),
                 test=as_batches(test, batch_size, shuffle=False, what="test"), transform=transform)
@@ -348,8 +356,7 @@ def born_again(
         data.metric, data.block = "perplexity", labels.shape[-1]
     architecture = type(build_model(model_fn, "model_fn")).__name__
     config = ExperimentConfig(
-        name=name, seeds=[seeds] if isinstance(seeds, int) else list(seeds), device=device,
-        data=DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size),
+        name=name, seeds=[seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds, device=device, data=data_config,
         model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban,
     )
     result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)

@@ -198,8 +198,10 @@ class RunDirectory:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RunError(f"{self.manifest_path} is damaged (not valid JSON: truncated or edited); restore it from a "
                            f"copy, or start a new run with another --out") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("models", {}), dict):
-            raise RunError(f"{self.manifest_path} is not a banets manifest; restore it, or start a new run with another --out")
+        problem = manifest_problem(manifest)
+        if problem:
+            raise RunError(f"{self.manifest_path} is not a banets manifest ({problem}); restore it, or start a new run with "
+                           f"another --out")
         return manifest
 
     # -- creation and compatibility --------------------------------------------------------------------
@@ -233,7 +235,9 @@ class RunDirectory:
     def check_resumable(self, config: dict, files: Optional[dict[str, str]] = None) -> None:
         """Check that this run can continue with ``config`` and data that record ``files``; tidy crash leftovers."""
         if not self.manifest:
-            raise RunError(f"{self.root} has no manifest.json; it is not a complete banets run, so start a new run with another --out")
+            what = "is empty" if self.manifest_path.exists() else "is missing"
+            raise RunError(f"{self.manifest_path} {what}; {self.root} is not a complete banets run, so start a new run with "
+                           f"another --out")
         self._check_compatible(config)
         self.check_not_failed()
         differing = self.data_differences(files or {})
@@ -264,10 +268,6 @@ class RunDirectory:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunError(f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run")
-        recorded = {self.manifest.get(k) for k in ("config_sha256", "config_sha256_before")} - {None}
-        if recorded and _digest((self.root / "config.yaml").read_text(encoding="utf-8")) not in recorded:
-            raise RunError(f"{self.root}/config.yaml was edited after the run started; undo the edit (a resume may change "
-                           f"only {', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
         changed = self.config_differences(config)
         if changed:
             saved, wanted = (_flatten(with_defaults(c)).get(changed[0]) for c in (self.config(), config))
@@ -289,7 +289,17 @@ class RunDirectory:
                 tmp.unlink(missing_ok=True)
 
     def config(self) -> dict:
-        return read_yaml(self.root / "config.yaml")
+        """``config.yaml``, refused when it is not the one the run wrote (edited or damaged)."""
+        path = self.root / "config.yaml"
+        recorded = {self.manifest.get(k) for k in ("config_sha256", "config_sha256_before")} - {None}
+        if recorded and _digest(path.read_text(encoding="utf-8", errors="replace")) not in recorded:
+            raise RunError(f"{path} is not the one the run wrote (edited or damaged); undo the edit (a resume may change only "
+                           f"{', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
+        config = read_yaml(path)
+        missing = [key for key in ("name", "seeds", "data", "model") if key not in config]
+        if missing:
+            raise RunError(f"{path} lacks {', '.join(missing)}; restore it from a copy, or start a new run with another --out")
+        return config
 
     def is_finished(self, models: list[str], ensembles: dict[str, list[str]]) -> bool:
         """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
@@ -406,12 +416,13 @@ class RunDirectory:
         a crash appears twice; a line cut short by a crash is skipped)."""
         path = self.root / "metrics.jsonl"
         latest: dict[tuple, dict] = {}
-        for line in path.read_text().splitlines() if path.exists() else []:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            latest[record["model"], record["epoch"]] = record
+            if isinstance(record, dict) and isinstance(record.get("model"), str) and isinstance(record.get("epoch"), int):
+                latest[record["model"], record["epoch"]] = record  # anything else is a damaged line: skipped
         return list(latest.values())
 
     def mark_failed(self, name: str, message: str) -> None:
@@ -472,6 +483,22 @@ class RunDirectory:
     def _write_manifest(self) -> None:
         if not self.read_only:
             atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
+
+
+def manifest_problem(manifest: Any) -> str:
+    """What makes ``manifest`` not one banets wrote (empty when nothing does): a mapping whose models are mappings,
+    each finished one naming its checkpoint and sha256, and whose run seeds are integers."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    models = manifest.get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(e, dict) for e in models.values()):
+        return "its models are not a mapping of entries"
+    for name, entry in models.items():
+        if entry.get("status") == "done" and not all(isinstance(entry.get(k), str) for k in ("checkpoint", "sha256")):
+            return f"the finished {name} names no checkpoint and sha256"
+    if not all(isinstance(s, int) for s in manifest.get("run_seeds", [])):
+        return "its run_seeds are not integers"
+    return ""
 
 
 def _digest(text: str) -> str:

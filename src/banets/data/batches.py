@@ -48,10 +48,14 @@ class TensorBatches:
 
 
 def as_tensor(value: Any) -> Any:
-    """NumPy arrays as tensors (floating ones as float32, the models' dtype); anything else as it is."""
+    """NumPy arrays as tensors, and floating tensors as float32 (the models' dtype); anything else as it is."""
     if isinstance(value, np.ndarray):
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-        return tensor.float() if tensor.is_floating_point() else tensor
+        if value.dtype == object:
+            raise DataError("an array of dtype object (Python objects, e.g. mixed types or ragged rows); convert it to "
+                            "numbers of one shape, e.g. np.stack(rows).astype(np.float32)")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
     return value
 
 
