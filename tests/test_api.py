@@ -81,6 +81,8 @@ def refusals(model_fn, data):
                          "data.batch_size must be a positive integer, got 0"),
         "an array of Python objects": (lambda: born_again(model_fn, (np.array([[1.0], "a"] * 32, dtype=object), y.numpy()), val,
                                                           optim=ONE_EPOCH), "an array of dtype object"),
+        "fewer labels than rows": (lambda: born_again(model_fn, (x, y[:50]), val, optim=ONE_EPOCH),
+                                   "train: x has 64 rows but y has 50; give one label per example"),
         "model instance": (lambda: born_again(model_fn(), train, val, optim=ONE_EPOCH),
                            "model_fn is a model instance; pass a factory that builds a fresh one, e.g. lambda: MLP(...)"),
         "factory returns None": (lambda: born_again(lambda: None, train, val, optim=ONE_EPOCH),
@@ -152,9 +154,9 @@ def test_bad_input_is_refused_before_anything_is_trained_or_written(case, model_
     assert trainings == [] and list(tmp_path.iterdir()) == []
 
 
-def test_float64_inputs_train_as_float32(model_fn, data):
+def test_float64_inputs_and_int8_labels_train_as_float32_and_int64(model_fn, data):
     (x, y), (vx, vy) = data
-    result = born_again(model_fn, (x.double(), y), (vx.double().numpy(), vy.numpy()), optim=ONE_EPOCH,
+    result = born_again(model_fn, (x.double(), y.to(torch.int8)), (vx.double().numpy(), vy.numpy()), optim=ONE_EPOCH,
                         ban=BornAgainConfig(generations=1))
     assert set(result.models) == {"teacher", "BAN-1"}
 

@@ -183,6 +183,9 @@ CASES = {
                         "data.split_seed must be an integer in [0, 2147483647]", None, None),
     "module that fails to import": (["run", "demo", "--import", "broken_module_here"],
                                     "importing 'broken_module_here' failed at ", None, None),
+    "teacher options without a teacher": (["run", "demo", "--set", "model.teacher_options={width: 4}"],
+                                          "model.teacher_options must be given with model.teacher_name", None, None),
+    "digits without validation": (["run", "demo", "--set", "data.val_size=0"], "digits needs a validation split", None, None),
     "resume nothing": (["resume", "/nonexistent/run"], "is not a folder; pass the --out of a run", None, None),
     "report nothing": (["report", "/nonexistent/run"], "no run directories under /nonexistent/run", None, None),
 }

@@ -168,6 +168,10 @@ class ModelConfig(Section):
     teacher_options: dict = field(default_factory=dict)
     teacher_checkpoint: Optional[str] = None  # a trained teacher (banets checkpoint, state dict or .safetensors): not trained again
 
+    def validate(self) -> None:
+        self.check(not self.teacher_options or self.teacher_name is not None, "teacher_options",
+                   "given with model.teacher_name (the teacher is the students' model otherwise: set model.options)")
+
 
 Loss = Union[str, Callable]  # a registered loss name, module:function, or a callable (student, teacher, labels) -> scalar
 

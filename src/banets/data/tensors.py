@@ -49,6 +49,8 @@ def read_pair(path: str | Path, key: str) -> Pair:
     x, y = as_tensor(values["x"]), as_tensor(values["y"])
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
         raise DataError(f"data.{key}: x and y in {path} must be arrays with as many rows ({_rows(x)} vs {_rows(y)})")
+    if len(y) == 0:
+        raise DataError(f"data.{key}: {path} holds no rows; save the examples in x and y")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise DataError(f"data.{key}: labels y in {path} are {y.dtype}; class labels must be integers")
     return x, y.long()

@@ -196,7 +196,8 @@ def _split_files(folder: Path, files: Mapping[str, str] | None) -> dict[str, Pat
         train_files = sorted(folder.glob("*.train.txt"))
         if len(train_files) != 1:
             found = ", ".join(f.name for f in train_files) or "none"
-            raise DataError(f"expected one *.train.txt in {folder} (found {found}); pass files={{'train': ...}}")
+            raise DataError(f"expected one *.train.txt in {folder} (found {found}); keep one corpus "
+                            f"(prefix.train.txt, prefix.valid.txt, prefix.test.txt) per folder")
         prefix = train_files[0].name[: -len("train.txt")]
         files = {split: f"{prefix}{split}.txt" for split in SPLITS}
     missing_splits = [split for split in SPLITS if split not in files]
