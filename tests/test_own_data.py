@@ -306,6 +306,14 @@ def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_but_not_change_o
     assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 0
 
 
+def test_a_teacher_checkpoint_of_integer_weights_is_refused(digits_run, tmp_path, capsys):
+    weights = banets.load(digits_run, "teacher").state_dict()
+    torch.save({k: v.round().long() if v.is_floating_point() else v for k, v in weights.items()}, tmp_path / "ints.pt")
+    assert main(["run", "demo", "--set", "model.options.width=4", "--set", f"model.teacher_checkpoint={tmp_path / 'ints.pt'}",
+                 "--out", str(tmp_path / "o"), *QUICK]) == 1
+    assert "of another kind of number (e.g. 0.weight torch.int64 vs torch.float32)" in capsys.readouterr().err
+
+
 def test_a_teacher_checkpoint_of_another_architecture_is_refused_before_training(digits_run, tmp_path, capsys):
     path = digits_run / "seed-0" / "weights" / "teacher.safetensors"
     assert main(["run", "demo", "--set", "model.options.width=8", "--set", f"model.teacher_checkpoint={path}",
