@@ -272,6 +272,21 @@ def test_weights_come_out_as_safetensors_and_load_rebuilds_the_model(digits_run)
         banets.load(digits_run, "BAN-9")
 
 
+def test_load_refuses_a_damaged_checkpoint_or_an_edited_config_naming_the_fix(digits_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    path = run / "seed-0" / "checkpoints" / "BAN-1.pt"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(UserError, match=r"does not match its recorded sha256 .*trains BAN-1 again from its recorded seed"):
+        banets.load(run, "BAN-1")
+    config = run / "seed-0" / "config.yaml"
+    config.write_text(config.read_text().replace("width: 4", "width: 8"))
+    with pytest.raises(UserError, match=r"config.yaml is not the one the run wrote \(edited or damaged\)"):
+        banets.load(run, "teacher")
+
+
 @pytest.mark.parametrize("form", ["safetensors", "checkpoint", "state_dict"])
 def test_a_trained_teacher_replaces_training_the_teacher(digits_run, tmp_path, form):
     seed_dir = digits_run / "seed-0"

@@ -25,7 +25,7 @@ import yaml
 
 from banets import distributed, losses
 from banets.config import (BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, UserError,
-                           first_line, load_config, to_dict)
+                           first_line, from_dict, load_config, to_dict)
 from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
 from banets.engine import DivergedError, resolve_device
@@ -376,12 +376,19 @@ def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: O
         (d for d in seed_dirs(root) if seed is None or d.name == f"seed-{seed}"), None)
     if seed_dir is None:
         raise RunError(f"{root} holds no seed {seed}; its seeds are {', '.join(d.name for d in seed_dirs(root))}")
-    directory, config = RunDirectory(seed_dir), load_config(str(seed_dir / "config.yaml"))
+    if not (seed_dir / "config.yaml").is_file():
+        raise RunError(f"{seed_dir} has no config.yaml; it is not a complete banets run")
+    directory = RunDirectory(seed_dir)
+    config = from_dict(ExperimentConfig, directory.config())  # verified: the config the run wrote
     entry = directory.manifest.get("models", {}).get(name)
     if entry is None or entry.get("status") != "done":
         finished = [n for n, e in directory.manifest.get("models", {}).items() if e.get("status") == "done"]
         raise RunError(f"{seed_dir} has no finished model {name!r}; its finished models are {', '.join(finished) or 'none'}")
-    state = load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])
+    try:
+        state = load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])
+    except RunError as error:
+        raise RunError(f"{error}; resuming the run (`banets resume {seed_dir.parent}`, or born_again(..., resume=True) for "
+                       f"a run made from Python) trains {name} again from its recorded seed") from None
     if model_fn is None:
         model_fn = recorded_factory(config, directory, teacher=entry.get("role") == "teacher")
     model = build_model(model_fn, "model_fn")
