@@ -187,37 +187,43 @@ def available_device(name: str) -> torch.device:
 
 def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -> None:
     """Check ``out`` before training: a folder (made if missing) that holds nothing but banets' own seed runs and
-    report; without ``resume`` none of this config's seeds exists yet, with it every existing one can continue."""
+    report; without ``resume`` none of this config's seeds exists yet, with it every existing one can continue;
+    the other seeds it holds are of the same experiment."""
+    option = "out=" if config.data.dataset == PYTHON else "--out"  # as the user named it: born_again(out=) or the CLI
+    check_out_folder(out, option)
+    for seed in config.seeds:
+        run_dir = RunDirectory(out / f"seed-{seed}")
+        if not run_dir.root.exists():
+            continue
+        if not run_dir.exists():
+            raise RunError(f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another {option}")
+        run_dir.check_not_failed()
+        if not resume:
+            how = f"born_again(..., out={str(out)!r}, resume=True)" if option == "out=" else f"`banets resume {out}`"
+            raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another {option}")
+        run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
+    for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
+        seed = other.name.removeprefix("seed-")
+        if (other / "config.yaml").exists() and seed.isdigit():
+            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(seed)]), data.files)
+
+
+def check_out_folder(out: Path, option: str) -> None:
+    """``out`` is a folder this process can write, holding nothing but banets' runs and report (made if missing)."""
     if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; choose a folder")
+        raise RunError(f"{option} {out} is a file; choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".banets-write-test"
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise RunError(f"cannot write into --out {out} ({error.strerror}); choose a folder you can write to") from None
+        raise RunError(f"cannot write into {option} {out} ({error.strerror}); choose a folder you can write to") from None
     foreign = sorted(p.name for p in out.iterdir() if not is_ours(p))
     if foreign:
-        raise RunError(f"--out {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
+        raise RunError(f"{option} {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
                        f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
     check_report_folder(out / REPORT_DIR)
-    for seed in config.seeds:
-        run_dir = RunDirectory(out / f"seed-{seed}")
-        if run_dir.root.exists() and not run_dir.exists():
-            raise RunError(f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another --out")
-        if run_dir.root.exists():
-            run_dir.check_not_failed()
-        if run_dir.root.exists() and not resume:
-            how = (f"born_again(..., out={str(out)!r}, resume=True)" if config.data.dataset == PYTHON
-                   else f"`banets resume {out}`")
-            raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another --out")
-        if run_dir.root.exists():
-            run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
-    for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
-        seed = other.name.removeprefix("seed-")
-        if (other / "config.yaml").exists() and seed.isdigit():
-            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(seed)]), data.files)
 
 
 def is_ours(path: Path) -> bool:
