@@ -277,7 +277,7 @@ class Trainer:
         skipped = f" for more than {allowed} consecutive steps (each skipped by fp16's loss scaler)" if allowed else ""
         raise DivergedError(
             self.name, f"loss became {value if not math.isfinite(value) else 'nan or inf'}{skipped} at epoch "
-            f"{self.epoch + 1} ({f'step {step}' if isinstance(step, int) else step}); lower the learning rate (--set optim.lr=...) or set optim.grad_clip"
+            f"{self.epoch + 1} ({f'step {step}' if isinstance(step, int) else step}); lower the learning rate (optim.lr) or set optim.grad_clip"
             f"{' or optim.precision=fp32' if allowed else ''}; "
             + (f"checkpoints up to epoch {self.epoch} are kept" if self.epoch else "it finished no epoch")
         )
