@@ -161,6 +161,19 @@ def test_float64_inputs_and_int8_labels_train_as_float32_and_int64(model_fn, dat
     assert set(result.models) == {"teacher", "BAN-1"}
 
 
+def test_what_the_checks_must_not_refuse(model_fn, data):
+    """NaN that the transform removes; a factory sharing a frozen layer (a pretrained embedding) between models."""
+    (x, y), val = data
+    with_nan = torch.where(torch.arange(64)[:, None] == 40, float("nan"), x)
+    cleaned = born_again(model_fn, (with_nan, y), val, optim=ONE_EPOCH, ban=BornAgainConfig(generations=0),
+                         transform=lambda x, generator, train: x.nan_to_num())
+    assert list(cleaned.models) == ["teacher"]
+    frozen = torch.nn.Linear(8, 8).requires_grad_(False)
+    shares = born_again(lambda: torch.nn.Sequential(frozen, torch.nn.ReLU(), torch.nn.Linear(8, 4)), (x, y), val,
+                        optim=ONE_EPOCH, ban=BornAgainConfig(generations=1))
+    assert shares.models["teacher"][0] is shares.models["BAN-1"][0]
+
+
 def test_out_is_checked_before_training(model_fn, data, trainings, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match=r"^out=.* holds files that are not a banets run \(notes.txt\)"):

@@ -53,6 +53,8 @@ def world(tmp_path_factory) -> Path:
     (root / "list.yaml").write_text("- optim\n- data\n")
     (root / "extends-list.yaml").write_text("extends: [demo]\n")
     (root / "broken_module_here.py").write_text("raise RuntimeError('boom')\n")
+    (root / "registers_badly_here.py").write_text("from banets.data.registry import register_dataset\n"
+                                                  "register_dataset('mine', options={'nonsense'})(lambda cfg: None)\n")
     (root / "user").mkdir()
     (root / "user" / "report.md").write_text("my draft\n")
     (root / "a-file").write_text("not a folder\n")
@@ -74,6 +76,12 @@ def edit_manifest(run: Path, edit) -> None:
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
+
+
+def truncate_older_config(run: Path) -> None:
+    """A run made before manifests recorded the config's digest, whose config.yaml lost its end."""
+    edit_manifest(run, lambda m: m.pop("config_sha256"))
+    (run / "seed-0" / "config.yaml").write_text("name: demo\nseeds: [0]\n")
 
 
 def truncate_manifest(run: Path) -> None:
@@ -170,8 +178,10 @@ CASES = {
     "run over a seed without config.yaml": (["run", "demo", *TINY, "--out", "{run}"], "seed-0 is not a complete run (no config.yaml); "
                                             "move it away, or choose another --out", "run",
                                             lambda run: (run / "seed-0" / "config.yaml").unlink()),
-    "truncated config.yaml": (["report", "{run}", "--out", "{world}/r"], "no finished runs to report: ", "run",
-                              lambda run: (run / "seed-0" / "config.yaml").write_text("name: demo\nseeds: [0]\n")),
+    "edited config.yaml, report": (["report", "{run}", "--out", "{world}/r"], "config.yaml is not the one the run wrote", "run",
+                                   lambda run: (run / "seed-0" / "config.yaml").write_text("name: demo\nseeds: [0]\n")),
+    "truncated config.yaml of an older run": (["report", "{run}", "--out", "{world}/r"], "config.yaml lacks data, model; restore it",
+                                              "run", truncate_older_config),
     "manifest entry without a checkpoint": (["resume", "{run}", "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"],
                                             "is not a banets manifest (the finished BAN-1 names no checkpoint and sha256)",
                                             "run", lambda run: edit_manifest(run, lambda m: m["models"]["BAN-1"].pop("checkpoint"))),
@@ -182,7 +192,10 @@ CASES = {
     "huge split seed": (["run", "demo", "--set", "data.split_seed=99999999999999999999"],
                         "data.split_seed must be an integer in [0, 2147483647]", None, None),
     "module that fails to import": (["run", "demo", "--import", "broken_module_here"],
-                                    "importing 'broken_module_here' failed at ", None, None),
+                                    "importing 'broken_module_here' failed at {world}/broken_module_here.py:1 (RuntimeError: boom)",
+                                    None, None),
+    "module that registers badly": (["run", "demo", "--import", "registers_badly_here"],
+                                    "dataset 'mine' names unknown data options ['nonsense']", None, None),
     "teacher options without a teacher": (["run", "demo", "--set", "model.teacher_options={width: 4}"],
                                           "model.teacher_options must be given with model.teacher_name", None, None),
     "digits without validation": (["run", "demo", "--set", "data.val_size=0"], "digits needs a validation split", None, None),
@@ -209,7 +222,7 @@ def test_bad_input_is_one_line_a_nonzero_exit_and_changes_nothing(case, world, t
     out, err = capsys.readouterr()
     assert code != 0 and "Traceback" not in out + err
     errors = [line for line in err.splitlines() if line.startswith("banets: error: ")]
-    assert len(errors) == 1 and message in errors[0], err
+    assert len(errors) == 1 and message.replace("{world}", str(world)) in errors[0], err
     assert "weights_only=False" not in err and "pwned" not in err
     if watched:
         assert snapshot(watched) == before

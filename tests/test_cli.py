@@ -73,7 +73,9 @@ def test_presets_and_models_are_listed(capsys):
     assert "demo" in capsys.readouterr().out
     assert main(["models", "resnet*"]) == 0
     assert "resnet20" in capsys.readouterr().out
-    assert main(["models", "wrn_28"]) == 0  # a bare word: the names holding it
+    assert main(["models", "wrn_28_1"]) == 0  # one name: that model, with its options
+    assert capsys.readouterr().out.splitlines()[-1].startswith("options: depth=28, widen_factor=1")
+    assert main(["models", "wrn_28"]) == 0  # a bare word that names no model: the names holding it
     assert {line.split()[0] for line in capsys.readouterr().out.splitlines()} == {"wrn_28_1", "wrn_28_2", "wrn_28_5", "wrn_28_10"}
 
 

@@ -56,3 +56,10 @@ def test_extends_merges_nested_keys(tmp_path):
     assert cfg.optim.lr == 0.9
     assert cfg.optim.epochs == load_config("demo").optim.epochs
     assert cfg.model.name == "small_cnn" and cfg.name == "child"
+
+
+def test_option_values_may_be_mappings_of_any_keys_but_config_keys_are_names():
+    assert load_config("demo", ["ban.loss_options={class_weights: {0: 1.0, 1: 2.0}}"]).ban.loss_options == {
+        "class_weights": {0: 1.0, 1: 2.0}}
+    with pytest.raises(ConfigError, match="model.options has the key 1, not a name"):
+        load_config("demo", ["model.options={1: 2}"])

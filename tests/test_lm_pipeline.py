@@ -114,6 +114,16 @@ def test_resume_refuses_a_corpus_whose_text_changed(lm_run) -> None:
         valid.write_text(original, encoding="utf-8")
 
 
+def test_a_run_made_before_corpora_were_digested_still_resumes(lm_run, tmp_path) -> None:
+    import shutil
+
+    _, seed_dir = lm_run
+    out = tmp_path / "out"
+    shutil.copytree(seed_dir.parent, out)
+    (out / "seed-0" / "data.json").unlink()
+    run_experiment(load_config(str(out / "seed-0" / "config.yaml")), out, resume=True)  # not refused: data.json was never written
+
+
 @pytest.mark.parametrize("loss_name", ["ban", "ban+l"])
 def test_distillation_loss_is_the_vision_loss_per_token(lm_run, loss_name: str) -> None:
     corpus, seed_dir = lm_run

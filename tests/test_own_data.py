@@ -91,6 +91,11 @@ def test_an_imagefolder_one_level_too_high_or_too_low_or_of_one_class_is_refused
         build(tmp_path / "datasets")
     with pytest.raises(DataError, match=r"train/cat has no class sub-folders; .*holds images itself: give its parent .*pets/train$"):
         build(tmp_path / "datasets" / "pets" / "train" / "cat")
+    flat = tmp_path / "flat" / "train"
+    flat.mkdir(parents=True)
+    (tmp_path / "datasets" / "pets" / "train" / "cat" / "0.png").rename(flat / "0.png")
+    with pytest.raises(DataError, match=r"flat/train has no class sub-folders; .*put each class's images in a sub-folder$"):
+        build(tmp_path / "flat")
     (tmp_path / "datasets" / "birds" / "eel").rename(tmp_path / "eel")
     with pytest.raises(DataError, match=r"birds has one class sub-folder \(owl\); a classifier needs two or more"):
         build(tmp_path / "datasets" / "birds")
@@ -319,6 +324,11 @@ def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_but_not_change_o
     assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}"]) == 1
     assert "differs from the one this run was started with" in capsys.readouterr().err
     assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 0
+    assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
+                 "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}", "--out", str(out), *QUICK[:-1], "1"]) == 1
+    assert "holds seed-0 of another config (differs in model.teacher_checkpoint" in capsys.readouterr().err  # a new seed
+    assert main(["resume", str(digits_run), "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 1
+    assert "differs in model.teacher_checkpoint: model.teacher_checkpoint was None" in capsys.readouterr().err
 
 
 def test_a_teacher_checkpoint_of_integer_weights_is_refused(digits_run, tmp_path, capsys):

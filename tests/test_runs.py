@@ -184,6 +184,16 @@ def test_a_seed_added_beside_others_must_repeat_their_experiment(tmp_path, capsy
     assert "mean ± SD over 2 seeds" in capsys.readouterr().out  # runtime keys may differ
 
 
+def test_a_run_made_before_weights_and_predictions_were_digested_is_still_finished(tmp_path):
+    run_experiment(quick_config("seeds=[0]"), tmp_path)
+    run = RunDirectory(tmp_path / "seed-0")
+    del run.manifest["predictions"]
+    for entry in run.manifest["models"].values():
+        del entry["weights_sha256"]
+    run._write_manifest()
+    assert resume_experiment(tmp_path) == []  # nothing to do, as before
+
+
 def test_refuses_to_overwrite_or_to_resume_with_another_config_or_format(tmp_path, capsys):
     run_experiment(quick_config(), tmp_path)
     with pytest.raises(RunError, match="already holds seed 0; continue it with `banets resume"):

@@ -18,9 +18,9 @@ from typing import NoReturn, Optional
 from banets import __version__, distributed
 from banets import config as configs
 from banets.data.registry import list_datasets
-from banets.experiment import REPORT_DIR, import_modules, resume_experiment, run_experiment
+from banets.experiment import REPORT_DIR, import_modules, report_runs, resume_experiment, run_experiment
 from banets.models.registry import describe_models
-from banets.report import read_runs, summary_table, write_report
+from banets.report import summary_table
 
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 
@@ -38,7 +38,7 @@ def parse_seeds(text: str) -> list[int]:
 def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
     overrides = list(args.set or [])
     if args.data_dir:  # recorded absolute, so a resume from another folder finds the data
-        overrides.append(f"data.path={Path(args.data_dir).resolve()}")
+        overrides.append(f"data.path={Path(args.data_dir).absolute()}")
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     config = configs.load_config(args.preset, overrides)
@@ -48,10 +48,7 @@ def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
 
 def print_report(paths: list[Path], folder: Path, where: str = "") -> None:
     """Write the report of the runs below ``paths`` into ``folder`` and print its summary table and where it is."""
-    runs, skipped = read_runs(paths)
-    for note in skipped:
-        warnings.warn(f"skipped {note}")
-    write_report(runs, folder, skipped=tuple(skipped))
+    runs = report_runs(paths, folder)
     print(summary_table(runs, legend=True))
     print(f"\nreport, plots and CSV tables: {folder}/report.md{where}")
 
@@ -86,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    overrides = [*(args.set or []), *([f"data.path={Path(args.data_dir).resolve()}"] if args.data_dir else [])]
+    overrides = [*(args.set or []), *([f"data.path={Path(args.data_dir).absolute()}"] if args.data_dir else [])]
     import_modules(args.imports or [])
     ran = resume_experiment(Path(args.dir), overrides)
     if not ran and distributed.is_main():

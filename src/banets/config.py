@@ -279,6 +279,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} expects a mapping, got {value!r}; write it as {{k: v}}")
         check_no_glued_colons(value, key)
+        check_text_keys(value, key)
         return dict(value)
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         return _as_float(value, key)
@@ -288,12 +289,11 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def check_text_keys(mapping: dict, where: str) -> None:
-    """Config keys, and the keys of the mappings inside (options, controls, ensembles), are names: ``1: 2`` is not."""
-    for key, value in mapping.items():
+    """A section's keys, and those of a mapping it holds (options, controls, ensembles), are names: ``1: 2`` is not
+    (an option's own value may be any mapping, e.g. class weights ``{0: 1.0, 1: 2.0}``)."""
+    for key in mapping:
         if not isinstance(key, str):
             raise ConfigError(f"{where} has the key {key!r}, not a name; config keys are names such as lr or width")
-        if isinstance(value, dict):
-            check_text_keys(value, f"{where}.{key}" if where != "the config" else key)
 
 
 def check_no_glued_colons(mapping: dict, key: str) -> None:
@@ -415,7 +415,7 @@ PATH_KEYS = (("data", "path"), ("data", "val_path"), ("data", "test_path"), ("mo
 
 def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
     """The preset (or the defaults) with ``overrides`` applied, validated; its file paths made absolute (from the
-    current folder), so that the run's ``config.yaml`` finds them from anywhere on resume."""
+    current folder; links kept as given), so that the run's ``config.yaml`` finds them from anywhere on resume."""
     values = preset_dict(preset) if preset else {}
     for override in overrides:
         values = apply_override(values, override)
@@ -423,7 +423,7 @@ def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[
     for section, key in PATH_KEYS:
         path = getattr(getattr(config, section), key)
         if path:
-            setattr(getattr(config, section), key, str(Path(path).expanduser().resolve()))
+            setattr(getattr(config, section), key, str(Path(path).expanduser().absolute()))
     return config
 
 

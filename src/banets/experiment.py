@@ -11,10 +11,12 @@ and evaluates; rank 0 alone writes.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -33,7 +35,7 @@ from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, Setup, build_model, check_plan,
                                 first_batch, plan_ensembles, plan_generations, saved_weights_of)
 from banets.models.registry import create_model, model_parameters
-from banets.report import check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
+from banets.report import SeedRun, check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
 
@@ -59,12 +61,21 @@ def import_modules(names: Sequence[str]) -> None:
         except ImportError as error:
             raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
                            f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
+        except UserError:
+            raise  # banets refused something the module registers: its own one-line message
         except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
-            frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-            where = (f"{error.filename}:{error.lineno}" if isinstance(error, SyntaxError)
-                     else f"{frame.filename}:{frame.lineno}" if frame else name)
-            raise SetupError(f"importing {name!r} failed at {where} ({type(error).__name__}: {first_line(error)}); fix the "
-                             f"module") from None
+            raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({type(error).__name__}: "
+                             f"{first_line(error)}); fix the module") from None
+
+
+def failed_line(error: BaseException, module: str) -> str:
+    """``file:line`` where importing ``module`` failed: the syntax error's, else the last line of the module's own
+    file in the traceback (not the library it called)."""
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}"
+    spec = importlib.util.find_spec(module)
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if spec is not None and f.filename == spec.origin]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module
 
 
 def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
@@ -197,8 +208,8 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
             continue
         if not run_dir.exists():
             raise RunError(f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another {option}")
-        run_dir.check_not_failed()
         if not resume:
+            run_dir.check_not_failed()  # a failed run is not one to continue
             how = f"born_again(..., out={str(out)!r}, resume=True)" if option == "out=" else f"`banets resume {out}`"
             raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another {option}")
         run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
@@ -367,8 +378,18 @@ def born_again(
     )
     result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
     if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
-        write_report(read_runs([Path(out)])[0], Path(out) / REPORT_DIR)
+        report_runs([Path(out)], Path(out) / REPORT_DIR)
     return result
+
+
+def report_runs(paths: list[Path], folder: Path) -> list[SeedRun]:
+    """Write the report of the finished runs below ``paths`` into ``folder``; each run skipped (unfinished, failed,
+    damaged) is a warning and a line of the report. Returns the runs reported."""
+    runs, skipped = read_runs(paths)
+    for note in skipped:
+        warnings.warn(f"skipped {note}", stacklevel=2)
+    write_report(runs, folder, skipped=tuple(skipped))
+    return runs
 
 
 def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: Optional[ModelFn] = None) -> nn.Module:

@@ -190,28 +190,29 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: 
 
 
 def first_batch(data: Iterable[Batch], what: str) -> Batch:
-    """The first batch of ``data``, with integer labels and finite inputs (all of them when held in memory)."""
+    """The first batch of ``data``, with integer labels."""
     for batch in data:
         x, y = to_batch(batch)
         if y.is_floating_point() or y.dtype == torch.bool:
             raise DataError(f"the {what} labels are {y.dtype}; class labels must be integers (e.g. y.long())")
-        inputs = data.tensors[0] if isinstance(data, TensorBatches) else x
-        if inputs.is_floating_point() and not torch.isfinite(inputs).all():
-            raise DataError(f"the {what} inputs hold NaN or inf; clean or drop those examples")
         return x, y
     raise DataError(f"the {what} data yield no batch; is it empty?")
 
 
-def transformed(setup: "Setup", x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch as models see it in evaluation: on ``device``, through the data's transform."""
+def model_inputs(setup: "Setup", data: Iterable[Batch], x: torch.Tensor, device: torch.device, what: str) -> torch.Tensor:
+    """Batch ``x`` of ``data`` as models see it in evaluation: on ``device``, through the data's transform, and
+    finite (all of ``data`` checked when it is held in memory and not transformed)."""
     x = x.to(device)
-    if setup.data.transform is None:
-        return x
-    try:
-        return setup.data.transform(x, None, False)
-    except (RuntimeError, ValueError, TypeError) as error:
-        raise PlanError(f"the transform fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); it is called "
-                        f"as transform(x, generator, train), generator a torch.Generator (None when not training)") from None
+    if setup.data.transform is not None:
+        try:
+            x = setup.data.transform(x, None, False)
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise PlanError(f"the transform fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); it is called "
+                            f"as transform(x, generator, train), generator a torch.Generator (None when not training)") from None
+    inputs = data.tensors[0] if isinstance(data, TensorBatches) and setup.data.transform is None else x
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise DataError(f"the {what} inputs hold NaN or inf; clean or drop those examples (or give a transform that does)")
+    return x
 
 
 @dataclass
@@ -240,7 +241,7 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     if teacher is None:
         teacher = fresh_model(setup.teacher_fn, "the teacher factory") if setup.teacher_fn is not None else student
     x, y = first_batch(setup.data.train, "training")
-    x, y = transformed(setup, x, device), y.to(device)
+    x, y = model_inputs(setup, setup.data.train, x, device, "training"), y.to(device)
     bounds = label_bounds(setup.data.train, y)
     with torch.no_grad():
         logits = {what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
@@ -268,7 +269,8 @@ def fresh_model(factory: ModelFn, what: str) -> nn.Module:
     """:func:`build_model`, checked to build a new model at every call: a factory that returns one model (or
     one layer) again would make every generation the same object, trained over and over."""
     model, again = build_model(factory, what), build_model(factory, what)
-    if any(a is b for a in model.parameters() for b in again.parameters()):
+    trained = {id(p) for p in model.parameters() if p.requires_grad}  # frozen shared layers (an embedding) are fine
+    if any(id(p) in trained for p in again.parameters()):
         raise PlanError(f"{what} returns the same model (or layers) at every call; build a new one inside it, e.g. "
                         f"lambda: {type(model).__name__}(...), not lambda: model")
     return model
@@ -280,7 +282,7 @@ def check_held_out(setup: Setup, student: nn.Module, bounds: tuple[int, int], de
     for data, what in ((setup.data.val, "validation"), (setup.data.test, "test")):
         if data is not None:
             x, y = first_batch(data, what)
-            x, y = transformed(setup, x, device), y.to(device)
+            x, y = model_inputs(setup, data, x, device, what), y.to(device)
             low, high = label_bounds(data, y)
             check_outputs(forward_once(student, x, device, f"the model, on the {what} data,"), y,
                           (min(low, bounds[0]), max(high, bounds[1])), f"the model, on the {what} data,")

@@ -55,8 +55,9 @@ from banets.metrics import Predictions
 
 FORMAT_VERSION = 1
 KEEP_EPOCH_CHECKPOINTS = 2
+TEACHER_CHECKPOINT = "model.teacher_checkpoint"
 RUNTIME_KEYS = ("device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles",  # may change
-                "model.teacher_checkpoint")  # on resume (a given teacher is compared with the one the run saved)
+                TEACHER_CHECKPOINT)  # on resume (a given teacher is compared with the one the run saved)
 
 
 class RunError(UserError, RuntimeError):
@@ -95,6 +96,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def matches(path: Path, sha256: Optional[str]) -> bool:
+    """Whether ``path`` is a file whose sha256 is ``sha256``."""
+    return path.is_file() and sha256_of(path) == sha256
+
+
 def sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -128,7 +134,7 @@ def canonical(records: list[dict]) -> list[dict]:
 
 def load_checkpoint(path: Path, sha256: Optional[str] = None) -> dict:
     """Load a checkpoint safely (tensors and plain containers only), after checking its sha256."""
-    if sha256 is not None and sha256_of(path) != sha256:
+    if sha256 is not None and not matches(path, sha256):
         raise RunError(f"checkpoint {path} does not match its recorded sha256 (corrupt or truncated)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -249,20 +255,27 @@ class RunDirectory:
     def check_same_experiment(self, config: dict, files: dict[str, str]) -> None:
         """A new seed added beside this one must be the same experiment: the same config (but its seed and runtime
         keys) and the same data, or the report would average two experiments as one."""
-        changed, differing = self.config_differences(config), self.data_differences(files)
+        same_teacher = tuple(k for k in RUNTIME_KEYS if k != TEACHER_CHECKPOINT)  # not compared by its weights here
+        changed, differing = self.config_differences(config, same_teacher), self.data_differences(files)
         if changed or differing:
             what = f"config (differs in {', '.join(changed)})" if changed else f"data ({differing[0]} differs)"
             raise RunError(f"{self.root.parent} holds {self.root.name} of another {what}; a new seed must repeat its "
                            f"experiment exactly, so choose another --out")
 
     def data_differences(self, files: dict[str, str]) -> list[str]:
+        """The data files whose recorded text differs from ``files``'; a run made before a file was recorded (the
+        digests of a text corpus, 2026-12) is compared on the files it has."""
         return [name for name, text in files.items()
-                if not (self.root / name).exists() or (self.root / name).read_text(encoding="utf-8") != text]
+                if (self.root / name).exists() and (self.root / name).read_text(encoding="utf-8") != text]
 
-    def config_differences(self, config: dict) -> list[str]:
-        """The config keys in which ``config`` differs from this run's, but those that may change on resume."""
-        saved, wanted = _without_runtime(with_defaults(self.config())), _without_runtime(with_defaults(config))
-        return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    def config_differences(self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS) -> list[str]:
+        """The config keys in which ``config`` differs from this run's, but those in ``may_change``. A trained teacher
+        may move (its weights are compared when it is used), but not come or go."""
+        saved, wanted = (_flatten(with_defaults(c)) for c in (self.config(), config))
+        changed = {k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and not k.startswith(may_change)}
+        if (saved.get(TEACHER_CHECKPOINT) is None) != (wanted.get(TEACHER_CHECKPOINT) is None):
+            changed.add(TEACHER_CHECKPOINT)
+        return sorted(changed)
 
     def _check_compatible(self, config: dict) -> None:
         version = self.manifest.get("format_version")
@@ -293,8 +306,8 @@ class RunDirectory:
         path = self.root / "config.yaml"
         recorded = {self.manifest.get(k) for k in ("config_sha256", "config_sha256_before")} - {None}
         if recorded and _digest(path.read_text(encoding="utf-8", errors="replace")) not in recorded:
-            raise RunError(f"{path} is not the one the run wrote (edited or damaged); undo the edit (a resume may change only "
-                           f"{', '.join(RUNTIME_KEYS)}, with --set) or start a new run with `banets run ... --out NEW`")
+            raise RunError(f"{path} is not the one the run wrote (edited or damaged); undo the edit or restore it (a resume "
+                           f"changes runtime keys with --set, not in this file), or start a new run")
         config = read_yaml(path)
         missing = [key for key in ("name", "seeds", "data", "model") if key not in config]
         if missing:
@@ -311,15 +324,15 @@ class RunDirectory:
                 and self.manifest.get("ensembles") == ensembles)
 
     def _intact(self, entry: dict) -> bool:
-        path = self.root / entry.get("checkpoint", "")
-        return path.is_file() and sha256_of(path) == entry.get("sha256")
+        return matches(self.root / entry.get("checkpoint", ""), entry.get("sha256"))
 
     def _weights_path(self, name: str) -> Path:
         return self.root / "weights" / f"{name}.safetensors"
 
     def _weights_intact(self, name: str, entry: dict) -> bool:
+        """The weights file as written; for runs made before manifests recorded its sha256, present."""
         path = self._weights_path(name)
-        return path.is_file() and sha256_of(path) == entry.get("weights_sha256")
+        return matches(path, entry["weights_sha256"]) if "weights_sha256" in entry else path.is_file()
 
     # -- the driver's Store ----------------------------------------------------------------------------
 
@@ -441,16 +454,18 @@ class RunDirectory:
         manifests recorded it are read unverified)."""
         path = self.root / "predictions" / f"{split}.pt"
         sha = self.manifest.get("predictions", {}).get(split)
-        if sha is not None and sha256_of(path) != sha:
+        if sha is not None and not matches(path, sha):
             raise RunError(f"{path} is damaged (it does not match its recorded sha256); `banets resume {self.root.parent}` "
                            f"evaluates the saved models again")
         saved = load_checkpoint(path)
         return {name: Predictions(**fields) for name, fields in saved.items()}
 
     def _predictions_intact(self) -> bool:
-        recorded = self.manifest.get("predictions", {})
-        return bool(recorded) and all((self.root / "predictions" / f"{split}.pt").is_file()
-                                      and sha256_of(self.root / "predictions" / f"{split}.pt") == sha for split, sha in recorded.items())
+        """Every split's predictions as written; for runs made before manifests recorded their sha256, present."""
+        recorded = self.manifest.get("predictions")
+        if recorded is None:
+            return any((self.root / "predictions").glob("*.pt"))
+        return all(matches(self.root / "predictions" / f"{split}.pt", sha) for split, sha in recorded.items())
 
     def save_results(self, results: dict) -> None:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
@@ -498,6 +513,9 @@ def manifest_problem(manifest: Any) -> str:
             return f"the finished {name} names no checkpoint and sha256"
     if not all(isinstance(s, int) for s in manifest.get("run_seeds", [])):
         return "its run_seeds are not integers"
+    predictions = manifest.get("predictions", {})
+    if not isinstance(predictions, dict) or not all(isinstance(v, str) for v in predictions.values()):
+        return "its predictions are not a mapping of splits to sha256"
     return ""
 
 
@@ -518,7 +536,3 @@ def with_defaults(config: dict) -> dict:
         return to_dict(from_dict(ExperimentConfig, config))
     except ConfigError as error:
         raise RunError(f"the run's config.yaml does not fit this banets ({error}); start a new run") from None
-
-
-def _without_runtime(config: dict) -> dict:
-    return {k: v for k, v in _flatten(config).items() if not k.startswith(RUNTIME_KEYS)}

@@ -35,7 +35,9 @@ def class_folders(root: Path) -> list[str]:
     holding a dataset's ``train/``, or a single class) is refused with the folder to give instead."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        hint = f"; it holds images itself: give its parent {root.parent}" if any(is_image(p) for p in root.iterdir()) else ""
+        images = any(is_image(p) for p in root.iterdir())
+        hint = ("" if not images else "; it holds images itself: put each class's images in a sub-folder"
+                if root.name in SPLITS else f"; it holds images itself: give its parent {root.parent}")
         raise DataError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.jpg{hint}")
     for name in classes:
         if any((root / name / split).is_dir() for split in SPLITS):

@@ -194,10 +194,12 @@ def _split_files(folder: Path, files: Mapping[str, str] | None) -> dict[str, Pat
         raise DataError(f"{folder} is not a folder; pass the folder holding the corpus' train/valid/test .txt files")
     if files is None:
         train_files = sorted(folder.glob("*.train.txt"))
-        if len(train_files) != 1:
-            found = ", ".join(f.name for f in train_files) or "none"
-            raise DataError(f"expected one *.train.txt in {folder} (found {found}); keep one corpus "
-                            f"(prefix.train.txt, prefix.valid.txt, prefix.test.txt) per folder")
+        if not train_files:
+            raise DataError(f"{folder} holds no *.train.txt; a corpus is prefix.train.txt, prefix.valid.txt and "
+                            f"prefix.test.txt in one folder")
+        if len(train_files) > 1:
+            raise DataError(f"expected one *.train.txt in {folder} (found {', '.join(f.name for f in train_files)}); keep "
+                            f"one corpus (prefix.train.txt, prefix.valid.txt, prefix.test.txt) per folder")
         prefix = train_files[0].name[: -len("train.txt")]
         files = {split: f"{prefix}{split}.txt" for split in SPLITS}
     missing_splits = [split for split in SPLITS if split not in files]

@@ -147,7 +147,9 @@ def _ptb_like_words() -> list[str]:
 def describe_models(pattern: str = "*") -> str:
     """One line per registered model matching ``pattern``: name, parameters (``count_parameters``), the first line of
     its docstring; for a single match, its options and their defaults too."""
-    names = list_models(pattern if any(c in pattern for c in "*?[") else f"*{pattern}*")  # a bare word: names holding it
+    names = list_models(pattern)
+    if not names and not any(c in pattern for c in "*?["):
+        names = list_models(f"*{pattern}*")  # a bare word that names no model: the names holding it
     if not names:
         raise ModelError(f"no registered model matches {pattern!r}; `banets models` lists them all (yours need --import MODULE)")
     width = max(map(len, names))
