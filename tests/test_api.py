@@ -235,6 +235,7 @@ def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, 
     monkeypatch.setattr(RunDirectory, "on_epoch_end", crash)
     with pytest.raises(KeyboardInterrupt):
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
+    assert f"interrupted; continue with born_again(..., out='{tmp_path / 'crashed'}', resume=True)" in capsys.readouterr().err
     monkeypatch.setattr(RunDirectory, "on_epoch_end", on_epoch_end)
     with pytest.raises(UserError, match=r"already holds seed 0; continue it with born_again\(\.\.\., out='.*crashed', resume=True\)"):
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
@@ -268,7 +269,7 @@ def test_defaults_are_short_and_quiet_per_model(model_fn, data, capsys):
     assert TrainConfig().epochs == 10 and TrainConfig().progress == "model"
     born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=TrainConfig(epochs=3))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert len(lines) == 2 and lines[0].startswith("teacher (model 1/2, seed 1/1) epoch 3")  # one line per model
+    assert len(lines) == 2 and lines[0].startswith("teacher (model 1/2, seed 0 [1/1]) epoch 3")  # one line per model
 
 
 def test_a_language_model_from_python_is_bootstrapped_by_rows(tmp_path):

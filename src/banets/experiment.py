@@ -172,7 +172,7 @@ def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resu
     results = {}
     for i, seed in enumerate(config.seeds):
         run_dir = Path(out) / f"seed-{seed}" if out is not None else None
-        results[seed] = run_seed(config, setup, seed, run_dir, device, label=f"seed {i + 1}/{len(config.seeds)}")
+        results[seed] = run_seed(config, setup, seed, run_dir, device, label=f"seed {seed} [{i + 1}/{len(config.seeds)}]")
     return BornAgainRun(config, results, setup.data.record(), Path(out) if out is not None else None)
 
 
@@ -376,7 +376,12 @@ def born_again(
         name=name, seeds=[seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds, device=device, data=data_config,
         model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban,
     )
-    result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
+    try:
+        result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
+    except KeyboardInterrupt:
+        if out is not None:  # what `banets run` says on Ctrl-C, in Python's words
+            print(f"\nbanets: interrupted; continue with born_again(..., out={str(out)!r}, resume=True)", file=sys.stderr)
+        raise
     if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
         report_runs([Path(out)], Path(out) / REPORT_DIR)
     return result

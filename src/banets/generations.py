@@ -380,7 +380,7 @@ class Driver:
     store: Store = field(default_factory=MemoryStore)
     models: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict]] = field(default_factory=dict)
-    label: str = ""  # shown beside each model's progress, e.g. "seed 1/3"
+    label: str = ""  # shown beside each model's progress, e.g. "seed 0 [1/3]"
 
     def run(self, plan: list[ModelSpec]) -> dict[str, nn.Module]:
         for i, spec in enumerate(plan):
