@@ -52,7 +52,8 @@ def world(tmp_path_factory) -> Path:
     (root / "bad.yaml").write_text("optim: {lr: [0.1\n")
     (root / "list.yaml").write_text("- optim\n- data\n")
     (root / "extends-list.yaml").write_text("extends: [demo]\n")
-    (root / "broken_module_here.py").write_text("raise RuntimeError('boom')\n")
+    (root / "broken_module_here.py").write_text("import json\n\nsettings = json.loads('')\n")  # fails in a library call
+    (root / "needs_a_package_here.py").write_text("import no_such_package_anywhere\n")
     (root / "registers_badly_here.py").write_text("from banets.data.registry import register_dataset\n"
                                                   "register_dataset('mine', options={'nonsense'})(lambda cfg: None)\n")
     (root / "user").mkdir()
@@ -192,10 +193,13 @@ CASES = {
     "huge split seed": (["run", "demo", "--set", "data.split_seed=99999999999999999999"],
                         "data.split_seed must be an integer in [0, 2147483647]", None, None),
     "module that fails to import": (["run", "demo", "--import", "broken_module_here"],
-                                    "importing 'broken_module_here' failed at {world}/broken_module_here.py:1 (RuntimeError: boom)",
+                                    "importing 'broken_module_here' failed at {world}/broken_module_here.py:3 (JSONDecodeError",
                                     None, None),
+    "module that needs a package": (["run", "demo", "--import", "needs_a_package_here"],
+                                    "importing 'needs_a_package_here' failed at {world}/needs_a_package_here.py:1 (No module "
+                                    "named 'no_such_package_anywhere'); install what it needs", None, None),
     "module that registers badly": (["run", "demo", "--import", "registers_badly_here"],
-                                    "dataset 'mine' names unknown data options ['nonsense']", None, None),
+                                    "banets: error: dataset 'mine' names unknown data options ['nonsense']", None, None),
     "teacher options without a teacher": (["run", "demo", "--set", "model.teacher_options={width: 4}"],
                                           "model.teacher_options must be given with model.teacher_name", None, None),
     "digits without validation": (["run", "demo", "--set", "data.val_size=0"], "digits needs a validation split", None, None),

@@ -309,12 +309,12 @@ def test_a_trained_teacher_replaces_training_the_teacher(digits_run, tmp_path, f
     assert all(torch.equal(given[k], original[k]) for k in original)
 
 
-def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_but_not_change_on_resume(digits_run, tmp_path, monkeypatch, capsys):
+def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_for_every_seed_but_not_change_on_resume(digits_run, tmp_path, monkeypatch, capsys):
     torch.save(banets.load(digits_run, "teacher").state_dict(), tmp_path / "t.pt")
     torch.save(banets.load(digits_run, "BAN-1").state_dict(), tmp_path / "other.pt")
     monkeypatch.chdir(tmp_path)
     assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
-                 "--set", "model.teacher_checkpoint=t.pt", "--out", "student", *QUICK]) == 0
+                 "--set", "model.teacher_checkpoint=t.pt", "--out", "student", *QUICK[:-1], "0,1"]) == 0
     out = tmp_path / "student"
     assert RunDirectory(out / "seed-0").config()["model"]["teacher_checkpoint"] == str(tmp_path / "t.pt")
     (tmp_path / "t.pt").rename(tmp_path / "moved.pt")
@@ -325,7 +325,7 @@ def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_but_not_change_o
     assert "differs from the one this run was started with" in capsys.readouterr().err
     assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 0
     assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
-                 "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}", "--out", str(out), *QUICK[:-1], "1"]) == 1
+                 "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}", "--out", str(out), *QUICK[:-1], "2"]) == 1
     assert "holds seed-0 of another config (differs in model.teacher_checkpoint" in capsys.readouterr().err  # a new seed
     assert main(["resume", str(digits_run), "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 1
     assert "differs in model.teacher_checkpoint: model.teacher_checkpoint was None" in capsys.readouterr().err

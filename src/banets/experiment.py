@@ -58,9 +58,12 @@ def import_modules(names: Sequence[str]) -> None:
     for name in names:
         try:
             importlib.import_module(name)
-        except ImportError as error:
+        except ModuleNotFoundError as error:
+            if not (name == error.name or name.startswith(f"{error.name}.")):  # found; it imports what is not installed
+                raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({error}); install what it "
+                                 f"needs") from None
             raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
-                           f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
+                             f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
         except UserError:
             raise  # banets refused something the module registers: its own one-line message
         except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
@@ -73,7 +76,10 @@ def failed_line(error: BaseException, module: str) -> str:
     file in the traceback (not the library it called)."""
     if isinstance(error, SyntaxError):
         return f"{error.filename}:{error.lineno}"
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:  # a package whose __init__ fails, a relative name
+        spec = None
     frames = [f for f in traceback.extract_tb(error.__traceback__) if spec is not None and f.filename == spec.origin]
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module
 
@@ -216,7 +222,7 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
     for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
         seed = other.name.removeprefix("seed-")
         if (other / "config.yaml").exists() and seed.isdigit():
-            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(seed)]), data.files)
+            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(seed)]), data.files, resume)
 
 
 def check_out_folder(out: Path, option: str) -> None:
@@ -379,7 +385,7 @@ def born_again(
     try:
         result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
     except KeyboardInterrupt:
-        if out is not None:  # what `banets run` says on Ctrl-C, in Python's words
+        if out is not None and distributed.is_main():  # what `banets run` says on Ctrl-C, in Python's words
             print(f"\nbanets: interrupted; continue with born_again(..., out={str(out)!r}, resume=True)", file=sys.stderr)
         raise
     if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md

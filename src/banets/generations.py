@@ -269,8 +269,8 @@ def fresh_model(factory: ModelFn, what: str) -> nn.Module:
     """:func:`build_model`, checked to build a new model at every call: a factory that returns one model (or
     one layer) again would make every generation the same object, trained over and over."""
     model, again = build_model(factory, what), build_model(factory, what)
-    trained = {id(p) for p in model.parameters() if p.requires_grad}  # frozen shared layers (an embedding) are fine
-    if any(id(p) in trained for p in again.parameters()):
+    changing = {id(p) for p in model.parameters() if p.requires_grad} | {id(b) for b in model.buffers()}
+    if any(id(t) in changing for t in (*again.parameters(), *again.buffers())):  # a frozen shared embedding is fine
         raise PlanError(f"{what} returns the same model (or layers) at every call; build a new one inside it, e.g. "
                         f"lambda: {type(model).__name__}(...), not lambda: model")
     return model

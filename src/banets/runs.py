@@ -231,6 +231,7 @@ class RunDirectory:
             for name, text in data.files.items():
                 atomic_write_text(staging / name, text)
             self.manifest = {"format_version": FORMAT_VERSION, "config_sha256": _digest(config_text), **data.record(),
+                             "data_files": sorted(data.files),
                              "run_seeds": list(run_seeds), "models": {}, "ensembles": {}}
             atomic_write_text(staging / "manifest.json", json.dumps(self.manifest, indent=2))
             os.rename(staging, self.root)
@@ -252,28 +253,31 @@ class RunDirectory:
                            f"the run was started with (--data-dir), or start a new run")
         self._remove_temporary_files()
 
-    def check_same_experiment(self, config: dict, files: dict[str, str]) -> None:
-        """A new seed added beside this one must be the same experiment: the same config (but its seed and runtime
-        keys) and the same data, or the report would average two experiments as one."""
-        same_teacher = tuple(k for k in RUNTIME_KEYS if k != TEACHER_CHECKPOINT)  # not compared by its weights here
-        changed, differing = self.config_differences(config, same_teacher), self.data_differences(files)
+    def check_same_experiment(self, config: dict, files: dict[str, str], resuming: bool) -> None:
+        """Another seed of the run in this folder must be the same experiment: the same config (but its seed and
+        runtime keys) and the same data, or the report would average two experiments as one. A new seed's trained
+        teacher must be the very file the others used; a resume may point every seed at its new place."""
+        may_change = RUNTIME_KEYS if resuming else tuple(k for k in RUNTIME_KEYS if k != TEACHER_CHECKPOINT)
+        changed, differing = self.config_differences(config, may_change), self.data_differences(files)
         if changed or differing:
             what = f"config (differs in {', '.join(changed)})" if changed else f"data ({differing[0]} differs)"
             raise RunError(f"{self.root.parent} holds {self.root.name} of another {what}; a new seed must repeat its "
                            f"experiment exactly, so choose another --out")
 
     def data_differences(self, files: dict[str, str]) -> list[str]:
-        """The data files whose recorded text differs from ``files``'; a run made before a file was recorded (the
-        digests of a text corpus, 2026-12) is compared on the files it has."""
+        """The data files whose recorded text differs from ``files``' or that are missing; a file the run did not
+        record when it started (made before banets recorded it, e.g. a text corpus' digests) is not compared."""
+        recorded = self.manifest.get("data_files")  # None: a run made before the manifest listed them
         return [name for name, text in files.items()
-                if (self.root / name).exists() and (self.root / name).read_text(encoding="utf-8") != text]
+                if ((self.root / name).read_text(encoding="utf-8") != text if (self.root / name).exists()
+                    else recorded is not None and name in recorded)]
 
     def config_differences(self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS) -> list[str]:
         """The config keys in which ``config`` differs from this run's, but those in ``may_change``. A trained teacher
         may move (its weights are compared when it is used), but not come or go."""
         saved, wanted = (_flatten(with_defaults(c)) for c in (self.config(), config))
         changed = {k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and not k.startswith(may_change)}
-        if (saved.get(TEACHER_CHECKPOINT) is None) != (wanted.get(TEACHER_CHECKPOINT) is None):
+        if bool(saved.get(TEACHER_CHECKPOINT)) != bool(wanted.get(TEACHER_CHECKPOINT)):
             changed.add(TEACHER_CHECKPOINT)
         return sorted(changed)
 
@@ -463,8 +467,9 @@ class RunDirectory:
     def _predictions_intact(self) -> bool:
         """Every split's predictions as written; for runs made before manifests recorded their sha256, present."""
         recorded = self.manifest.get("predictions")
-        if recorded is None:
-            return any((self.root / "predictions").glob("*.pt"))
+        if recorded is None:  # every split results.json scores
+            splits = json.loads((self.root / "results.json").read_text()) if (self.root / "results.json").exists() else {}
+            return bool(splits) and all((self.root / "predictions" / f"{split}.pt").is_file() for split in splits)
         return all(matches(self.root / "predictions" / f"{split}.pt", sha) for split, sha in recorded.items())
 
     def save_results(self, results: dict) -> None:
@@ -526,7 +531,7 @@ def _digest(text: str) -> str:
 def _flatten(values: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in values.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return flat
 
 
