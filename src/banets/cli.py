@@ -38,7 +38,7 @@ def parse_seeds(text: str) -> list[int]:
 def build_config(args: argparse.Namespace) -> configs.ExperimentConfig:
     overrides = list(args.set or [])
     if args.data_dir:  # recorded absolute, so a resume from another folder finds the data
-        overrides.append(f"data.path={Path(args.data_dir).expanduser().absolute()}")
+        overrides.append(f"data.path={configs.absolute_path(args.data_dir)}")
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     config = configs.load_config(args.preset, overrides)
@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    overrides = [*(args.set or []), *([f"data.path={Path(args.data_dir).expanduser().absolute()}"] if args.data_dir else [])]
+    overrides = [*(args.set or []), *([f"data.path={configs.absolute_path(args.data_dir)}"] if args.data_dir else [])]
     import_modules(args.imports or [])
     ran = resume_experiment(Path(args.dir), overrides)
     if not ran and distributed.is_main():

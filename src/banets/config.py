@@ -423,8 +423,13 @@ def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[
     for section, key in PATH_KEYS:
         path = getattr(getattr(config, section), key)
         if path:
-            setattr(getattr(config, section), key, str(Path(path).expanduser().absolute()))
+            setattr(getattr(config, section), key, absolute_path(path))
     return config
+
+
+def absolute_path(path: str | Path) -> str:
+    """``path`` from the current folder, ``~`` expanded, links kept as given."""
+    return str(Path(path).expanduser().absolute())
 
 
 def to_dict(config: ExperimentConfig) -> dict:

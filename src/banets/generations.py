@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from banets import losses
 from banets.config import BornAgainConfig, Loss, TrainConfig, UserError, first_line
-from banets.data.batches import TensorBatches, to_batch
+from banets.data.batches import TensorBatches, are_class_labels, to_batch
 from banets.data.registry import Batch, Data, DataError
 from banets.engine import Trainer, reset_state
 from banets.ensemble import prefix_ensembles
@@ -193,7 +193,7 @@ def first_batch(data: Iterable[Batch], what: str) -> Batch:
     """The first batch of ``data``, with integer labels."""
     for batch in data:
         x, y = to_batch(batch)
-        if y.is_floating_point() or y.dtype == torch.bool:
+        if not are_class_labels(y):
             raise DataError(f"the {what} labels are {y.dtype}; class labels must be integers (e.g. y.long())")
         return x, y
     raise DataError(f"the {what} data yield no batch; is it empty?")

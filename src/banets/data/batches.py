@@ -95,8 +95,12 @@ class Batches:
 
 def is_pair(data: Any) -> bool:
     """Whether ``data`` is an ``(x, y)`` pair of whole arrays (rather than a list of batches)."""
-    return (isinstance(data, (tuple, list)) and len(data) == 2
-            and all(isinstance(part, (Tensor, np.ndarray)) for part in data) and len(data[0]) == len(data[1]))
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(part, (Tensor, np.ndarray)) for part in data)
+
+
+def are_class_labels(y: Tensor) -> bool:
+    """Whether ``y`` holds integers of some width, as class labels must (not floats, complex numbers or booleans)."""
+    return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
 def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Optional[Iterable[Batch]]:
@@ -105,13 +109,12 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
     if data is None:
         return None
     if is_pair(data):
+        if len(data[0]) != len(data[1]):
+            raise DataError(f"{what}: x has {len(data[0])} rows but y has {len(data[1])}; give one label per example")
         x, y = map(as_tensor, data)
-        labels = y.long() if not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool) else y  # int8 -> int64
-        return TensorBatches(x, labels, batch_size=batch_size, shuffle=shuffle)
+        return TensorBatches(x, y.long() if are_class_labels(y) else y, batch_size=batch_size, shuffle=shuffle)  # int8 -> int64
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle))
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(p, (Tensor, np.ndarray)) for p in data):
-        raise DataError(f"{what}: x has {len(data[0])} rows but y has {len(data[1])}; give one label per example")
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
         raise DataError(f"{what} is a {type(data).__name__}; pass an (x, y) pair of tensors or NumPy arrays, a Dataset, "
                         f"a DataLoader or an iterable of (x, y) batches")

@@ -108,7 +108,7 @@ def imagefolder_data(cfg: DataConfig) -> Data:
     root = Path(cfg.path)
     train_root = root / "train" if (root / "train").is_dir() else root  # else every image is a training image
     classes = class_folders(train_root)
-    for split in ("val", "test"):
+    for split in SPLITS[1:]:
         check_same_classes(root, split, classes)
     train, train_files = read_split(train_root, classes, cfg.image_size)
     if (root / "val").is_dir():

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from banets.config import DataConfig
-from banets.data.batches import TensorBatches, as_tensor, carve_validation, data_record, take_subset
+from banets.data.batches import TensorBatches, are_class_labels, as_tensor, carve_validation, data_record, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 
 Pair = tuple[Tensor, Tensor]
@@ -51,7 +51,7 @@ def read_pair(path: str | Path, key: str) -> Pair:
         raise DataError(f"data.{key}: x and y in {path} must be arrays with as many rows ({_rows(x)} vs {_rows(y)})")
     if len(y) == 0:
         raise DataError(f"data.{key}: {path} holds no rows; save the examples in x and y")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+    if not are_class_labels(y):
         raise DataError(f"data.{key}: labels y in {path} are {y.dtype}; class labels must be integers")
     return x, y.long()
 
