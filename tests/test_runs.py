@@ -198,7 +198,7 @@ def test_config_differences_name_nested_option_keys_of_any_type(tmp_path):
     run_experiment(quick_config("seeds=[0]"), tmp_path)
     run = RunDirectory(tmp_path / "seed-0")
     changed = {**run.config(), "ban": {**run.config()["ban"], "loss_options": {"class_weights": {0: 1.0, 1: 2.0}}}}
-    assert run.config_differences(changed) == ["ban.loss_options.class_weights.0", "ban.loss_options.class_weights.1"]
+    assert list(run.config_differences(changed)) == ["ban.loss_options.class_weights.0", "ban.loss_options.class_weights.1"]
 
 
 def test_refuses_to_overwrite_or_to_resume_with_another_config_or_format(tmp_path, capsys):

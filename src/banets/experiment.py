@@ -378,10 +378,9 @@ def born_again(
     if labels.dim() > 1:  # sequences: a language model, scored by perplexity; its bootstrap resamples whole rows
         data.metric, data.block = "perplexity", labels.shape[-1]
     architecture = type(build_model(model_fn, "model_fn")).__name__
-    config = ExperimentConfig(
-        name=name, seeds=[seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds, device=device, data=data_config,
-        model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban,
-    )
+    seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds  # else refused
+    config = ExperimentConfig(name=name, seeds=seed_list, device=device, data=data_config,
+                              model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban)
     try:
         result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
     except KeyboardInterrupt:

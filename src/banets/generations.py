@@ -284,8 +284,8 @@ def check_held_out(setup: Setup, student: nn.Module, bounds: tuple[int, int], de
             x, y = first_batch(data, what)
             x, y = model_inputs(setup, data, x, device, what), y.to(device)
             low, high = label_bounds(data, y)
-            check_outputs(forward_once(student, x, device, f"the model, on the {what} data,"), y,
-                          (min(low, bounds[0]), max(high, bounds[1])), f"the model, on the {what} data,")
+            model = f"the model, on the {what} data,"
+            check_outputs(forward_once(student, x, device, model), y, (min(low, bounds[0]), max(high, bounds[1])), model)
 
 
 def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> None:

@@ -258,7 +258,7 @@ class RunDirectory:
         runtime keys) and the same data, or the report would average two experiments as one. A new seed's trained
         teacher must be the very file the others used; a resume may point every seed at its new place."""
         may_change = RUNTIME_KEYS if resuming else tuple(k for k in RUNTIME_KEYS if k != TEACHER_CHECKPOINT)
-        changed, differing = self.config_differences(config, may_change), self.data_differences(files)
+        changed, differing = list(self.config_differences(config, may_change)), self.data_differences(files)
         if changed or differing:
             what = f"config (differs in {', '.join(changed)})" if changed else f"data ({differing[0]} differs)"
             raise RunError(f"{self.root.parent} holds {self.root.name} of another {what}; a new seed must repeat its "
@@ -272,14 +272,15 @@ class RunDirectory:
                 if ((self.root / name).read_text(encoding="utf-8") != text if (self.root / name).exists()
                     else recorded is not None and name in recorded)]
 
-    def config_differences(self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS) -> list[str]:
-        """The config keys in which ``config`` differs from this run's, but those in ``may_change``. A trained teacher
-        may move (its weights are compared when it is used), but not come or go."""
+    def config_differences(self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS) -> dict[str, tuple[Any, Any]]:
+        """The config keys in which ``config`` differs from this run's, in order, each with its (saved, wanted)
+        values, but those in ``may_change``. A trained teacher may move (its weights are compared when it is used),
+        but not come or go."""
         saved, wanted = (_flatten(with_defaults(c)) for c in (self.config(), config))
         changed = {k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and not k.startswith(may_change)}
         if bool(saved.get(TEACHER_CHECKPOINT)) != bool(wanted.get(TEACHER_CHECKPOINT)):
             changed.add(TEACHER_CHECKPOINT)
-        return sorted(changed)
+        return {k: (saved.get(k), wanted.get(k)) for k in sorted(changed)}
 
     def _check_compatible(self, config: dict) -> None:
         version = self.manifest.get("format_version")
@@ -287,8 +288,8 @@ class RunDirectory:
             raise RunError(f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run")
         changed = self.config_differences(config)
         if changed:
-            saved, wanted = (_flatten(with_defaults(c)).get(changed[0]) for c in (self.config(), config))
-            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}: {changed[0]} was "
+            first, (saved, wanted) = next(iter(changed.items()))
+            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}: {first} was "
                            f"{saved!r}, now {wanted!r}); resume it unchanged "
                            f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
 

@@ -78,7 +78,8 @@ def register_dataset(name: str, options: Iterable[str], summary: str = ""):
         unknown = set(options) - {f.name for f in dataclasses.fields(DataConfig)}
         if unknown:
             raise DataError(f"dataset {name!r} names unknown data options {sorted(unknown)}; see `banets datasets`")
-        _DATASETS[name] = DatasetEntry(build, frozenset(options) | ALWAYS_USED, summary or " ".join(inspect.cleandoc(build.__doc__ or "").split("\n\n")[0].split()))
+        first_paragraph = " ".join(inspect.cleandoc(build.__doc__ or "").split("\n\n")[0].split())
+        _DATASETS[name] = DatasetEntry(build, frozenset(options) | ALWAYS_USED, summary or first_paragraph)
         return build
 
     return add
