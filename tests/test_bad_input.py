@@ -188,6 +188,10 @@ CASES = {
                                             "run", lambda run: edit_manifest(run, lambda m: m["models"]["BAN-1"].pop("checkpoint"))),
     "manifest with a list entry": (["report", "{run}", "--out", "{world}/r"], "its models are not a mapping of entries",
                                    "run", lambda run: edit_manifest(run, lambda m: m["models"].update({"BAN-1": [1]}))),
+    "manifest with text run seeds": (["resume", "{run}"], "its run_seeds are not integers", "run",
+                                     lambda run: edit_manifest(run, lambda m: m.update(run_seeds=["x"]))),
+    "manifest with listed predictions": (["report", "{run}", "--out", "{world}/r"], "its predictions are not a mapping of "
+                                         "splits to sha256", "run", lambda run: edit_manifest(run, lambda m: m.update(predictions=[1]))),
     "empty manifest": (["resume", "{run}"], "manifest.json is empty; ", "run", lambda run: edit_manifest(run, lambda m: m.clear())),
     "config key not a name": (["run", "demo", "--set", "model.options={1: 2}"], "model.options has the key 1, not a name", None, None),
     "huge split seed": (["run", "demo", "--set", "data.split_seed=99999999999999999999"],

@@ -101,7 +101,7 @@ def test_an_imagefolder_one_level_too_high_or_too_low_or_of_one_class_is_refused
         build(tmp_path / "datasets" / "birds")
 
 
-def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere(tmp_path, monkeypatch):
+def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere(tmp_path, monkeypatch, capsys):
     gen = torch.Generator().manual_seed(0)
     torch.save({"x": torch.randn(40, 3, generator=gen), "y": torch.randint(0, 2, (40,), generator=gen)}, tmp_path / "d.pt")
     monkeypatch.chdir(tmp_path)
@@ -110,6 +110,13 @@ def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere
     assert RunDirectory(tmp_path / "o" / "seed-0").config()["data"]["path"] == str(tmp_path / "d.pt")
     monkeypatch.chdir(tmp_path.parent)
     assert main(["resume", str(tmp_path / "o"), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0
+    torch.save({"x": torch.randn(40, 3, generator=gen), "y": torch.randint(0, 2, (40,), generator=gen)}, tmp_path / "e.pt")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*"))
+    assert main(["run", "demo", "--set", "data={dataset: tensors, val_size: 10}", "--set", "model={name: mlp}",
+                 "--data-dir", str(tmp_path / "e.pt"), "--out", str(tmp_path / "o"), *QUICK[:-1], "1"]) == 1
+    err = capsys.readouterr().err
+    assert "holds seed-0 of another data (data.json differs); a new seed must repeat its experiment" in err
+    assert len(err.splitlines()) == 1 and sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*")) == before
 
 
 def test_tensors_files_pt_and_npz_with_separate_validation(tmp_path, capsys):

@@ -102,6 +102,7 @@ def test_words_tokenizer_on_raw_text(tmp_path: Path) -> None:
         (lambda folder: (folder / "ptb.test.txt").unlink(), "missing corpus file"),
         (lambda folder: (folder / "ptb.valid.txt").write_text("\n \n"), "holds no text"),
         (lambda folder: write_corpus(folder, prefix="other"), "expected one *.train.txt"),
+        (lambda folder: (folder / "ptb.train.txt").unlink(), "holds no *.train.txt; a corpus is prefix.train.txt"),
     ],
 )
 def test_missing_or_empty_files_are_one_line_errors(ptb_folder: Path, prepare, message: str) -> None:
