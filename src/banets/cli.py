@@ -21,6 +21,7 @@ from banets.data.registry import list_datasets
 from banets.experiment import REPORT_DIR, import_modules, report_runs, resume_experiment, run_experiment
 from banets.models.registry import describe_models
 from banets.report import summary_table
+from banets.runs import os_error_message
 
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 
@@ -85,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_resume(args: argparse.Namespace) -> None:
     overrides = [*(args.set or []), *([f"data.path={configs.absolute_path(args.data_dir)}"] if args.data_dir else [])]
     import_modules(args.imports or [])
-    ran = resume_experiment(Path(args.dir), overrides)
+    ran = resume_experiment(Path(args.dir), overrides, trust_imports=args.trust_imports)
     if not ran and distributed.is_main():
         print(f"{args.dir}: every seed is finished; nothing to train")
     report_and_print(Path(args.dir))
@@ -160,6 +161,9 @@ def make_parser() -> argparse.ArgumentParser:
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="a runtime key, e.g. device=cuda")
     resume.add_argument("--data-dir", help="where the dataset is now")
     add_import_argument(resume)
+    resume.add_argument("--trust-imports", action="store_true",
+                        help="import the modules the run's config.yaml names even when they are neither installed nor "
+                             "given with --import (only for a run directory you trust: importing runs its code)")
     resume.set_defaults(func=cmd_resume)
     report = commands.add_parser("report", help="tables and plots from one or more run directories")
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
@@ -189,6 +193,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:  # `banets models | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as error:  # a full disk, a read-only folder, a name too long: the cause, not a traceback
+        print(f"banets: error: {os_error_message(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         where = getattr(args, "dir", None) or getattr(args, "out", None)
         hint = f"; continue with `banets resume {where}`" if where and args.command in ("run", "demo", "resume") else ""

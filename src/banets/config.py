@@ -229,7 +229,7 @@ class ExperimentConfig(Section):
         self.check(all(0 <= s <= MAX_SEED for s in self.seeds), "seeds", f"integers in [0, {MAX_SEED}]")
         self.check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
         self.check(bool(DEVICE.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
-        self.check(bool(re.match(r"^[\w.+-]+$", self.name)), "name", "letters, digits and . _ + - only")
+        self.check(bool(re.match(r"^\w[\w.+-]*$", self.name)), "name", "letters, digits and . _ + - only, from a letter or digit")
 
 
 # -- building configs from dictionaries ----------------------------------------------------------------
@@ -416,7 +416,11 @@ PATH_KEYS = (("data", "path"), ("data", "val_path"), ("data", "test_path"), ("mo
 def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
     """The preset (or the defaults) with ``overrides`` applied, validated; its file paths made absolute (from the
     current folder; links kept as given), so that the run's ``config.yaml`` finds them from anywhere on resume."""
-    values = preset_dict(preset) if preset else {}
+    return config_of(preset_dict(preset) if preset else {}, overrides)
+
+
+def config_of(values: dict, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
+    """The config ``values`` hold (a preset's or a run's) with ``overrides`` applied, validated, paths made absolute."""
     for override in overrides:
         values = apply_override(values, override)
     config = from_dict(ExperimentConfig, values)

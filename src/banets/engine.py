@@ -213,6 +213,8 @@ class Trainer:
             raise DataError(f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
                             f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)")
         self._check_finite(totals, "at the end of the epoch")
+        if self.teacher is not None:
+            reset_state(self.teacher)  # a cached teacher checks the batches it replayed this epoch
         self.nonfinite_run = totals.nonfinite_run
         rows = max(totals.rows.item(), 1)
         return {
@@ -368,8 +370,10 @@ def predict_batches(
     device: torch.device,
     config: TrainConfig,
     transform: Optional[Transform] = None,
+    split: str = "validation",
 ) -> Iterator[tuple[list[Tensor], Tensor]]:
-    """For each batch, every model's log-probabilities flattened to ``(rows, classes)``, and the labels.
+    """For each batch, every model's log-probabilities flattened to ``(rows, classes)``, and the labels; a batch
+    with NaN or inf outputs (NaN inputs) is a :class:`DataError` naming ``split`` and the batch, not a NaN score.
 
     One pass over ``data`` serves all models (an ensemble's members see each batch once), and batches
     are yielded as they come so the caller reduces them at once: a language model's log-probabilities
@@ -381,7 +385,7 @@ def predict_batches(
         reset_state(model)
     dtype = autocast_dtype(config.precision, device)
     with torch.no_grad():
-        for batch in data:
+        for index, batch in enumerate(data):
             rows = distributed.shard(len(batch[1]))  # this process's rows; their predictions are gathered below
             x, y = batch[0][rows].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
             if transform is not None:
@@ -390,11 +394,15 @@ def predict_batches(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
+            if not all(torch.isfinite(z).all() for z in logits):  # gathered: every process stops at the same batch
+                raise DataError(f"batch {index} of the {split} data gives NaN or inf outputs: its inputs hold NaN or inf "
+                                f"(clean or drop those examples, or give a transform that does), or the model's weights do")
             yield [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
 
 
 def evaluate(model: nn.Module, data: Iterable[Batch], device: torch.device, config: TrainConfig,
-             transform: Optional[Transform] = None) -> Predictions:
+             transform: Optional[Transform] = None, split: str = "validation") -> Predictions:
     """Per-example predictions of one model on ``data`` (evaluation mode, no augmentation)."""
-    parts = [Predictions.from_log_probs(lp, y) for (lp,), y in predict_batches([model], data, device, config, transform)]
+    batches = predict_batches([model], data, device, config, transform, split)
+    parts = [Predictions.from_log_probs(lp, y) for (lp,), y in batches]
     return Predictions.concat(parts)

@@ -32,11 +32,13 @@ def evaluate_with_ensembles(
     device: torch.device,
     config: TrainConfig,
     transform: Optional[Transform] = None,
+    split: str = "validation",
 ) -> dict[str, Predictions]:
-    """Per-example predictions of every model and every ensemble on ``data``, in one pass over it."""
+    """Per-example predictions of every model and every ensemble on ``data`` (the ``split`` named in errors), in
+    one pass over it."""
     names = list(models)
     parts: dict[str, list[Predictions]] = {name: [] for name in [*names, *ensembles]}
-    for log_probs, labels in predict_batches(list(models.values()), data, device, config, transform):
+    for log_probs, labels in predict_batches(list(models.values()), data, device, config, transform, split):
         by_name = dict(zip(names, log_probs))
         for label, members in ensembles.items():
             by_name[label] = average_log_probs([by_name[m] for m in members])

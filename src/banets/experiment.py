@@ -10,12 +10,9 @@ and evaluates; rank 0 alone writes.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import sys
-import traceback
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +24,7 @@ import yaml
 
 from banets import distributed, losses
 from banets.config import (BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, UserError,
-                           first_line, from_dict, load_config, to_dict)
+                           config_of, first_line, from_dict, to_dict)
 from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
 from banets.engine import DivergedError, resolve_device
@@ -38,50 +35,13 @@ from banets.models.registry import create_model, model_parameters
 from banets.report import SeedRun, check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
-
-class SetupError(UserError, ValueError):
-    """What a run would train on cannot be set up: a module, a model's options, the device, the batch split."""
-
+from banets.user_code import SetupError, check_recorded_modules, import_modules
 
 PYTHON = "python"  # data.dataset of a run whose data and model were given from Python
 REPORT_DIR = "report"  # the sub-folder of a run's --out that banets writes reports into
 
 
 # -- from a config: registered datasets and models -------------------------------------------------------
-
-
-def import_modules(names: Sequence[str]) -> None:
-    """Import the user's modules (``--import``, ``imports:``), so that their registered models, datasets and
-    losses can be named; the current folder is searched first, as ``python -m`` does."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if not (name == error.name or name.startswith(f"{error.name}.")):  # found; it imports what is not installed
-                raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({error}); install what it "
-                                 f"needs") from None
-            raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
-                             f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
-        except UserError:
-            raise  # banets refused something the module registers: its own one-line message
-        except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
-            raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({type(error).__name__}: "
-                             f"{first_line(error)}); fix the module") from None
-
-
-def failed_line(error: BaseException, module: str) -> str:
-    """``file:line`` where importing ``module`` failed: the syntax error's, else the last line of the module's own
-    file in the traceback (not the library it called)."""
-    if isinstance(error, SyntaxError):
-        return f"{error.filename}:{error.lineno}"
-    try:
-        spec = importlib.util.find_spec(module)
-    except Exception:  # a package whose __init__ fails, a relative name
-        spec = None
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if spec is not None and f.filename == spec.origin]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module
 
 
 def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
@@ -269,9 +229,10 @@ def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optiona
         if main and isinstance(store, RunDirectory):
             store.mark_failed(error.model, str(error))
         raise
-    splits = {"val": setup.data.val, "test": setup.data.test, "train": setup.data.train_eval}
-    predictions = {split: evaluate_with_ensembles(models, ensembles, data, device, config.optim, setup.data.transform)
-                   for split, data in splits.items() if data is not None}
+    splits = {("val", "validation"): setup.data.val, ("test", "test"): setup.data.test,
+              ("train", "training"): setup.data.train_eval}
+    predictions = {split: evaluate_with_ensembles(models, ensembles, data, device, config.optim, setup.data.transform, named)
+                   for (split, named), data in splits.items() if data is not None}
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, RunDirectory):
         save_result(store, config, result)
@@ -301,25 +262,34 @@ def run_experiment(config: ExperimentConfig, out: Optional[Path], resume: bool =
 def seed_dirs(out: Path) -> list[Path]:
     if not Path(out).is_dir():
         raise RunError(f"{out} is not a folder; pass the --out of a run (the folder holding seed-*/)")
+    if (Path(out) / "manifest.json").exists():
+        raise RunError(f"{out} is one seed of a run; pass the run's folder, {Path(out).absolute().parent}")
     dirs = sorted(p for p in Path(out).glob("seed-*") if p.is_dir() and (p / "config.yaml").exists())
     if not dirs:
         raise RunError(f"{out} holds no run (no seed-*/config.yaml); start one with `banets run PRESET --out {out}`")
     return dirs
 
 
-def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> list[int]:
+def recorded_modules(config: ExperimentConfig) -> list[str]:
+    """The modules a config imports: ``imports:`` and those of its ``module:function`` losses."""
+    named = [config.ban.loss, *config.ban.extra_losses]
+    return [*config.imports, *(loss.partition(":")[0] for loss in named if isinstance(loss, str) and ":" in loss)]
+
+
+def resume_experiment(out: Path, overrides: Sequence[str] = (), trust_imports: bool = False) -> list[int]:
     """``banets resume``: continue every seed of the run in ``out`` with the config it was started with, and start
     the seeds an interruption never reached (each seed directory records the run's seeds); ``overrides`` may change
     runtime keys and the ensembles only. A finished seed with nothing new to evaluate needs neither its data nor its
-    models. Returns the seeds that ran."""
+    models. The modules the run records are imported only when imported already, installed, or ``trust_imports``.
+    Returns the seeds that ran."""
     dirs = seed_dirs(out)
     recorded = {int(d.name.removeprefix("seed-")): d for d in dirs if d.name.removeprefix("seed-").isdigit()}
     planned = sorted(set(recorded) | {s for d in dirs for s in RunDirectory(d).manifest.get("run_seeds", [])})
     ran = []
     for seed in planned:
-        template = recorded.get(seed, dirs[0])
-        config = load_config(str(template / "config.yaml"), overrides)
-        if config.seeds != load_config(str(template / "config.yaml")).seeds:
+        saved = RunDirectory(recorded.get(seed, dirs[0])).config()  # verified: the config the run wrote
+        config = config_of(saved, overrides)
+        if config.seeds != config_of(saved).seeds:
             raise RunError(f"a resume continues the seeds {out} was started with ({', '.join(map(str, planned))}); add "
                            f"seeds with `banets run ... --seeds N --out {out}`")
         config = replace(config, seeds=[seed])
@@ -329,6 +299,8 @@ def resume_experiment(out: Path, overrides: Sequence[str] = ()) -> list[int]:
             plan = plan_generations(config.ban, seed)
             if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
                 continue
+        if not trust_imports and config.data.dataset != PYTHON:
+            check_recorded_modules(recorded_modules(config), Path(out), "--trust-imports")
         run(config, setup_from_config(config), Path(out), resume=True)
         ran.append(seed)
     return ran
@@ -402,12 +374,17 @@ def report_runs(paths: list[Path], folder: Path) -> list[SeedRun]:
     return runs
 
 
-def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: Optional[ModelFn] = None) -> nn.Module:
+def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: Optional[ModelFn] = None,
+         trust_code: bool = False) -> nn.Module:
     """The trained model ``name`` (``"teacher"``, ``"BAN-2"``, ...) of a run, in evaluation mode.
 
     ``run_dir`` is a run's ``--out`` (``seed`` picks the seed, by default the first) or one seed directory. The
     model is rebuilt from the run's recorded config; a run made from Python with its own model needs ``model_fn``.
+    A module the run records (``imports:``) is imported only when you imported it already or it is installed;
+    ``trust_code=True`` imports it from wherever it is found.
     """
+    if not isinstance(name, str):
+        raise RunError(f"load takes one model name such as 'teacher' or 'BAN-2', not {name!r}; call it once per model")
     root = Path(run_dir)
     seed_dir = root if (root / "manifest.json").exists() else next(
         (d for d in seed_dirs(root) if seed is None or d.name == f"seed-{seed}"), None)
@@ -427,6 +404,8 @@ def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: O
         raise RunError(f"{error}; resuming the run (`banets resume {seed_dir.parent}`, or born_again(..., resume=True) for "
                        f"a run made from Python) trains {name} again from its recorded seed") from None
     if model_fn is None:
+        if not trust_code and config.data.dataset != PYTHON:
+            check_recorded_modules(config.imports, root, "trust_code=True")
         model_fn = recorded_factory(config, directory, teacher=entry.get("role") == "teacher")
     model = build_model(model_fn, "model_fn")
     with saved_weights_of(name):
@@ -444,7 +423,7 @@ def recorded_factory(config: ExperimentConfig, directory: RunDirectory, teacher:
     import_modules(config.imports)
     options = dict(directory.manifest["model_options"])
     for option, file in directory.manifest.get("options_in_files", {}).items():
-        options[option] = json.loads((directory.root / file).read_text(encoding="utf-8"))[option]
+        options[option] = json.loads(directory.data_file(file))[option]
     if teacher and config.model.teacher_name:
         return model_factory(config.model.teacher_name, config.model.teacher_options, options)
     return model_factory(config.model.name, config.model.options, options)

@@ -167,7 +167,9 @@ def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what
         raise PlanError(f"{what} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}; "
                         f"expected {tuple(y.shape)} + (classes,)")
     low, high = bounds
-    if high >= logits.shape[-1] or low < 0:
+    if low < 0:
+        raise DataError(f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())")
+    if high >= logits.shape[-1]:
         raise PlanError(f"{what} has {logits.shape[-1]} outputs but the labels range over [{low}, {high}]; "
                         f"build it with at least {high + 1} classes (labels are 0 .. classes - 1)")
     if not torch.isfinite(logits).all():

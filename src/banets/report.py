@@ -576,26 +576,40 @@ def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, yl
 
 
 def check_report_folder(root: Path) -> set[str]:
-    """The files a previous report wrote into ``root`` (its index); a folder holding any other file is refused."""
+    """The files a previous report wrote into ``root`` (its index); a folder holding any other file (but the
+    temporary files of a report that was killed while writing), or a symbolic link, is refused."""
+    if root.is_symlink():
+        raise RunError(f"report folder {root} is a symbolic link, which banets does not follow; pass the folder it "
+                       f"points to (report --out), or remove the link")
     if root.exists() and not root.is_dir():
         raise RunError(f"report --out {root} is a file; choose a folder")
     index = root / REPORT_INDEX
     try:
-        previous = set(json.loads(index.read_text())) if index.exists() else set()
+        previous = set(json.loads(index.read_text())) if index.is_file() else set()
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
         raise RunError(f"{index} is damaged; remove it and the files of the last report, or choose another folder") from None
     if any(not isinstance(name, str) or Path(name).name != name or name.startswith(".") for name in previous):
         raise RunError(f"{index} lists paths outside its folder; remove it, or choose another folder")
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in previous | {REPORT_INDEX}) if root.exists() else []
+    entries = list(root.iterdir()) if root.exists() else []
+    link = next((p for p in entries if p.is_symlink()), None)
+    if link is not None:
+        raise RunError(f"{link} is a symbolic link, which banets does not follow; remove it, or choose another folder")
+    foreign = sorted(p.name for p in entries if p.name not in previous | {REPORT_INDEX} and not is_temporary(p.name))
     if foreign:
         raise RunError(f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
                        f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
     return previous
 
 
+def is_temporary(name: str) -> bool:
+    """A file an atomic write had not yet renamed into place when it was killed (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 class ReportFolder:
-    """The folder a report writes into. It writes only files it records in ``.banets-report``, and refuses a
-    folder that holds other files (yours), so a report never overwrites what it did not write."""
+    """The folder a report writes into. It writes only files it records in ``.banets-report`` before writing them,
+    and refuses a folder that holds other files (yours), so a report never overwrites what it did not write and
+    a report killed while writing is written again by the next one."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -604,10 +618,16 @@ class ReportFolder:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RunError(f"cannot create report folder {root} ({error.strerror}); choose a folder you can write to") from None
+        for leftover in root.iterdir():
+            if is_temporary(leftover.name):
+                leftover.unlink()
         self.written: list[str] = []
 
     def path(self, name: str) -> Path:
-        """Where to write ``name``, recorded as this report's."""
+        """Where to write ``name``, recorded in the index first, so a kill while writing it leaves a folder the
+        next report recognises as its own."""
+        if name not in self.previous and name not in self.written:
+            atomic_write_text(self.root / REPORT_INDEX, json.dumps(sorted(self.previous | {*self.written, name})))
         self.written.append(name)
         return self.root / name
 
@@ -618,7 +638,7 @@ class ReportFolder:
         """Record what this report wrote, and remove the files of a previous report that this one did not write again."""
         for stale in self.previous - set(self.written):
             (self.root / stale).unlink(missing_ok=True)
-        atomic_write_text(self.root / REPORT_INDEX, json.dumps(sorted(set(self.written))))
+        atomic_write_text(self.root / REPORT_INDEX, json.dumps(sorted(n for n in set(self.written) if (self.root / n).exists())))
 
 
 PLOTS = (("generations", plot_generations, "per born-again generation"),
@@ -640,8 +660,7 @@ def split_section(runs: list[SeedRun], split: str, folder: ReportFolder) -> tupl
         parts.append(f"{METRICS[metric].label}, mean ± SD over seeds:\n\n{markdown_wide_table(of_metric)}\n")
         for name, plot, title in PLOTS:
             image = f"{name}-{split}-{metric}.png"
-            if plot(of_metric, folder.root / image, f"{split} {metric}, {title}", runs):
-                folder.path(image)
+            if plot(of_metric, folder.path(image), f"{split} {metric}, {title}", runs):
                 parts.append(f"![{split} {metric}: {name}]({image})\n")
     for (experiment, architecture), _ in experiments(runs).items():
         of_experiment = [r for r in rows if (r["experiment"], r["architecture"]) == (experiment, architecture)]
@@ -655,8 +674,7 @@ def experiment_section(index: int, group: list[SeedRun], folder: ReportFolder) -
     title = f"{group[0].experiment} ({group[0].architecture})"
     parts = [f"### {title}\n", *(f"- {line}" for line in verdicts(group, "val") or ["no student or ensemble to judge"]), ""]
     image = f"curves-{index}.png"
-    if plot_curves(group, folder.root / image, f"{title}: validation learning curves"):
-        folder.path(image)
+    if plot_curves(group, folder.path(image), f"{title}: validation learning curves"):
         parts.append(f"![learning curves of {title}]({image})\n")
     return "\n".join(parts)
 

@@ -34,6 +34,7 @@ with a failed model (its loss became NaN/inf) is not resumed: the same recipe wo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -78,8 +79,11 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half; the file
     gets the permissions an ordinary ``open`` would (0666 less the umask), so colleagues can read a shared run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunError(os_error_message(error, len(data), path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -87,9 +91,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise RunError(os_error_message(error, len(data), path)) from None
         raise
+
+
+def os_error_message(error: OSError, needed: Optional[int] = None, path: Optional[Path] = None) -> str:
+    """One line for a file system error met while writing or reading a run or a report: the path, the cause in
+    words, and what to do (a run resumes where it stopped once the cause is fixed)."""
+    where = path or error.filename or "a file"
+    again = "then run the same command again (a run continues with `banets resume`)"
+    if error.errno == errno.ENOSPC:
+        size = f" ({needed:,} bytes needed)" if needed else ""
+        return f"no space left on the device holding {Path(where).parent}{size}; free space there, {again}"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {where} ({error.strerror}); copy the run or report folder to a place you can write, or choose another --out"
+    if error.errno == errno.ENAMETOOLONG:
+        return f"the name {where} is too long for the file system; choose a shorter --out (or name)"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"cannot use {where} ({error.strerror}): a file stands where banets keeps a folder, or the reverse; move it away, {again}"
+    return f"cannot use {where} ({error.strerror or error}); {again}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -195,6 +218,10 @@ class RunDirectory:
         self.root = Path(root)
         self.read_only = read_only  # under torchrun every process but rank 0 reads the directory and writes nothing
         self.manifest_path = self.root / "manifest.json"
+        link = first_link(self.root)
+        if link is not None:
+            raise RunError(f"{link} is a symbolic link; banets writes none into a run and follows none that it finds "
+                           f"there, so replace it with the file or folder it points to (or remove it)")
         self.manifest: dict[str, Any] = self._read_manifest() if self.manifest_path.exists() else {}
         self.tensorboard = TensorBoardLog(self.root / "tensorboard")
 
@@ -232,6 +259,7 @@ class RunDirectory:
                 atomic_write_text(staging / name, text)
             self.manifest = {"format_version": FORMAT_VERSION, "config_sha256": _digest(config_text), **data.record(),
                              "data_files": sorted(data.files),
+                             "data_sha256": {name: _digest(text) for name, text in sorted(data.files.items())},
                              "run_seeds": list(run_seeds), "models": {}, "ensembles": {}}
             atomic_write_text(staging / "manifest.json", json.dumps(self.manifest, indent=2))
             os.rename(staging, self.root)
@@ -269,8 +297,19 @@ class RunDirectory:
         record when it started (made before banets recorded it, e.g. a text corpus' digests) is not compared."""
         recorded = self.manifest.get("data_files")  # None: a run made before the manifest listed them
         return [name for name, text in files.items()
-                if ((self.root / name).read_text(encoding="utf-8") != text if (self.root / name).exists()
+                if (self.data_file(name) != text if (self.root / name).exists()
                     else recorded is not None and name in recorded)]
+
+    def data_file(self, name: str) -> str:
+        """The text of a file the data recorded (``vocab.json``, ``data.json``), refused when it is not the one the
+        run wrote (its sha256 is in the manifest of runs made since banets recorded it)."""
+        path = self.root / name
+        text = path.read_text(encoding="utf-8", errors="replace")
+        recorded = self.manifest.get("data_sha256", {}).get(name)
+        if recorded is not None and _digest(text) != recorded:
+            raise RunError(f"{path} is damaged or edited (it does not match the sha256 the run recorded); restore it "
+                           f"from a copy of the run")
+        return text
 
     def config_differences(self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS) -> dict[str, tuple[Any, Any]]:
         """The config keys in which ``config`` differs from this run's, in order, each with its (saved, wanted)
@@ -506,6 +545,34 @@ class RunDirectory:
             atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
 
 
+def first_link(root: Path) -> Optional[Path]:
+    """``root`` or the first file or folder below it that is a symbolic link (a link to a folder is not entered)."""
+    if root.is_symlink():
+        return root
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            if os.path.islink(os.path.join(folder, name)):
+                return Path(folder) / name
+    return None
+
+
+def recorded_paths(manifest: dict) -> list[tuple[str, Any]]:
+    """Every file name the manifest records, with what records it: the run reads, writes or deletes each."""
+    paths: list[tuple[str, Any]] = [("data_files", name) for name in manifest.get("data_files") or []]
+    paths += [("options_in_files", name) for name in (manifest.get("options_in_files") or {}).values()]
+    for model, entry in manifest.get("models", {}).items():
+        paths += [(f"{model}'s checkpoint", entry["checkpoint"])] if "checkpoint" in entry else []
+        paths += [(f"{model}'s epoch checkpoint", saved.get("path") if isinstance(saved, dict) else saved)
+                  for saved in entry.get("epoch_checkpoints") or []]
+    return paths
+
+
+def stays_inside(name: Any) -> bool:
+    """Whether ``name`` is a relative path that cannot leave the folder it is joined to (no ``..``, not absolute)."""
+    return isinstance(name, str) and bool(name) and "\0" not in name and not Path(name).is_absolute() \
+        and ".." not in Path(name).parts
+
+
 def manifest_problem(manifest: Any) -> str:
     """What makes ``manifest`` not one banets wrote (empty when nothing does): a mapping whose models are mappings,
     each finished one naming its checkpoint and sha256, and whose run seeds are integers."""
@@ -519,6 +586,15 @@ def manifest_problem(manifest: Any) -> str:
             return f"the finished {name} names no checkpoint and sha256"
     if not all(isinstance(s, int) for s in manifest.get("run_seeds", [])):
         return "its run_seeds are not integers"
+    try:
+        paths = recorded_paths(manifest)
+    except (TypeError, AttributeError):
+        return "its recorded file names are not lists and mappings of names"
+    for what, name in paths:
+        if not stays_inside(name):
+            return f"{what} is recorded as {name!r}, a path outside its seed directory"
+    if not isinstance(manifest.get("data_sha256", {}), dict):
+        return "its data_sha256 is not a mapping of file names to sha256"
     predictions = manifest.get("predictions", {})
     if not isinstance(predictions, dict) or not all(isinstance(v, str) for v in predictions.values()):
         return "its predictions are not a mapping of splits to sha256"

@@ -8,12 +8,13 @@ keyed by the batch's position in the epoch, and returns the stored copies afterw
 teacher's forward pass.
 
 What it checks, so that it does not teach the wrong targets: every replayed batch must have the shape of the
-stored batch at its position (free: shapes live on the host), and the first batch of every pass must equal the
-first epoch's first batch element for element (one host-device sync per epoch, not per step: comparing every
-batch's contents would make the host wait for the GPU at every step). Shuffling and augmentation change the
-first batch already, so they are refused before any replayed target is used. The guarantee is weaker than a
-comparison of every batch: data that keep their first batch and batch shapes but change a later batch (an
-iterator that draws its batches anew but starts the same way) are not detected.
+stored batch at its position (free: shapes live on the host), the first batch of every pass must equal the
+first epoch's first batch element for element, and every other batch must have the first epoch's checksum at
+its position (a position-weighted sum of its inputs, computed on the device; a changed or reordered batch
+almost never keeps it). The checksums are compared at the end of each pass, so the host waits for the device
+once per epoch, not at every step: data whose later batches change (an iterator that draws its batches anew
+but starts the same way) train one epoch on replayed targets and are then refused, naming the first batch
+that differed.
 
 Memory: the logits of one epoch are ``tokens x vocabulary x bytes`` (PTB in bf16: 929k x 10k x 2 B = 18.6 GB).
 They are stored at most at the precision the teacher computes them in: under bf16 or fp16 autocast,
@@ -55,6 +56,15 @@ def free_memory(device: torch.device) -> int:
         return 0
 
 
+def checksum(x: Tensor) -> Tensor:
+    """A position-weighted sum of ``x``, on its device: the same batch gives the same sum (exactly, on one device),
+    a changed or reordered batch almost never does."""
+    flat = x.detach().flatten()
+    dtype = torch.int64 if not flat.is_floating_point() else torch.float32
+    weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=dtype)
+    return (flat.to(dtype) * weights).sum()
+
+
 class CachedTeacher(nn.Module):
     """``teacher`` whose logits for the i-th batch of the first pass are returned again for the i-th batch of
     every later pass. A pass starts at ``reset_state()``, which the engine calls before every epoch.
@@ -73,6 +83,8 @@ class CachedTeacher(nn.Module):
         self.batches_per_pass, self.dtype, self.max_bytes = batches_per_pass, CACHE_DTYPES[dtype], max_bytes
         self.first_input: Optional[Tensor] = None  # the first pass's first batch, compared at every pass's start
         self.input_shapes: list[torch.Size] = []
+        self.checksums: list[Tensor] = []  # of each stored batch's inputs, on the device
+        self.differs: list[Tensor] = []  # this pass: whether each replayed batch's checksum differs, on the device
         self.logits: list[Tensor] = []
         self.position = 0  # index of the next batch in the current pass
         self.complete = False  # a whole pass is stored: replay from now on
@@ -86,13 +98,21 @@ class CachedTeacher(nn.Module):
             if self.position == 0:
                 self.first_input = x.detach().clone()
             self.input_shapes.append(x.shape)
+            self.checksums.append(checksum(x))
             self.logits.append(logits.detach().to(self.stored_dtype(logits.dtype)))
             logits = self.logits[-1]  # the first pass sees the stored precision too
         self.position += 1
         return logits
 
     def reset_state(self) -> None:
-        """Start a new pass; after the first whole pass every batch is replayed from the cache."""
+        """End the pass (its replayed batches are checked) and start a new one; after the first whole pass every
+        batch is replayed from the cache."""
+        differs, self.differs = self.differs, []
+        if differs and bool(torch.stack(differs).any()):
+            first = int(torch.stack(differs).nonzero()[0])
+            raise CacheError(f"teacher cache: batch {first} of the last epoch differs from the first epoch's batch {first} "
+                             "(another checksum); the cache needs the same batches in the same order every epoch "
+                             "(set ban.cache_teacher=null)")
         if self.enabled and self.position > 0:
             self.complete = True
         self.position = 0
@@ -111,6 +131,7 @@ class CachedTeacher(nn.Module):
         if self.input_shapes[i] != x.shape or (i == 0 and not torch.equal(self.first_input, x)):
             raise CacheError(f"teacher cache: batch {i} differs from the first epoch's batch {i}; the cache needs the same "
                              "batches in the same order every epoch, without shuffling or augmentation (set ban.cache_teacher=null)")
+        self.differs.append(checksum(x) != self.checksums[i])
         self.position += 1
         return self.logits[i]
 

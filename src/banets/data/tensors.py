@@ -10,6 +10,7 @@ Floating inputs are used as float32, uint8 inputs are scaled to [0, 1] on the de
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -56,6 +57,24 @@ def read_pair(path: str | Path, key: str) -> Pair:
     return x, y.long()
 
 
+def class_count(labels: Tensor, examples: int) -> int:
+    """The number of classes the labels name (the largest label + 1), refused when it exceeds the training
+    examples and warned about when some classes below it have no example: a stray large label would otherwise
+    build a model with thousands of empty classes."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise DataError(f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())")
+    used = int(torch.unique(labels).numel())
+    if high + 1 > examples:
+        raise DataError(f"the largest label is {high}, so {high + 1} classes, more than the {examples} training "
+                        f"examples ({high + 1 - used} classes would have none); relabel the {used} classes used as 0 .. {used - 1}")
+    if used < high + 1:
+        warnings.warn(f"the labels run 0 .. {high} but {high + 1 - used} of those {high + 1} classes have no example; the "
+                      f"model gets {high + 1} outputs (relabel the {used} classes used as 0 .. {used - 1} if the others "
+                      f"are not real classes)", stacklevel=2)
+    return high + 1
+
+
 def _rows(value: object) -> str:
     return str(len(value)) if hasattr(value, "__len__") else "?"
 
@@ -78,7 +97,7 @@ def tensors_data(cfg: DataConfig) -> Data:
     if any(p[0].shape[1:] != train[0].shape[1:] for p in splits):
         raise DataError(f"inputs differ in shape between the files: {', '.join(str(tuple(p[0].shape[1:])) for p in splits)}")
     x = train[0]
-    options = {"num_classes": int(max(p[1].max() for p in splits)) + 1, "in_features": int(x[0].numel())}
+    options = {"num_classes": class_count(torch.cat([p[1] for p in splits]), len(train[1])), "in_features": int(x[0].numel())}
     if x.dim() == 4:
         options["in_channels"] = x.shape[1]
     return Data(

@@ -1,0 +1,105 @@
+"""The one place banets imports your code: modules named with ``--import`` or ``imports:``, and the modules of
+``module:function`` losses.
+
+A run directory is data. Its ``config.yaml`` records the modules the run imported, but whoever wrote the folder
+wrote that list too (and the digest beside it), so ``banets resume`` and :func:`banets.load` import a recorded
+module only when you vouch for it: you gave it again (``--import``, or imported it yourself before calling
+``load``), it is installed code (found on the import path, but not in the current folder nor inside the run), or
+you said to trust the run (``--trust-imports``, ``trust_code=True``). ``banets report`` imports nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from banets.config import UserError, first_line
+
+
+class SetupError(UserError, ValueError):
+    """What a run would train on cannot be set up: a module, a model's options, the device, the batch split."""
+
+
+class UntrustedCodeError(SetupError):
+    """A run directory names a module that banets will not import without the user's word."""
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the user's modules (``--import``, ``imports:``), so that their registered models, datasets and
+    losses can be named. A file in the current folder is found too, after installed packages: a ``numpy.py``
+    lying there never replaces numpy."""
+    if names and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if not (name == error.name or name.startswith(f"{error.name}.")):  # found; it imports what is not installed
+                raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({error}); install what it "
+                                 f"needs") from None
+            raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
+                             f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
+        except UserError:
+            raise  # banets refused something the module registers: its own one-line message
+        except SystemExit as error:  # sys.exit() at import would end banets without a word
+            raise SetupError(f"importing {name!r} called sys.exit({error.code!r}) at {failed_line(error, name)}; a module "
+                             f"given with --import must not exit when imported") from None
+        except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
+            raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({type(error).__name__}: "
+                             f"{first_line(error)}); fix the module") from None
+
+
+def failed_line(error: BaseException, module: str) -> str:
+    """``file:line`` where importing ``module`` failed: the syntax error's, else the last line of the module's own
+    file in the traceback (not the library it called)."""
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}"
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:  # a package whose __init__ fails, a relative name
+        spec = None
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if spec is not None and f.filename == spec.origin]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module
+
+
+def check_recorded_modules(names: Iterable[str], run_folder: Path, how_to_trust: str) -> None:
+    """Refuse the first of ``names`` (modules a run directory records) that the user has not vouched for: not
+    imported already and not installed code, or found in ``run_folder``. Nothing is imported to find out.
+    ``how_to_trust`` names the option that trusts the run anyway (``--trust-imports`` or ``trust_code=True``)."""
+    for name in names:
+        problem = untrusted(name, Path(run_folder))
+        if problem:
+            raise UntrustedCodeError(
+                f"{run_folder} records the module {name!r}, which {problem}; banets imports no code a run directory "
+                f"names: if you trust it, import it yourself (--import {name}), or pass {how_to_trust}")
+
+
+def untrusted(name: str, run_folder: Path) -> str:
+    """Why module ``name`` is not the user's own code (empty when it is): imported already, or installed
+    outside the current folder and ``run_folder``. Only the top-level package is looked up, which runs nothing."""
+    if name in sys.modules or name.partition(".")[0] in sys.modules:
+        return ""  # imported by the user (--import, or their own code before load)
+    top = name.partition(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return "is not installed here"
+    places = [Path(p) for p in spec.submodule_search_locations or []]  # a package's folders (a namespace's several)
+    if spec.has_location and spec.origin:
+        places.append(Path(spec.origin).parent if not places else Path(spec.origin).parent.parent)
+    folders = {p.parent if p.name == top else p for p in places}  # the import-path entries it is found in
+    outside = Path(run_folder).resolve()
+    for folder in folders:
+        resolved = folder.resolve()
+        if resolved == outside or outside in resolved.parents:
+            return f"lies inside the run ({folder})"
+        if resolved == Path.cwd().resolve():
+            return f"is found in the current folder ({folder}), not installed"
+    return ""
