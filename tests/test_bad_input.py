@@ -311,7 +311,8 @@ def test_an_interrupt_says_how_to_continue_and_exits_130(tmp_path):
     command = [sys.executable, "-m", "banets", "run", "demo", "--set", "optim.epochs=200", "--set", "optim.progress=epoch",
                "--seeds", "0", "--out", str(tmp_path / "o")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"},  # SIGINT as a terminal sends it, even when
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # pytest runs in the background
     manifest, deadline = tmp_path / "o" / "seed-0" / "manifest.json", time.time() + 60
     while '"epoch_checkpoints"' not in (manifest.read_text() if manifest.exists() else "") and time.time() < deadline:
         time.sleep(0.2)

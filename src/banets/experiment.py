@@ -368,8 +368,8 @@ def report_runs(paths: list[Path], folder: Path) -> list[SeedRun]:
     """Write the report of the finished runs below ``paths`` into ``folder``; each run skipped (unfinished, failed,
     damaged) is a warning and a line of the report. Returns the runs reported."""
     runs, skipped = read_runs(paths)
-    for note in skipped:
-        warnings.warn(f"skipped {note}", stacklevel=2)
+    for note in [*(f"skipped {note}" for note in skipped), *dict.fromkeys(r.apart for r in runs if r.apart)]:
+        warnings.warn(note, stacklevel=2)
     write_report(runs, folder, skipped=tuple(skipped))
     return runs
 

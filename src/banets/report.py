@@ -86,6 +86,8 @@ class SeedRun:
     metric_key: str = "error"
     ensembles: dict[str, list[str]] = field(default_factory=dict)  # label -> members
     deltas: dict[tuple, Optional[tuple[float, float, float]]] = field(default_factory=dict, repr=False, compare=False)
+    recipe: dict = field(default_factory=dict, repr=False, compare=False)  # RunDirectory.recipe(): seeds share it
+    apart: str = ""  # why this run is reported apart from the runs of its name (another config or data)
 
     @property
     def metric(self) -> Metric:
@@ -129,6 +131,7 @@ def read_run(seed_dir: Path) -> SeedRun:
         block=run.manifest.get("bootstrap_block") or bootstrap_block(config["data"]),
         metric_key=run.manifest.get("metric") or metric_for(config["data"]["dataset"]).key,
         ensembles=run.manifest["ensembles"] if "ensembles" in run.manifest else planned_ensembles(config),
+        recipe=run.recipe(),
     )
 
 
@@ -169,8 +172,28 @@ def read_runs(paths: list[Path]) -> tuple[list[SeedRun], list[str]]:
             skipped.append(str(error))
     if not runs:
         raise RunError("no finished runs to report: " + "; ".join(skipped))
+    separate_experiments(runs)
     check_distinct_seeds(runs)
     return runs, skipped
+
+
+def separate_experiments(runs: list[SeedRun]) -> None:
+    """Runs of one name and architecture whose configs (seeds aside) or data differ are different experiments,
+    never averaged as seeds of one: each variant after the first is renamed ``name (2)``, ``name (3)``, ..., and
+    says in ``apart`` which keys differ."""
+    for (experiment, _), group in experiments(runs).items():
+        variants: dict[str, list[SeedRun]] = {}
+        for run in group:
+            variants.setdefault(json.dumps(run.recipe, sort_keys=True, default=str), []).append(run)
+        first = group[0].recipe
+        for number, members in enumerate(list(variants.values())[1:], start=2):
+            recipe = members[0].recipe
+            differing = sorted(k for k in first.keys() | recipe.keys() if first.get(k) != recipe.get(k))
+            note = (f"{experiment} ({number}) ({', '.join(str(r.path) for r in members)}) differs from {experiment} "
+                    f"({group[0].path}) in {', '.join(differing[:4])}{', ...' if len(differing) > 4 else ''}; reported "
+                    f"as a separate experiment, not as more seeds")
+            for run in members:
+                run.experiment, run.apart = f"{experiment} ({number})", note
 
 
 def check_distinct_seeds(runs: list[SeedRun]) -> None:
@@ -695,6 +718,7 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
            "rather than single tokens, which are correlated within a sentence (a block bootstrap).\n"]
           if any(r.metric is PERPLEXITY for r in runs) else []),
         *(f"- skipped: {note}" for note in skipped),
+        *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
         "\n## Verdict — validation split, 95% intervals\n",
         *(experiment_section(i, group, folder) for i, group in enumerate(experiments(runs).values())),
     ]

@@ -358,6 +358,14 @@ class RunDirectory:
             raise RunError(f"{path} lacks {', '.join(missing)}; restore it from a copy, or start a new run with another --out")
         return config
 
+    def recipe(self) -> dict[str, Any]:
+        """What the seeds of one experiment share: the config but its seeds, descriptions and runtime keys, and the
+        digests of the data's recorded files. A report averages seeds only when this is equal."""
+        config = _flatten(with_defaults(self.config()))
+        kept = {k: v for k, v in config.items() if not k.startswith((*RUNTIME_KEYS, "seeds", "description", "cost"))}
+        names = [n for n in self.manifest.get("data_files") or [] if (self.root / n).is_file()]
+        return {**kept, **{f"data file {name}": _digest(self.data_file(name)) for name in names}}
+
     def is_finished(self, models: list[str], ensembles: dict[str, list[str]]) -> bool:
         """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
         ``ensembles`` are the recorded ones: then a resume has nothing to do."""

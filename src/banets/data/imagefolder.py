@@ -77,6 +77,10 @@ def read_image(path: Path, size: int) -> np.ndarray:
             image = image.resize((width, height), Image.Resampling.BILINEAR)
             left, top = (width - size) // 2, (height - size) // 2
             pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(f"image {path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
+                        f"a guard against decompression bombs; shrink or remove it, or, if you trust it, raise "
+                        f"PIL.Image.MAX_IMAGE_PIXELS in a module you --import") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DataError(f"cannot read image {path} ({type(error).__name__}); remove or replace the file") from None
     return pixels.transpose(2, 0, 1)

@@ -112,7 +112,11 @@ def check_options(cfg: DataConfig) -> None:
 def build_dataset(cfg: DataConfig) -> Data:
     """The batches of the dataset ``cfg`` describes, after checking that every option set is one it uses."""
     check_options(cfg)
-    return dataset_entry(cfg.dataset).build(cfg)
+    data = dataset_entry(cfg.dataset).build(cfg)
+    if not isinstance(data, Data):
+        raise DataError(f"dataset {cfg.dataset!r} returned {type(data).__name__}, not banets.data.Data; make its "
+                        f"builder return Data(train=..., val=..., ...)")
+    return data
 
 
 def _import_builtin_datasets() -> None:
