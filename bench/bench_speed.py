@@ -22,14 +22,14 @@ import argparse
 import contextlib
 import copy
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from banets import losses
 from banets.data.augment import cifar_transform
 from banets.data.batches import TensorBatches
-from banets.engine import Trainer, TrainConfig, autocast_dtype, make_optimizer
+from banets.engine import TrainConfig, Trainer, autocast_dtype, make_optimizer
 from banets.models import create_model
 
 

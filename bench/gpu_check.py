@@ -41,22 +41,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
+from bench_speed import measure, timed
 
 from banets import losses
 from banets.data.augment import cifar_transform
 from banets.data.fake_cifar import TRAIN_BATCHES, write_fake_cifar10
 from banets.data.text import BpttBatches
-from banets.engine import Trainer, TrainConfig, device_precision
+from banets.engine import TrainConfig, Trainer, device_precision
 from banets.models import create_model, list_models
 from banets.models.registry import model_parameters
 from banets.runs import RunDirectory
 from banets.teacher_cache import CachedTeacher, free_memory
-from bench_speed import measure, timed
 
 KILL_AFTER_FIRST_EPOCH = r"""
 import os, signal, sys

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import yaml
 
 import banets
 from banets.cli import main
-from banets.runs import RunDirectory, sha256_of
+from banets.runs import sha256_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--set", "optim.epochs=1", "--set", "optim.progress=none", "--set", "ban.generations=1", "--set", "ban.extra_losses=[]",
@@ -248,7 +247,7 @@ def test_nan_in_a_later_validation_batch_is_an_error_naming_the_split_and_batch(
 
 
 def test_the_teacher_cache_checks_every_batch_it_replays():
-    from banets.teacher_cache import CacheError, CachedTeacher
+    from banets.teacher_cache import CachedTeacher, CacheError
 
     cached = CachedTeacher(torch.nn.Embedding(50, 7), batches_per_pass=3)
     batches = [torch.randint(0, 50, (4, 5), generator=torch.Generator().manual_seed(i)) for i in range(3)]

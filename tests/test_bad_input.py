@@ -259,8 +259,8 @@ def test_a_failed_start_leaves_nothing_and_the_same_command_then_works(world, tm
 
 
 def test_a_kill_after_the_final_checkpoint_recovers_that_model_instead_of_retraining_it(tmp_path, monkeypatch):
-    from banets.experiment import resume_experiment, run_experiment
     from banets.config import load_config
+    from banets.experiment import resume_experiment, run_experiment
 
     config = load_config("demo", ["optim.epochs=2", "optim.progress=none", "ban.generations=1", "ban.extra_losses=[]",
                                   "ban.controls={}", "model.options.width=4", "seeds=[0]"])

@@ -5,8 +5,16 @@ import torch
 
 from banets import distributed, losses
 from banets.data.batches import TensorBatches
-from banets.engine import (DivergedError, Trainer, TrainConfig, autocast_dtype, choose_precision, device_precision, evaluate,
-                           make_scheduler)
+from banets.engine import (
+    DivergedError,
+    TrainConfig,
+    Trainer,
+    autocast_dtype,
+    choose_precision,
+    device_precision,
+    evaluate,
+    make_scheduler,
+)
 
 
 def make_trainer(mlp_fn, config, seed=0, loss="ce"):

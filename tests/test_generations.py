@@ -5,8 +5,8 @@ import torch
 
 from banets import born_again
 from banets.config import BornAgainConfig, TrainConfig
-from banets.ensemble import average_log_probs
 from banets.data.registry import Data
+from banets.ensemble import average_log_probs
 from banets.generations import Driver, Role, Setup, plan_ensembles, plan_generations
 from banets.models import create_model
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from banets.cli import main
-from banets.runs import RunDirectory, sha256_of, load_checkpoint
+from banets.runs import RunDirectory, load_checkpoint, sha256_of
 
 RUN = ["run", "demo", "--seeds", "0", "--set", "optim.epochs=3", "--set", "ban.generations=2", "--set", "ban.extra_losses=[]",
        "--set", "model.options.width=4", "--set", "optim.progress=none"]

@@ -11,12 +11,17 @@ import pytest
 import torch
 
 import banets.models
-from banets.experiment import model_factory
+from banets.experiment import SetupError, model_factory
 from banets.models.registry import (
-    _REGISTRY, count_parameters, create_model, describe_models, list_models, model_parameters, variant_of,
+    _REGISTRY,
+    count_parameters,
+    create_model,
+    describe_models,
+    list_models,
+    model_parameters,
+    variant_of,
 )
 from banets.models.resnet_cifar import resnet_cifar
-from banets.experiment import SetupError
 
 MODELS = Path(banets.models.__file__).parent
 BUILTIN = [name for name in list_models() if _REGISTRY[name].__module__.startswith("banets.models.")]

@@ -13,12 +13,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from banets.cli import main
-from banets.config import ExperimentConfig, ModelConfig, load_config
 from banets import born_again
-from banets.config import BornAgainConfig, TrainConfig
-from banets.experiment import SetupError, model_factory, teacher_factory
+from banets.cli import main
+from banets.config import BornAgainConfig, ExperimentConfig, ModelConfig, TrainConfig, load_config
 from banets.data.registry import Data
+from banets.experiment import SetupError, model_factory, teacher_factory
 from banets.generations import Driver, Setup, plan_generations
 from banets.models import create_model
 from banets.models.students import dense_shape, densenet_variant_kwargs, share_frozen

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from banets.data.text import BpttBatches
-from banets.engine import TrainConfig
 from banets import born_again
 from banets.config import BornAgainConfig
+from banets.data.text import BpttBatches
+from banets.engine import TrainConfig
 from banets.models import create_model
-from banets.teacher_cache import CacheError, CachedTeacher, free_memory
+from banets.teacher_cache import CachedTeacher, CacheError, free_memory
 
 VOCAB = 12
 

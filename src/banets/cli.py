@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 from banets import __version__, distributed
 from banets import config as configs
@@ -67,12 +67,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     args.dir = out  # what an interrupt's hint names
     started = time.time()
     if distributed.is_main():
-        print(f"banets demo: digits, a small CNN, {len(config.seeds)} seed(s); run directory {out} (--out to choose another)")
+        print(
+            f"banets demo: digits, a small CNN, {len(config.seeds)} seed(s); run directory {out} (--out to "
+            "choose another)"
+        )
     run_experiment(config, out)
     report_and_print(out, demo=True)
     if distributed.is_main():
-        print(f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device}); "
-              f"run directory {out}")
+        print(
+            f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device}); "
+            f"run directory {out}"
+        )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -118,8 +123,13 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def add_import_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                        help="import a Python module first (its registered models, datasets and losses); repeatable")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import a Python module first (its registered models, datasets and losses); repeatable",
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,18 +162,24 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("preset", help="a preset name (`banets presets` lists them) or a YAML config file")
     add_config_arguments(run)
     run.set_defaults(func=cmd_run)
-    resume = commands.add_parser("resume", help="continue a killed run from its last completed epoch",
-                                 description="Continue a killed run with the config it was started with. --set may change "
-                                             "only runtime keys (device, optim.progress, data paths, model.teacher_checkpoint) and ban.ensembles "
-                                             "(evaluated from the saved models); a run with a failed model is refused: start "
-                                             "a new run with the fix.")
+    resume = commands.add_parser(
+        "resume",
+        help="continue a killed run from its last completed epoch",
+        description="Continue a killed run with the config it was started with. --set may change "
+        "only runtime keys (device, optim.progress, data paths, model.teacher_checkpoint) and ban.ensembles "
+        "(evaluated from the saved models); a run with a failed model is refused: start "
+        "a new run with the fix.",
+    )
     resume.add_argument("dir", help="the run directory (the --out of `banets run`)")
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="a runtime key, e.g. device=cuda")
     resume.add_argument("--data-dir", help="where the dataset is now")
     add_import_argument(resume)
-    resume.add_argument("--trust-imports", action="store_true",
-                        help="import the modules the run's config.yaml names even when they are neither installed nor "
-                             "given with --import (only for a run directory you trust: importing runs its code)")
+    resume.add_argument(
+        "--trust-imports",
+        action="store_true",
+        help="import the modules the run's config.yaml names even when they are neither installed nor "
+        "given with --import (only for a run directory you trust: importing runs its code)",
+    )
     resume.set_defaults(func=cmd_resume)
     report = commands.add_parser("report", help="tables and plots from one or more run directories")
     report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
@@ -182,7 +198,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line_warning
     args = make_parser().parse_args(argv)
     try:

@@ -17,10 +17,12 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -103,7 +105,7 @@ class TrainConfig(Section):
     milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.8])  # fractions of the epochs
     gamma: float = 0.2  # learning-rate factor at each milestone or plateau
     plateau_threshold: float = 0.0  # plateau: validation perplexity must fall by more than this
-    grad_clip: Optional[float] = None  # max global gradient norm
+    grad_clip: float | None = None  # max global gradient norm
     precision: str = "auto"  # auto (bf16 on GPUs with bf16 units, fp16 on older GPUs, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
@@ -131,21 +133,21 @@ class DataConfig(Section):
 
     prefix: typing.ClassVar[str] = "data."
     dataset: str = "digits"  # a registered dataset: digits | cifar10 | cifar100 | text | imagefolder | tensors
-    path: Optional[str] = None  # local folder, archive or file; required when there is no network
+    path: str | None = None  # local folder, archive or file; required when there is no network
     download: bool = False
     val_size: int = 5000  # carved from the training set, seeded by split_seed
     split_seed: int = 0
-    train_subset: Optional[int] = None  # train on the first N training examples (text: the first N tokens)
+    train_subset: int | None = None  # train on the first N training examples (text: the first N tokens)
     batch_size: int = 128
     eval_batch_size: int = 500
     augment: bool = True  # pad-crop-flip for images
     normalize: bool = False  # per-channel mean/std; the paper omits it (Section 4)
-    max_vocab: Optional[int] = 10000  # text: vocabulary cap
+    max_vocab: int | None = 10000  # text: vocabulary cap
     tokenizer: str = "whitespace"  # text: whitespace (pre-tokenised, PTB) | words (raw text)
     bptt: int = 35  # text: unrolled steps
     image_size: int = 32  # imagefolder: images are resized (shorter side) and center-cropped to this size
-    val_path: Optional[str] = None  # tensors: a separate validation file (else carved from the training file)
-    test_path: Optional[str] = None  # tensors: a separate test file
+    val_path: str | None = None  # tensors: a separate validation file (else carved from the training file)
+    test_path: str | None = None  # tensors: a separate test file
 
     def validate(self) -> None:
         for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):
@@ -153,7 +155,8 @@ class DataConfig(Section):
         self.check(self.val_size >= 0, "val_size", "0 or more")
         self.check(0 <= self.split_seed <= MAX_SEED, "split_seed", f"an integer in [0, {MAX_SEED}]")
         self.check(self.train_subset is None or self.train_subset >= 1, "train_subset", "a positive integer or null")
-        self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab", "3 or more (it counts <unk> and <eos>) or null")
+        self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab",
+                   "3 or more (it counts <unk> and <eos>) or null")
         self.check_choice("tokenizer", TOKENIZERS)
 
 
@@ -164,16 +167,19 @@ class ModelConfig(Section):
     prefix: typing.ClassVar[str] = "model."
     name: str = "mlp"  # a name from `banets models`, or timm:<name>
     options: dict = field(default_factory=dict)  # keyword arguments of create_model
-    teacher_name: Optional[str] = None  # a teacher of another architecture (default: same as the students)
+    teacher_name: str | None = None  # a teacher of another architecture (default: same as the students)
     teacher_options: dict = field(default_factory=dict)
-    teacher_checkpoint: Optional[str] = None  # a trained teacher (banets checkpoint, state dict or .safetensors): not trained again
+    teacher_checkpoint: str | None = None
 
     def validate(self) -> None:
-        self.check(not self.teacher_options or self.teacher_name is not None, "teacher_options",
-                   "given with model.teacher_name (the teacher is the students' model otherwise: set model.options)")
+        self.check(
+            not self.teacher_options or self.teacher_name is not None,
+            "teacher_options",
+            "given with model.teacher_name (the teacher is the students' model otherwise: set model.options)",
+        )
 
 
-Loss = Union[str, Callable]  # a registered loss name, module:function, or a callable (student, teacher, labels) -> scalar
+Loss = str | Callable  # a registered loss name, module:function, or a callable (student, teacher, labels) -> scalar
 
 
 @dataclass
@@ -188,9 +194,13 @@ class BornAgainConfig(Section):
     controls: dict = field(default_factory=dict)  # students without a teacher: label -> ce options
     init_from_teacher: bool = False  # generation 1 starts from the teacher's weights
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
-    ensembles: dict = field(default_factory=dict)  # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
-    cache_teacher: Optional[str] = None  # reuse the teacher's logits across epochs (data that repeat exactly), in auto|fp32|bf16|fp16
-    share_layers: list[str] = field(default_factory=list)  # teacher's modules copied and frozen, e.g. [conv1, classifier]
+    ensembles: dict = field(
+        default_factory=dict
+    )  # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
+    cache_teacher: str | None = None
+    share_layers: list[str] = field(
+        default_factory=list
+    )  # teacher's modules copied and frozen, e.g. [conv1, classifier]
 
     def validate(self) -> None:
         self.check(self.generations >= 0, "generations", "0 or more")
@@ -198,13 +208,21 @@ class BornAgainConfig(Section):
             self.check_choice("cache_teacher", CACHE_DTYPES)
         for key in ("controls", "ensembles"):
             for label in getattr(self, key):
-                self.check(isinstance(label, str) and bool(MODEL_NAME.match(label)), key,
-                           f"labelled with letters, digits and _ . + * - (they name files), not {label!r}")
+                self.check(
+                    isinstance(label, str) and bool(MODEL_NAME.match(label)),
+                    key,
+                    f"labelled with letters, digits and _ . + * - (they name files), not {label!r}",
+                )
         for label, options in self.controls.items():
-            self.check(isinstance(options, dict), "controls", f"a mapping of labels to option mappings ({label!r} is not)")
+            self.check(
+                isinstance(options, dict), "controls", f"a mapping of labels to option mappings ({label!r} is not)"
+            )
         for label, members in self.ensembles.items():
-            self.check(isinstance(members, list) and all(isinstance(m, str) for m in members), "ensembles",
-                       f"a mapping of labels to lists of model names ({label!r} is not)")
+            self.check(
+                isinstance(members, list) and all(isinstance(m, str) for m in members),
+                "ensembles",
+                f"a mapping of labels to lists of model names ({label!r} is not)",
+            )
 
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+*-]*$")  # a control's or ensemble's label: it names files
@@ -229,7 +247,11 @@ class ExperimentConfig(Section):
         self.check(all(0 <= s <= MAX_SEED for s in self.seeds), "seeds", f"integers in [0, {MAX_SEED}]")
         self.check(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
         self.check(bool(DEVICE.match(self.device)), "device", "auto, cpu, cuda, cuda:N or mps")
-        self.check(bool(re.match(r"^\w[\w.+-]*$", self.name)), "name", "letters, digits and . _ + - only, from a letter or digit")
+        self.check(
+            bool(re.match(r"^\w[\w.+-]*$", self.name)),
+            "name",
+            "letters, digits and . _ + - only, from a letter or digit",
+        )
 
 
 # -- building configs from dictionaries ----------------------------------------------------------------
@@ -257,7 +279,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key} is a section; set its fields, e.g. {key}.{dataclasses.fields(hint)[0].name}=...")
         return from_dict(hint, value, key + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:
+    if origin in (Union, types.UnionType):  # Optional[X], X | None
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
@@ -283,7 +305,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         return _as_float(value, key)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    ):
         raise ConfigError(f"{key} expects {hint.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
@@ -301,8 +325,9 @@ def check_no_glued_colons(mapping: dict, key: str) -> None:
     for inner, value in mapping.items():
         if isinstance(inner, str) and ":" in inner and value is None:
             name, _, number = inner.partition(":")
-            raise ConfigError(f"{key} has a key {inner!r} without a value; YAML needs a space after the colon: "
-                              f"{{{name}: {number}}}")
+            raise ConfigError(
+                f"{key} has a key {inner!r} without a value; YAML needs a space after the colon: {{{name}: {number}}}"
+            )
         if isinstance(value, dict):
             check_no_glued_colons(value, f"{key}.{inner}")
 
@@ -347,18 +372,24 @@ def preset_names() -> list[str]:
 def preset_dict(name_or_path: str, chain: tuple[str, ...] = ()) -> dict:
     """The preset's nested dictionary with its ``extends:`` chain merged in (later keys win)."""
     if name_or_path in chain:
-        raise ConfigError(f"presets extend each other in a circle: {' -> '.join([*chain, name_or_path])}; break the circle")
+        raise ConfigError(
+            f"presets extend each other in a circle: {' -> '.join([*chain, name_or_path])}; break the circle"
+        )
     if not isinstance(name_or_path, str):
         raise ConfigError(f"extends: takes one preset name or YAML file, got {name_or_path!r}")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         if not path.is_file():
-            raise ConfigError(f"no file {path}; give a YAML config file that exists, or a preset name (`banets presets`)")
+            raise ConfigError(
+                f"no file {path}; give a YAML config file that exists, or a preset name (`banets presets`)"
+            )
     else:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         near = difflib.get_close_matches(str(name_or_path), preset_names(), n=3)
-        raise ConfigError(f"no preset {name_or_path!r}" + (f"; did you mean {', '.join(near)}?" if near else "; see `banets presets`"))
+        raise ConfigError(
+            f"no preset {name_or_path!r}" + (f"; did you mean {', '.join(near)}?" if near else "; see `banets presets`")
+        )
     values = read_yaml(path)
     parent = values.pop("extends", None)
     values.setdefault("name", path.stem)
@@ -372,20 +403,26 @@ def read_yaml(path: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path} is not valid YAML{line} ({getattr(error, 'problem', None) or error}); fix the file") from None
+        raise ConfigError(
+            f"{path} is not valid YAML{line} ({getattr(error, 'problem', None) or error}); fix the file"
+        ) from None
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} holds a {type(values).__name__}, not a mapping of config keys; see `banets presets --keys`")
+        raise ConfigError(
+            f"{path} holds a {type(values).__name__}, not a mapping of config keys; see `banets presets --keys`"
+        )
     return values
 
 
 def deep_merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -405,15 +442,17 @@ def apply_override(values: dict, text: str) -> dict:
     try:
         cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(error, 'problem', None) or error}); "
-                          "quote it for the shell, e.g. --set 'ban.controls={CE: {}}'") from None
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({getattr(error, 'problem', None) or error}); "
+            "quote it for the shell, e.g. --set 'ban.controls={CE: {}}'"
+        ) from None
     return updated
 
 
 PATH_KEYS = (("data", "path"), ("data", "val_path"), ("data", "test_path"), ("model", "teacher_checkpoint"))
 
 
-def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
+def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
     """The preset (or the defaults) with ``overrides`` applied, validated; its file paths made absolute (from the
     current folder; links kept as given), so that the run's ``config.yaml`` finds them from anywhere on resume."""
     return config_of(preset_dict(preset) if preset else {}, overrides)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -107,7 +107,9 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index])
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        warnings.warn("BatchNorm on CPU under torchrun normalises each process's rows, not the global batch")
+        warnings.warn(
+            "BatchNorm on CPU under torchrun normalises each process's rows, not the global batch", stacklevel=2
+        )
     return DistributedDataParallel(model)
 
 
@@ -138,8 +140,10 @@ def split_batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
     if world == 1:
         return x, y, 1.0
     if len(y) < world:
-        raise ValueError(f"a training batch of {len(y)} rows cannot be split over {world} processes; "
-                         f"use a batch size whose last batch has at least {world} rows, or drop the last batch")
+        raise ValueError(
+            f"a training batch of {len(y)} rows cannot be split over {world} processes; "
+            f"use a batch size whose last batch has at least {world} rows, or drop the last batch"
+        )
     rows = shard(len(y))
     return x[rows], y[rows], world * y[rows].numel() / y.numel()
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ class DivergedError(UserError, RuntimeError):
 
 
 class Callback(Protocol):
-    def __call__(self, trainer: "Trainer", record: dict) -> None: ...
+    def __call__(self, trainer: Trainer, record: dict) -> None: ...
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -51,12 +52,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return distributed.local_device(torch.device(name))
 
 
-AUTOCAST_DTYPES: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores
 MAX_SKIPPED_STEPS = 10  # fp16: consecutive NaN/inf losses the loss scaler may skip before the run counts as diverged
 
 
-def choose_precision(precision: str, device_type: str, capability: Optional[tuple[int, int]] = None) -> str:
+def choose_precision(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
     """What ``optim.precision`` means on a device of type ``device_type`` (and, on CUDA, compute ``capability``):
     ``fp32``, ``bf16`` or ``fp16``. ``auto`` is bf16 on CUDA GPUs of capability 8.0 or more, fp16 (with loss
     scaling) on older ones, whose bf16 is emulated (``torch.cuda.is_bf16_supported()`` counts it, but it runs
@@ -75,7 +76,7 @@ def device_precision(precision: str, device: torch.device) -> str:
     return choose_precision(precision, device.type, capability)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device``, or None for plain fp32."""
     return AUTOCAST_DTYPES[device_precision(precision, device)]
 
@@ -106,8 +107,9 @@ class EpochTotals:
     last_nonfinite: Tensor
 
     @classmethod
-    def zeros(cls, nonfinite_run: Tensor) -> "EpochTotals":
-        """Empty sums; ``nonfinite_run`` carries the previous epoch's run of NaN/inf losses over, whatever the epochs' lengths."""
+    def zeros(cls, nonfinite_run: Tensor) -> EpochTotals:
+        """Empty sums; ``nonfinite_run`` carries the previous epoch's run of NaN/inf losses over, whatever the
+        epochs' lengths."""
         count = torch.zeros_like(nonfinite_run)
         value = torch.zeros((), device=nonfinite_run.device)
         return cls(value, count, count.clone(), nonfinite_run, nonfinite_run.clone(), value.clone())
@@ -136,8 +138,8 @@ class Trainer:
         *,
         seed: int,
         device: torch.device,
-        teacher: Optional[nn.Module] = None,
-        transform: Optional[Transform] = None,
+        teacher: nn.Module | None = None,
+        transform: Transform | None = None,
         callbacks: Sequence[Callback] = (),
         name: str = "model",
         label: str = "",
@@ -164,15 +166,23 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------------
 
-    def fit(self, train_data: Iterable[Batch], val_data: Optional[Iterable[Batch]] = None) -> list[dict]:
+    def fit(self, train_data: Iterable[Batch], val_data: Iterable[Batch] | None = None) -> list[dict]:
         """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch with the
-        epoch's record and its wall-clock ``seconds`` (kept out of ``history``, so checkpoints do not depend on timing)."""
+        epoch's record and its wall-clock ``seconds`` (kept out of ``history``, so checkpoints do not depend on
+        timing)."""
         bar = self._model_bar()
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             record = self.train_epoch(train_data)
             if val_data is not None:
-                record.update({f"val_{k}": v for k, v in evaluate(self.model, val_data, self.device, self.config, self.transform).summary().items()})
+                record.update(
+                    {
+                        f"val_{k}": v
+                        for k, v in evaluate(self.model, val_data, self.device, self.config, self.transform)
+                        .summary()
+                        .items()
+                    }
+                )
             self._step_schedule(record)
             self.epoch += 1
             self.history.append(record)
@@ -194,8 +204,13 @@ class Trainer:
             if model is not None:
                 reset_state(model)
         totals = EpochTotals.zeros(self.nonfinite_run)
-        steps = tqdm(train_data, desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}", leave=False,
-                     disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
+        steps = tqdm(
+            train_data,
+            desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}",
+            leave=False,
+            disable=None if self.config.progress == "epoch" else True,
+            dynamic_ncols=True,
+        )
         batches = 0
         for step, batch in enumerate(steps):
             batches += 1
@@ -210,8 +225,10 @@ class Trainer:
                 steps.set_postfix(loss=f"{loss.item():.4f}")
         totals.sum_over_processes()
         if batches == 0:
-            raise DataError(f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
-                            f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)")
+            raise DataError(
+                f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
+                f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)"
+            )
         self._check_finite(totals, "at the end of the epoch")
         if self.teacher is not None:
             reset_state(self.teacher)  # a cached teacher checks the batches it replayed this epoch
@@ -233,7 +250,8 @@ class Trainer:
         return x, y
 
     def _step(self, x: Tensor, y: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
-        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits and loss.
+        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits
+        and loss.
 
         Under fp16 the loss is scaled before ``backward`` and the gradients unscaled before clipping (so the norm
         is the true gradients'); ``scaler.step`` skips the step when they hold inf/NaN and ``update`` then halves
@@ -253,8 +271,10 @@ class Trainer:
             try:
                 loss = self.loss(logits, teacher_logits, y)
             except IndexError as error:  # a label beyond the outputs, in a batch the checks before training did not see
-                raise DataError(f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "
-                                f"build the model for every class in the data") from None
+                raise DataError(
+                    f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "
+                    f"build the model for every class in the data"
+                ) from None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share).backward()
         if self.config.grad_clip:
@@ -278,10 +298,12 @@ class Trainer:
         value = totals.last_nonfinite.item()
         skipped = f" for more than {allowed} consecutive steps (each skipped by fp16's loss scaler)" if allowed else ""
         raise DivergedError(
-            self.name, f"loss became {value if not math.isfinite(value) else 'nan or inf'}{skipped} at epoch "
-            f"{self.epoch + 1} ({f'step {step}' if isinstance(step, int) else step}); lower the learning rate (optim.lr) or set optim.grad_clip"
+            self.name,
+            f"loss became {value if not math.isfinite(value) else 'nan or inf'}{skipped} at epoch "
+            f"{self.epoch + 1} ({f'step {step}' if isinstance(step, int) else step}); lower the learning rate "
+            "(optim.lr) or set optim.grad_clip"
             f"{' or optim.precision=fp32' if allowed else ''}; "
-            + (f"checkpoints up to epoch {self.epoch} are kept" if self.epoch else "it finished no epoch")
+            + (f"checkpoints up to epoch {self.epoch} are kept" if self.epoch else "it finished no epoch"),
         )
 
     def _step_schedule(self, record: dict) -> None:
@@ -295,7 +317,9 @@ class Trainer:
     def _model_bar(self):
         if self.config.progress != "model":
             return None
-        return tqdm(total=self.config.epochs, initial=self.epoch, desc=self.label, leave=False, dynamic_ncols=True, disable=None)
+        return tqdm(
+            total=self.config.epochs, initial=self.epoch, desc=self.label, leave=False, dynamic_ncols=True, disable=None
+        )
 
     def _report(self, record: dict, bar) -> None:
         if bar is not None:
@@ -328,8 +352,12 @@ class Trainer:
 
 
 def format_record(name: str, record: dict) -> str:
-    parts = [f"{name} epoch {record['epoch']}", f"lr {record['lr']:.4g}", f"loss {record['train_loss']:.4f}",
-             f"train err {record['train_error']:.2f}%"]
+    parts = [
+        f"{name} epoch {record['epoch']}",
+        f"lr {record['lr']:.4g}",
+        f"loss {record['train_loss']:.4f}",
+        f"train err {record['train_error']:.2f}%",
+    ]
     if "val_error" in record:
         parts += [f"val err {record['val_error']:.2f}%", f"val nll {record['val_nll']:.4f}"]
     return " | ".join(parts)
@@ -339,8 +367,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """SGD (Nesterov by default) or Adam over the trainable parameters; frozen ones get no weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd or adam")
@@ -354,7 +387,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=config.gamma, patience=0, threshold=config.plateau_threshold, threshold_mode="abs"
+            optimizer,
+            mode="min",
+            factor=config.gamma,
+            patience=0,
+            threshold=config.plateau_threshold,
+            threshold_mode="abs",
         )
     if config.schedule == "constant":
         return None
@@ -369,7 +407,7 @@ def predict_batches(
     data: Iterable[Batch],
     device: torch.device,
     config: TrainConfig,
-    transform: Optional[Transform] = None,
+    transform: Transform | None = None,
     split: str = "validation",
 ) -> Iterator[tuple[list[Tensor], Tensor]]:
     """For each batch, every model's log-probabilities flattened to ``(rows, classes)``, and the labels; a batch
@@ -395,13 +433,21 @@ def predict_batches(
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
             if not all(torch.isfinite(z).all() for z in logits):  # gathered: every process stops at the same batch
-                raise DataError(f"batch {index} of the {split} data gives NaN or inf outputs: its inputs hold NaN or inf "
-                                f"(clean or drop those examples, or give a transform that does), or the model's weights do")
+                raise DataError(
+                    f"batch {index} of the {split} data gives NaN or inf outputs: its inputs hold NaN or inf "
+                    f"(clean or drop those examples, or give a transform that does), or the model's weights do"
+                )
             yield [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
 
 
-def evaluate(model: nn.Module, data: Iterable[Batch], device: torch.device, config: TrainConfig,
-             transform: Optional[Transform] = None, split: str = "validation") -> Predictions:
+def evaluate(
+    model: nn.Module,
+    data: Iterable[Batch],
+    device: torch.device,
+    config: TrainConfig,
+    transform: Transform | None = None,
+    split: str = "validation",
+) -> Predictions:
     """Per-example predictions of one model on ``data`` (evaluation mode, no augmentation)."""
     batches = predict_batches([model], data, device, config, transform, split)
     parts = [Predictions.from_log_probs(lp, y) for (lp,), y in batches]

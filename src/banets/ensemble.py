@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ def evaluate_with_ensembles(
     data: Iterable[Batch],
     device: torch.device,
     config: TrainConfig,
-    transform: Optional[Transform] = None,
+    transform: Transform | None = None,
     split: str = "validation",
 ) -> dict[str, Predictions]:
     """Per-example predictions of every model and every ensemble on ``data`` (the ``split`` named in errors), in

@@ -11,26 +11,49 @@ and evaluates; rank 0 alone writes.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import yaml
 
 from banets import distributed, losses
-from banets.config import (BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig, UserError,
-                           config_of, first_line, from_dict, to_dict)
+from banets.config import (
+    BornAgainConfig,
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+    UserError,
+    config_of,
+    first_line,
+    from_dict,
+    to_dict,
+)
 from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
 from banets.engine import DivergedError, resolve_device
 from banets.ensemble import evaluate_with_ensembles
-from banets.generations import (BornAgainResult, Driver, MemoryStore, ModelFn, ReadOnlyStore, Setup, build_model, check_plan,
-                                first_batch, plan_ensembles, plan_generations, saved_weights_of)
+from banets.generations import (
+    BornAgainResult,
+    Driver,
+    MemoryStore,
+    ModelFn,
+    ReadOnlyStore,
+    Setup,
+    build_model,
+    check_plan,
+    first_batch,
+    plan_ensembles,
+    plan_generations,
+    saved_weights_of,
+)
 from banets.models.registry import create_model, model_parameters
 from banets.report import SeedRun, check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import RunDirectory, RunError, load_checkpoint
@@ -50,21 +73,28 @@ def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
         raise SetupError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
-    takes = accepted if accepted is not None else {"num_classes", "in_channels"}  # timm: any option, these from the data
+    takes = (
+        accepted if accepted is not None else {"num_classes", "in_channels"}
+    )  # timm: any option, these from the data
     derived = {k: v for k, v in data_options.items() if k in takes and k not in options}
     return lambda: create_model(name, **derived, **options)
 
 
-def teacher_factory(cfg: ModelConfig, data_options: dict) -> Optional[ModelFn]:
-    """A factory for a teacher of another architecture, checked to predict the students' classes from the same inputs."""
+def teacher_factory(cfg: ModelConfig, data_options: dict) -> ModelFn | None:
+    """A factory for a teacher of another architecture, checked to predict the students' classes from the same
+    inputs."""
     if not cfg.teacher_name:
         return None
     for key in ("num_classes", "in_channels"):
-        ours, theirs = (options.get(key, data_options.get(key)) if key in (model_parameters(name) or {key}) else None
-                        for name, options in ((cfg.name, cfg.options), (cfg.teacher_name, cfg.teacher_options)))
+        ours, theirs = (
+            options.get(key, data_options.get(key)) if key in (model_parameters(name) or {key}) else None
+            for name, options in ((cfg.name, cfg.options), (cfg.teacher_name, cfg.teacher_options))
+        )
         if None not in (ours, theirs) and ours != theirs:
-            raise SetupError(f"teacher {cfg.teacher_name} has {key}={theirs} but the students ({cfg.name}) have {key}={ours}; "
-                           f"teacher and students must share classes and inputs")
+            raise SetupError(
+                f"teacher {cfg.teacher_name} has {key}={theirs} but the students ({cfg.name}) have {key}={ours}; "
+                f"teacher and students must share classes and inputs"
+            )
     return model_factory(cfg.teacher_name, cfg.teacher_options, data_options)
 
 
@@ -72,8 +102,10 @@ def setup_from_config(config: ExperimentConfig) -> Setup:
     """The data and models a config names, built and checked (nothing is written)."""
     import_modules(config.imports)
     if config.data.dataset == PYTHON:
-        raise RunError("this run was made from Python with its own model and data; continue it from Python with "
-                       "born_again(..., out=DIR, resume=True)")
+        raise RunError(
+            "this run was made from Python with its own model and data; continue it from Python with "
+            "born_again(..., out=DIR, resume=True)"
+        )
     data = build_dataset(config.data)
     student_fn = model_factory(config.model.name, config.model.options, data.model_options)
     teacher_fn = teacher_factory(config.model, data.model_options)
@@ -98,7 +130,7 @@ class BornAgainRun:
     config: ExperimentConfig
     results: dict[int, BornAgainResult]
     data_record: dict  # Data.record(): the metric and bootstrap block of the report
-    out: Optional[Path] = None
+    out: Path | None = None
 
     @property
     def models(self) -> dict[str, nn.Module]:
@@ -107,24 +139,32 @@ class BornAgainRun:
     def rows(self, split: str = "val") -> list[dict]:
         if self.out is not None:
             return summarize(read_runs([self.out])[0], split)
-        return summarize([seed_run_of(self.config, seed, result, self.data_record) for seed, result in self.results.items()], split)
+        return summarize(
+            [seed_run_of(self.config, seed, result, self.data_record) for seed, result in self.results.items()], split
+        )
 
 
 def config_record(config: ExperimentConfig, **changes: Any) -> dict:
     """``config`` as ``config.yaml`` records it: callables (your losses) by their ``module:function`` name."""
-    ban = replace(config.ban, loss=losses.name_of(config.ban.loss), extra_losses=[losses.name_of(x) for x in config.ban.extra_losses])
+    ban = replace(
+        config.ban,
+        loss=losses.name_of(config.ban.loss),
+        extra_losses=[losses.name_of(x) for x in config.ban.extra_losses],
+    )
     return to_dict(replace(config, ban=ban, **changes))
 
 
-def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resume: bool = False) -> BornAgainRun:
+def run(config: ExperimentConfig, setup: Setup, out: Path | None = None, resume: bool = False) -> BornAgainRun:
     """Check everything, then train and evaluate every seed of ``config`` on ``setup``, each into ``out/seed-<s>``
     (nothing is written without ``out``). ``resume`` continues the seeds ``out`` already holds."""
     check_recordable(config)
     device = available_device(config.device)
     distributed.init_from_env(device)
     if config.data.batch_size % distributed.world_size():
-        raise SetupError(f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
-                         f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}")
+        raise SetupError(
+            f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
+            f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}"
+        )
     plan = plan_generations(config.ban, config.seeds[0])
     check_plan(plan, config.ban, setup, device)
     refused = None
@@ -138,7 +178,9 @@ def run(config: ExperimentConfig, setup: Setup, out: Optional[Path] = None, resu
     results = {}
     for i, seed in enumerate(config.seeds):
         run_dir = Path(out) / f"seed-{seed}" if out is not None else None
-        results[seed] = run_seed(config, setup, seed, run_dir, device, label=f"seed {seed} [{i + 1}/{len(config.seeds)}]")
+        results[seed] = run_seed(
+            config, setup, seed, run_dir, device, label=f"seed {seed} [{i + 1}/{len(config.seeds)}]"
+        )
     return BornAgainRun(config, results, setup.data.record(), Path(out) if out is not None else None)
 
 
@@ -147,18 +189,25 @@ def check_recordable(config: ExperimentConfig) -> None:
     try:
         yaml.safe_dump(config_record(config))
     except yaml.YAMLError as error:
-        raise ConfigError(f"a config value cannot be written to config.yaml ({first_line(error)}); use plain "
-                          f"Python numbers, strings, lists and dicts (e.g. float(x) for a NumPy number)") from None
+        raise ConfigError(
+            f"a config value cannot be written to config.yaml ({first_line(error)}); use plain "
+            f"Python numbers, strings, lists and dicts (e.g. float(x) for a NumPy number)"
+        ) from None
 
 
 def available_device(name: str) -> torch.device:
     """The device ``name`` resolves to, refused with a one-line error when this machine has none of that kind."""
     kind = name.split(":")[0]
-    present = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available(),
-               "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}
+    present = {
+        "cuda": torch.cuda.is_available,
+        "mps": lambda: torch.backends.mps.is_available(),
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }
     if kind in present and not present[kind]():
-        raise SetupError(f"device={name} but torch {torch.__version__} finds no {kind} device here; use --set device=cpu "
-                       f"(or device=auto: a GPU when there is one)")
+        raise SetupError(
+            f"device={name} but torch {torch.__version__} finds no {kind} device here; use --set device=cpu "
+            f"(or device=auto: a GPU when there is one)"
+        )
     return resolve_device(name)
 
 
@@ -173,7 +222,9 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
         if not run_dir.root.exists():
             continue
         if not run_dir.exists():
-            raise RunError(f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another {option}")
+            raise RunError(
+                f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another {option}"
+            )
         if not resume:
             run_dir.check_not_failed()  # a failed run is not one to continue
             how = f"born_again(..., out={str(out)!r}, resume=True)" if option == "out=" else f"`banets resume {out}`"
@@ -195,11 +246,15 @@ def check_out_folder(out: Path, option: str) -> None:
         probe.touch()
         probe.unlink()
     except OSError as error:
-        raise RunError(f"cannot write into {option} {out} ({error.strerror}); choose a folder you can write to") from None
+        raise RunError(
+            f"cannot write into {option} {out} ({error.strerror}); choose a folder you can write to"
+        ) from None
     foreign = sorted(p.name for p in out.iterdir() if not is_ours(p))
     if foreign:
-        raise RunError(f"{option} {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
-                       f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+        raise RunError(
+            f"{option} {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder"
+        )
     check_report_folder(out / REPORT_DIR)
 
 
@@ -212,8 +267,9 @@ def is_ours(path: Path) -> bool:
     return path.name.startswith("seed-") and path.is_dir() and (path / "manifest.json").exists()
 
 
-def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optional[Path], device: torch.device,
-             label: str = "") -> BornAgainResult:
+def run_seed(
+    config: ExperimentConfig, setup: Setup, seed: int, run_dir: Path | None, device: torch.device, label: str = ""
+) -> BornAgainResult:
     """Train and evaluate one seed's plan, into ``run_dir`` when given; what the directory holds is not redone."""
     main = distributed.is_main()
     with distributed.main_first():  # rank 0 creates the directory, then the others read it
@@ -229,10 +285,16 @@ def run_seed(config: ExperimentConfig, setup: Setup, seed: int, run_dir: Optiona
         if main and isinstance(store, RunDirectory):
             store.mark_failed(error.model, str(error))
         raise
-    splits = {("val", "validation"): setup.data.val, ("test", "test"): setup.data.test,
-              ("train", "training"): setup.data.train_eval}
-    predictions = {split: evaluate_with_ensembles(models, ensembles, data, device, config.optim, setup.data.transform, named)
-                   for (split, named), data in splits.items() if data is not None}
+    splits = {
+        ("val", "validation"): setup.data.val,
+        ("test", "test"): setup.data.test,
+        ("train", "training"): setup.data.train_eval,
+    }
+    predictions = {
+        split: evaluate_with_ensembles(models, ensembles, data, device, config.optim, setup.data.transform, named)
+        for (split, named), data in splits.items()
+        if data is not None
+    }
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, RunDirectory):
         save_result(store, config, result)
@@ -254,7 +316,7 @@ def save_result(store: RunDirectory, config: ExperimentConfig, result: BornAgain
 # -- the command line --------------------------------------------------------------------------------------
 
 
-def run_experiment(config: ExperimentConfig, out: Optional[Path], resume: bool = False) -> BornAgainRun:
+def run_experiment(config: ExperimentConfig, out: Path | None, resume: bool = False) -> BornAgainRun:
     """``banets run``: every seed of ``config`` on the dataset and models it names, each into ``out/seed-<seed>``."""
     return run(config, setup_from_config(config), out, resume)
 
@@ -290,8 +352,10 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), trust_imports: b
         saved = RunDirectory(recorded.get(seed, dirs[0])).config()  # verified: the config the run wrote
         config = config_of(saved, overrides)
         if config.seeds != config_of(saved).seeds:
-            raise RunError(f"a resume continues the seeds {out} was started with ({', '.join(map(str, planned))}); add "
-                           f"seeds with `banets run ... --seeds N --out {out}`")
+            raise RunError(
+                f"a resume continues the seeds {out} was started with ({', '.join(map(str, planned))}); add "
+                f"seeds with `banets run ... --seeds N --out {out}`"
+            )
         config = replace(config, seeds=[seed])
         if seed in recorded:
             directory = RunDirectory(recorded[seed], read_only=not distributed.is_main())
@@ -315,15 +379,15 @@ def born_again(
     val: Any,
     test: Any = None,
     *,
-    ban: Optional[BornAgainConfig] = None,
-    optim: Optional[TrainConfig] = None,
+    ban: BornAgainConfig | None = None,
+    optim: TrainConfig | None = None,
     seeds: int | Sequence[int] = 0,
     out: str | Path | None = None,
     resume: bool = False,
-    teacher: Optional[nn.Module] = None,
-    teacher_fn: Optional[ModelFn] = None,
+    teacher: nn.Module | None = None,
+    teacher_fn: ModelFn | None = None,
     batch_size: int = 128,
-    transform: Optional[Transform] = None,
+    transform: Transform | None = None,
     device: str = "auto",
     name: str = "custom",
 ) -> BornAgainRun:
@@ -343,21 +407,36 @@ def born_again(
     optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
     data_config = DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size)  # checked first
     train_batches = as_batches(train, batch_size, shuffle=True, what="train")
-    data = Data(train=train_batches, val=as_batches(val, batch_size, shuffle=False, what="val"),
-                test=as_batches(test, batch_size, shuffle=False, what="test"), transform=transform)
+    data = Data(
+        train=train_batches,
+        val=as_batches(val, batch_size, shuffle=False, what="val"),
+        test=as_batches(test, batch_size, shuffle=False, what="test"),
+        transform=transform,
+    )
     data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)  # compared on resume
     labels = first_batch(train_batches, "training")[1]
     if labels.dim() > 1:  # sequences: a language model, scored by perplexity; its bootstrap resamples whole rows
         data.metric, data.block = "perplexity", labels.shape[-1]
     architecture = type(build_model(model_fn, "model_fn")).__name__
-    seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds  # else refused
-    config = ExperimentConfig(name=name, seeds=seed_list, device=device, data=data_config,
-                              model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban)
+    seed_list = (
+        [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds
+    )  # else refused
+    config = ExperimentConfig(
+        name=name,
+        seeds=seed_list,
+        device=device,
+        data=data_config,
+        model=ModelConfig(name=f"{PYTHON}:{architecture}"),
+        optim=optim,
+        ban=ban,
+    )
     try:
         result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
     except KeyboardInterrupt:
         if out is not None and distributed.is_main():  # what `banets run` says on Ctrl-C, in Python's words
-            print(f"\nbanets: interrupted; continue with born_again(..., out={str(out)!r}, resume=True)", file=sys.stderr)
+            print(
+                f"\nbanets: interrupted; continue with born_again(..., out={str(out)!r}, resume=True)", file=sys.stderr
+            )
         raise
     if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
         report_runs([Path(out)], Path(out) / REPORT_DIR)
@@ -374,8 +453,9 @@ def report_runs(paths: list[Path], folder: Path) -> list[SeedRun]:
     return runs
 
 
-def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: Optional[ModelFn] = None,
-         trust_code: bool = False) -> nn.Module:
+def load(
+    run_dir: str | Path, name: str, seed: int | None = None, model_fn: ModelFn | None = None, trust_code: bool = False
+) -> nn.Module:
     """The trained model ``name`` (``"teacher"``, ``"BAN-2"``, ...) of a run, in evaluation mode.
 
     ``run_dir`` is a run's ``--out`` (``seed`` picks the seed, by default the first) or one seed directory. The
@@ -386,8 +466,11 @@ def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: O
     if not isinstance(name, str):
         raise RunError(f"load takes one model name such as 'teacher' or 'BAN-2', not {name!r}; call it once per model")
     root = Path(run_dir)
-    seed_dir = root if (root / "manifest.json").exists() else next(
-        (d for d in seed_dirs(root) if seed is None or d.name == f"seed-{seed}"), None)
+    seed_dir = (
+        root
+        if (root / "manifest.json").exists()
+        else next((d for d in seed_dirs(root) if seed is None or d.name == f"seed-{seed}"), None)
+    )
     if seed_dir is None:
         raise RunError(f"{root} holds no seed {seed}; its seeds are {', '.join(d.name for d in seed_dirs(root))}")
     if not (seed_dir / "config.yaml").is_file():
@@ -397,12 +480,16 @@ def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: O
     entry = directory.manifest.get("models", {}).get(name)
     if entry is None or entry.get("status") != "done":
         finished = [n for n, e in directory.manifest.get("models", {}).items() if e.get("status") == "done"]
-        raise RunError(f"{seed_dir} has no finished model {name!r}; its finished models are {', '.join(finished) or 'none'}")
+        raise RunError(
+            f"{seed_dir} has no finished model {name!r}; its finished models are {', '.join(finished) or 'none'}"
+        )
     try:
         state = load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])
     except RunError as error:
-        raise RunError(f"{error}; resuming the run (`banets resume {seed_dir.parent}`, or born_again(..., resume=True) for "
-                       f"a run made from Python) trains {name} again from its recorded seed") from None
+        raise RunError(
+            f"{error}; resuming the run (`banets resume {seed_dir.parent}`, or born_again(..., resume=True) for "
+            f"a run made from Python) trains {name} again from its recorded seed"
+        ) from None
     if model_fn is None:
         if not trust_code and config.data.dataset != PYTHON:
             check_recorded_modules(config.imports, root, "trust_code=True")
@@ -416,10 +503,14 @@ def load(run_dir: str | Path, name: str, seed: Optional[int] = None, model_fn: O
 def recorded_factory(config: ExperimentConfig, directory: RunDirectory, teacher: bool) -> ModelFn:
     """The factory of a run's students (or of its teacher, when it has another architecture), from its records."""
     if config.data.dataset == PYTHON:
-        raise RunError(f"{directory.root} was made from Python with its own model; pass it: load(..., model_fn=lambda: MyNet())")
+        raise RunError(
+            f"{directory.root} was made from Python with its own model; pass it: load(..., model_fn=lambda: MyNet())"
+        )
     if "model_options" not in directory.manifest:
-        raise RunError(f"{directory.root} was made by a banets that did not record its models' data options; pass the "
-                       f"model: load(..., model_fn=lambda: create_model(NAME, num_classes=..., ...))")
+        raise RunError(
+            f"{directory.root} was made by a banets that did not record its models' data options; pass the "
+            f"model: load(..., model_fn=lambda: create_model(NAME, num_classes=..., ...))"
+        )
     import_modules(config.imports)
     options = dict(directory.manifest["model_options"])
     for option, file in directory.manifest.get("options_in_files", {}).items():

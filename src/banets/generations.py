@@ -14,8 +14,9 @@ import contextlib
 import copy
 import enum
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -59,18 +60,24 @@ class ModelSpec:
     role: Role
     loss: Loss = "ce"
     loss_options: dict = field(default_factory=dict)
-    teacher: Optional[str] = None
-    generation: Optional[int] = None  # 0 for the teacher, k for the k-th born-again generation
+    teacher: str | None = None
+    generation: int | None = None  # 0 for the teacher, k for the k-th born-again generation
     seed: int = 0
-    init_from: Optional[str] = None  # start from this model's weights instead of a fresh initialisation
+    init_from: str | None = None  # start from this model's weights instead of a fresh initialisation
 
     def make_loss(self) -> losses.Loss:
         return losses.get(self.loss, **self.loss_options)
 
     def describe(self) -> dict:
         """The plain record of this model in a manifest and a report."""
-        return {"role": str(self.role), "generation": self.generation, "seed": self.seed, "loss": losses.name_of(self.loss),
-                "loss_options": self.loss_options, "teacher": self.teacher}
+        return {
+            "role": str(self.role),
+            "generation": self.generation,
+            "seed": self.seed,
+            "loss": losses.name_of(self.loss),
+            "loss_options": self.loss_options,
+            "teacher": self.teacher,
+        }
 
 
 def short_name(loss: Loss) -> str:
@@ -94,8 +101,17 @@ def plan_generations(ban: BornAgainConfig, seed: int = 0) -> list[ModelSpec]:
     specs = [ModelSpec(TEACHER, Role.TEACHER, "ce", generation=0)]
     for k in range(1, ban.generations + 1):
         init = TEACHER if ban.init_from_teacher and k == 1 else None
-        specs.append(ModelSpec(f"{short_name(ban.loss)}-{k}", Role.GENERATION, ban.loss, dict(ban.loss_options),
-                               teacher=specs[-1].name, generation=k, init_from=init))
+        specs.append(
+            ModelSpec(
+                f"{short_name(ban.loss)}-{k}",
+                Role.GENERATION,
+                ban.loss,
+                dict(ban.loss_options),
+                teacher=specs[-1].name,
+                generation=k,
+                init_from=init,
+            )
+        )
     specs += [ModelSpec(short_name(extra), Role.STUDENT, extra, teacher=TEACHER) for extra in ban.extra_losses]
     specs += [ModelSpec(label, Role.CONTROL, "ce", dict(options)) for label, options in ban.controls.items()]
     names = [s.name for s in specs]
@@ -126,8 +142,10 @@ def plan_ensembles(plan: list[ModelSpec], ban: BornAgainConfig) -> dict[str, lis
             raise PlanError(f"ensemble name {label!r} is already taken by a model or a BANE ensemble; choose another")
         unknown = [m for m in members if m not in trained]
         if unknown or not members:
-            raise PlanError(f"ensemble {label!r} names {', '.join(unknown) or 'no model'}; the trained models are "
-                            f"{', '.join(trained)}")
+            raise PlanError(
+                f"ensemble {label!r} names {', '.join(unknown) or 'no model'}; the trained models are "
+                f"{', '.join(trained)}"
+            )
         ensembles[label] = list(members)
     return ensembles
 
@@ -138,15 +156,18 @@ def plan_ensembles(plan: list[ModelSpec], ban: BornAgainConfig) -> dict[str, lis
 def build_model(factory: ModelFn, what: str) -> nn.Module:
     """``factory()``, checked to be an ``nn.Module`` built by a callable."""
     if isinstance(factory, nn.Module):
-        raise PlanError(f"{what} is a model instance; pass a factory that builds a fresh one, e.g. lambda: "
-                        f"{type(factory).__name__}(...)")
+        raise PlanError(
+            f"{what} is a model instance; pass a factory that builds a fresh one, e.g. lambda: "
+            f"{type(factory).__name__}(...)"
+        )
     if not callable(factory):
         raise PlanError(f"{what} must be a callable that returns an nn.Module, got {type(factory).__name__}")
     try:
         model = factory()
     except (RuntimeError, ValueError, TypeError) as error:
-        raise PlanError(f"{what} failed to build the model ({type(error).__name__}: {first_line(error)}); "
-                        f"check its options") from None
+        raise PlanError(
+            f"{what} failed to build the model ({type(error).__name__}: {first_line(error)}); check its options"
+        ) from None
     if not isinstance(model, nn.Module):
         raise PlanError(f"{what} returned {type(model).__name__}, not an nn.Module; make it return the model")
     return model
@@ -164,17 +185,25 @@ def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what
     if not isinstance(logits, torch.Tensor):
         raise PlanError(f"{what} returned {type(logits).__name__}; a model must return a logits tensor")
     if tuple(logits.shape[:-1]) != tuple(y.shape):
-        raise PlanError(f"{what} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}; "
-                        f"expected {tuple(y.shape)} + (classes,)")
+        raise PlanError(
+            f"{what} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}; "
+            f"expected {tuple(y.shape)} + (classes,)"
+        )
     low, high = bounds
     if low < 0:
-        raise DataError(f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())")
+        raise DataError(
+            f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())"
+        )
     if high >= logits.shape[-1]:
-        raise PlanError(f"{what} has {logits.shape[-1]} outputs but the labels range over [{low}, {high}]; "
-                        f"build it with at least {high + 1} classes (labels are 0 .. classes - 1)")
+        raise PlanError(
+            f"{what} has {logits.shape[-1]} outputs but the labels range over [{low}, {high}]; "
+            f"build it with at least {high + 1} classes (labels are 0 .. classes - 1)"
+        )
     if not torch.isfinite(logits).all():
-        raise PlanError(f"{what} outputs NaN or inf on the first batch; check its weights (a damaged or diverged "
-                        f"checkpoint?) and the inputs")
+        raise PlanError(
+            f"{what} outputs NaN or inf on the first batch; check its weights (a damaged or diverged "
+            f"checkpoint?) and the inputs"
+        )
     return logits
 
 
@@ -185,8 +214,10 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: 
     try:
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        raise PlanError(f"{what} fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
-                        f"these inputs (`banets models NAME` lists a registered model's options, e.g. in_channels)") from None
+        raise PlanError(
+            f"{what} fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
+            f"these inputs (`banets models NAME` lists a registered model's options, e.g. in_channels)"
+        ) from None
     finally:
         reset_state(model)
 
@@ -201,7 +232,7 @@ def first_batch(data: Iterable[Batch], what: str) -> Batch:
     raise DataError(f"the {what} data yield no batch; is it empty?")
 
 
-def model_inputs(setup: "Setup", data: Iterable[Batch], x: torch.Tensor, device: torch.device, what: str) -> torch.Tensor:
+def model_inputs(setup: Setup, data: Iterable[Batch], x: torch.Tensor, device: torch.device, what: str) -> torch.Tensor:
     """Batch ``x`` of ``data`` as models see it in evaluation: on ``device``, through the data's transform, and
     finite (all of ``data`` checked when it is held in memory and not transformed)."""
     x = x.to(device)
@@ -209,11 +240,15 @@ def model_inputs(setup: "Setup", data: Iterable[Batch], x: torch.Tensor, device:
         try:
             x = setup.data.transform(x, None, False)
         except (RuntimeError, ValueError, TypeError) as error:
-            raise PlanError(f"the transform fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); it is called "
-                            f"as transform(x, generator, train), generator a torch.Generator (None when not training)") from None
+            raise PlanError(
+                f"the transform fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); it is called "
+                f"as transform(x, generator, train), generator a torch.Generator (None when not training)"
+            ) from None
     inputs = data.tensors[0] if isinstance(data, TensorBatches) and setup.data.transform is None else x
     if inputs.is_floating_point() and not torch.isfinite(inputs).all():
-        raise DataError(f"the {what} inputs hold NaN or inf; clean or drop those examples (or give a transform that does)")
+        raise DataError(
+            f"the {what} inputs hold NaN or inf; clean or drop those examples (or give a transform that does)"
+        )
     return x
 
 
@@ -223,8 +258,8 @@ class Setup:
 
     student_fn: ModelFn
     data: Data
-    teacher_fn: Optional[ModelFn] = None  # a teacher of another architecture
-    teacher: Optional[nn.Module] = None  # a trained teacher, used as it is
+    teacher_fn: ModelFn | None = None  # a teacher of another architecture
+    teacher: nn.Module | None = None  # a trained teacher, used as it is
 
 
 def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device: torch.device) -> None:
@@ -236,8 +271,10 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
         spec.make_loss()
     plan_ensembles(plan, ban)
     if setup.data.val is None:
-        raise PlanError("no validation data; banets compares and selects models on a held-out split: pass val "
-                        "(e.g. 10% of the training examples carved off)")
+        raise PlanError(
+            "no validation data; banets compares and selects models on a held-out split: pass val "
+            "(e.g. 10% of the training examples carved off)"
+        )
     student = fresh_model(setup.student_fn, "the model factory")
     teacher = setup.teacher
     if teacher is None:
@@ -246,17 +283,24 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     x, y = model_inputs(setup, setup.data.train, x, device, "training"), y.to(device)
     bounds = label_bounds(setup.data.train, y)
     with torch.no_grad():
-        logits = {what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
-                  for model, what in ((student, "the model"), (teacher, "the teacher"))}
+        logits = {
+            what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
+            for model, what in ((student, "the model"), (teacher, "the teacher"))
+        }
         check_held_out(setup, student, bounds, device)
     if logits["the model"].shape != logits["the teacher"].shape:
-        raise PlanError(f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
-                        f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs")
+        raise PlanError(
+            f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
+            f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs"
+        )
     for spec in plan:
         check_loss(spec, logits["the model"], logits["the teacher"], y)
     if ban.init_from_teacher and teacher is not student:
-        with saved_weights_of(TEACHER, "ban.init_from_teacher needs a teacher of the students' architecture: drop it, "
-                                       "or train the teacher as a student"):
+        with saved_weights_of(
+            TEACHER,
+            "ban.init_from_teacher needs a teacher of the students' architecture: drop it, "
+            "or train the teacher as a student",
+        ):
             copy.deepcopy(student).load_state_dict(teacher.state_dict())
     if ban.share_layers:
         try:
@@ -273,8 +317,10 @@ def fresh_model(factory: ModelFn, what: str) -> nn.Module:
     model, again = build_model(factory, what), build_model(factory, what)
     changing = {id(p) for p in model.parameters() if p.requires_grad} | {id(b) for b in model.buffers()}
     if any(id(t) in changing for t in (*again.parameters(), *again.buffers())):  # a frozen shared embedding is fine
-        raise PlanError(f"{what} returns the same model (or layers) at every call; build a new one inside it, e.g. "
-                        f"lambda: {type(model).__name__}(...), not lambda: model")
+        raise PlanError(
+            f"{what} returns the same model (or layers) at every call; build a new one inside it, e.g. "
+            f"lambda: {type(model).__name__}(...), not lambda: model"
+        )
     return model
 
 
@@ -287,7 +333,9 @@ def check_held_out(setup: Setup, student: nn.Module, bounds: tuple[int, int], de
             x, y = model_inputs(setup, data, x, device, what), y.to(device)
             low, high = label_bounds(data, y)
             model = f"the model, on the {what} data,"
-            check_outputs(forward_once(student, x, device, model), y, (min(low, bounds[0]), max(high, bounds[1])), model)
+            check_outputs(
+                forward_once(student, x, device, model), y, (min(low, bounds[0]), max(high, bounds[1])), model
+            )
 
 
 def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -300,10 +348,14 @@ def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: to
         raise PlanError(f"{named} fails on a batch ({first_line(error)}); fix its options") from None
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise PlanError(f"{named} returned {shape}, not one number; return a scalar tensor (e.g. .mean() over the batch)")
+        raise PlanError(
+            f"{named} returned {shape}, not one number; return a scalar tensor (e.g. .mean() over the batch)"
+        )
     if not value.requires_grad:
-        raise PlanError(f"{named} returned a value without a gradient to the student's logits; compute it from them "
-                        f"with torch operations (no .item(), .detach() or NumPy)")
+        raise PlanError(
+            f"{named} returned a value without a gradient to the student's logits; compute it from them "
+            f"with torch operations (no .item(), .detach() or NumPy)"
+        )
     if not torch.isfinite(value):
         raise PlanError(f"{named} is {value.item()} on the first batch; fix its options (e.g. a temperature of 0)")
 
@@ -319,8 +371,10 @@ def check_replayable(setup: Setup, device: torch.device) -> None:
         draws = [setup.data.transform(x, torch.Generator(device=device).manual_seed(s), True) for s in (0, 1)]
         same = torch.equal(*draws)
     if not same:
-        raise PlanError("ban.cache_teacher replays the teacher's outputs of the first epoch, but these training batches "
-                        "change from epoch to epoch (shuffled or augmented); set ban.cache_teacher=null")
+        raise PlanError(
+            "ban.cache_teacher replays the teacher's outputs of the first epoch, but these training batches "
+            "change from epoch to epoch (shuffled or augmented); set ban.cache_teacher=null"
+        )
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
@@ -329,8 +383,8 @@ def check_replayable(setup: Setup, device: torch.device) -> None:
 class Store(Protocol):
     """Where a driver keeps its models: in memory by default, a run directory for resumable runs."""
 
-    def finished(self, spec: ModelSpec) -> Optional[dict]: ...  # a finished model's state dict
-    def progress(self, spec: ModelSpec) -> Optional[dict]: ...  # a Trainer state to resume from
+    def finished(self, spec: ModelSpec) -> dict | None: ...  # a finished model's state dict
+    def progress(self, spec: ModelSpec) -> dict | None: ...  # a Trainer state to resume from
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None: ...
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None: ...
     def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None: ...  # a finished model loaded, not trained
@@ -339,10 +393,10 @@ class Store(Protocol):
 class MemoryStore:
     """Keeps nothing: every model is trained from scratch."""
 
-    def finished(self, spec: ModelSpec) -> Optional[dict]:
+    def finished(self, spec: ModelSpec) -> dict | None:
         return None
 
-    def progress(self, spec: ModelSpec) -> Optional[dict]:
+    def progress(self, spec: ModelSpec) -> dict | None:
         return None
 
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None:
@@ -362,10 +416,10 @@ class ReadOnlyStore(MemoryStore):
     def __init__(self, store: Store):
         self.store = store
 
-    def finished(self, spec: ModelSpec) -> Optional[dict]:
+    def finished(self, spec: ModelSpec) -> dict | None:
         return self.store.finished(spec)
 
-    def progress(self, spec: ModelSpec) -> Optional[dict]:
+    def progress(self, spec: ModelSpec) -> dict | None:
         return self.store.progress(spec)
 
 
@@ -392,7 +446,9 @@ class Driver:
 
     def build(self, spec: ModelSpec) -> nn.Module:
         torch.manual_seed(spec.seed)
-        factory = self.setup.teacher_fn if spec.role == Role.TEACHER and self.setup.teacher_fn else self.setup.student_fn
+        factory = (
+            self.setup.teacher_fn if spec.role == Role.TEACHER and self.setup.teacher_fn else self.setup.student_fn
+        )
         model = factory()
         if spec.init_from is not None:
             model.load_state_dict(self.models[spec.init_from].state_dict())
@@ -400,11 +456,15 @@ class Driver:
             share_frozen(model, self.models[spec.teacher], self.ban.share_layers)
         return model
 
-    def frozen_teacher(self, spec: ModelSpec) -> Optional[nn.Module]:
+    def frozen_teacher(self, spec: ModelSpec) -> nn.Module | None:
         if spec.teacher is None:
             return None
         teacher = copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
-        return CachedTeacher(teacher, len(self.setup.data.train), self.ban.cache_teacher) if self.ban.cache_teacher else teacher
+        return (
+            CachedTeacher(teacher, len(self.setup.data.train), self.ban.cache_teacher)
+            if self.ban.cache_teacher
+            else teacher
+        )
 
     def train(self, spec: ModelSpec, position: str = "") -> nn.Module:
         if spec.role == Role.TEACHER and self.setup.teacher is not None:
@@ -413,8 +473,10 @@ class Driver:
             if stored is None:
                 self.store.on_finished(spec, model, [])
             elif not same_weights(model.state_dict(), stored["model"]):
-                raise PlanError(f"the trained {spec.name} given now differs from the one this run was started with; give "
-                                f"the same one to continue the run, or start a new run")
+                raise PlanError(
+                    f"the trained {spec.name} given now differs from the one this run was started with; give "
+                    f"the same one to continue the run, or start a new run"
+                )
             else:
                 self.store.on_loaded(spec, model)
             self.histories[spec.name] = []
@@ -428,9 +490,18 @@ class Driver:
             self.histories[spec.name] = done.get("history", [])
             return model.to(self.device)
         callbacks = [lambda trainer, record: self.store.on_epoch_end(spec, trainer, record)]
-        trainer = Trainer(model, spec.make_loss(), self.optim, seed=spec.seed, device=self.device,
-                          teacher=self.frozen_teacher(spec), transform=self.setup.data.transform, callbacks=callbacks, name=spec.name,
-                          label=", ".join(p for p in (position, self.label) if p))
+        trainer = Trainer(
+            model,
+            spec.make_loss(),
+            self.optim,
+            seed=spec.seed,
+            device=self.device,
+            teacher=self.frozen_teacher(spec),
+            transform=self.setup.data.transform,
+            callbacks=callbacks,
+            name=spec.name,
+            label=", ".join(p for p in (position, self.label) if p),
+        )
         progress = self.store.progress(spec)
         if progress is not None:
             with saved_weights_of(spec.name):
@@ -440,8 +511,10 @@ class Driver:
         return trainer.model
 
 
-RUN_OF_ANOTHER_ARCHITECTURE = ("the run directory holds another architecture's checkpoint: resume with the config it was "
-                               "made with, or start a new run")
+RUN_OF_ANOTHER_ARCHITECTURE = (
+    "the run directory holds another architecture's checkpoint: resume with the config it was "
+    "made with, or start a new run"
+)
 
 
 @contextlib.contextmanager
@@ -451,8 +524,14 @@ def saved_weights_of(name: str, fix: str = RUN_OF_ANOTHER_ARCHITECTURE) -> Itera
     try:
         yield
     except RuntimeError as error:
-        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line or "Missing" in line
-                       or "Unexpected" in line), "")
+        detail = next(
+            (
+                line.strip()
+                for line in str(error).splitlines()
+                if "size mismatch" in line or "Missing" in line or "Unexpected" in line
+            ),
+            "",
+        )
         raise PlanError(f"the weights of {name} do not fit the model ({detail.rstrip('.')}); {fix}") from None
 
 

@@ -16,7 +16,7 @@ import difflib
 import functools
 import importlib
 import inspect
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +24,14 @@ from torch import Tensor
 
 from banets.config import UserError, qualified_name
 
-Loss = Callable[[Tensor, Optional[Tensor], Tensor], Tensor]
+Loss = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 
 
 def _flat(logits: Tensor) -> Tensor:
     return logits.reshape(-1, logits.shape[-1]).float()
 
 
-def _teacher_probs(teacher_logits: Optional[Tensor]) -> Tensor:
+def _teacher_probs(teacher_logits: Tensor | None) -> Tensor:
     if teacher_logits is None:
         raise ValueError("this loss distils from a teacher, but no teacher logits were given")
     return F.softmax(_flat(teacher_logits.detach()), dim=-1)
@@ -42,14 +42,14 @@ def _soft_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> Tensor:
     return -(target_probs * F.log_softmax(_flat(student_logits), dim=-1)).sum(-1).mean()
 
 
-def ce(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def ce(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Label cross-entropy, the teacher's ERM objective (Eq. 1); ``label_smoothing`` gives the control run."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise LossError(f"label_smoothing must be between 0 and 1, got {label_smoothing}")
     return F.cross_entropy(_flat(student_logits), labels.reshape(-1), label_smoothing=label_smoothing)
 
 
-def ban(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor) -> Tensor:
+def ban(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
     """Cross-entropy between the teacher's and the student's softmax, labels unused (Eq. 2 and 3).
 
     Its gradient w.r.t. the student logits is ``(softmax(z) - softmax(t)) / batch`` (Eq. 5).
@@ -57,7 +57,7 @@ def ban(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor
     return _soft_cross_entropy(student_logits, _teacher_probs(teacher_logits))
 
 
-def ban_l(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor, label_weight: float = 1.0,
+def ban_l(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, label_weight: float = 1.0,
           normalize: bool = False) -> Tensor:
     """BAN+L: the ``ban`` term plus ``label_weight`` times the label cross-entropy (Table 2, "BAN+L").
 
@@ -72,7 +72,7 @@ def ban_l(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tens
 
 def kd(
     student_logits: Tensor,
-    teacher_logits: Optional[Tensor],
+    teacher_logits: Tensor | None,
     labels: Tensor,
     temperature: float = 4.0,
     label_weight: float = 0.1,
@@ -82,7 +82,9 @@ def kd(
     ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T)) + label_weight * CE(labels, z)``.
     """
     if not (temperature > 0 and 0.0 <= label_weight <= 1.0):
-        raise LossError(f"kd takes a temperature above 0 and a label_weight in [0, 1], got {temperature} and {label_weight}")
+        raise LossError(
+            f"kd takes a temperature above 0 and a label_weight in [0, 1], got {temperature} and {label_weight}"
+        )
     soft_targets = _teacher_probs(teacher_logits / temperature)
     soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
     return (1.0 - label_weight) * soft + label_weight * ce(student_logits, None, labels)
@@ -94,7 +96,7 @@ def cwtm_weights(teacher_logits: Tensor) -> Tensor:
     return confidence / confidence.sum()
 
 
-def cwtm(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tensor) -> Tensor:
+def cwtm(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
     """Confidence Weighted by Teacher Max (Eq. 10).
 
     Label cross-entropy with sample ``s`` weighted by ``max_i p_{i,s} / sum_u max_i p_{i,u}``: the
@@ -104,7 +106,7 @@ def cwtm(student_logits: Tensor, teacher_logits: Optional[Tensor], labels: Tenso
     return (cwtm_weights(teacher_logits) * per_sample).sum()
 
 
-def permute_non_argmax(probs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+def permute_non_argmax(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Permute every entry of each row except its argmax, independently per row (DKPP's ``phi``).
 
     The non-argmax columns are found arithmetically (column ``k`` of the ``C - 1`` others is ``k``, or ``k + 1``
@@ -120,15 +122,15 @@ def permute_non_argmax(probs: Tensor, generator: Optional[torch.Generator] = Non
     return probs.scatter(1, others, shuffled)
 
 
-def _generator_device(generator: Optional[torch.Generator], like: Tensor) -> torch.device:
+def _generator_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
     return generator.device if generator is not None else like.device
 
 
 def dkpp(
     student_logits: Tensor,
-    teacher_logits: Optional[Tensor],
+    teacher_logits: Tensor | None,
     labels: Tensor,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Dark Knowledge with Permuted Predictions (Eq. 11).
 
@@ -149,8 +151,10 @@ def _with_options(fn: Callable[..., Tensor], name: str) -> Callable[..., Loss]:
             inspect.signature(fn).bind(None, None, None, **options)
         except TypeError as error:
             takes = list(inspect.signature(fn).parameters)[3:]
-            raise LossError(f"loss {name!r} takes (student_logits, teacher_logits, labels) and the options "
-                            f"{', '.join(takes) or 'none'}: {error}") from None
+            raise LossError(
+                f"loss {name!r} takes (student_logits, teacher_logits, labels) and the options "
+                f"{', '.join(takes) or 'none'}: {error}"
+            ) from None
         return functools.partial(fn, **options) if options else fn
 
     factory.__wrapped_loss__ = fn  # type: ignore[attr-defined]
@@ -164,12 +168,14 @@ class LossError(UserError, ValueError):
 _LOSSES: dict[str, Callable[..., Loss]] = {}
 
 
-def register(name: str, fn: Optional[Callable[..., Tensor]] = None):
+def register(name: str, fn: Callable[..., Tensor] | None = None):
     """Register ``fn`` (``(student_logits, teacher_logits, labels, **options) -> scalar``) under ``name``, so that
     configs can name it (``ban.loss: name``); usable as ``@losses.register("name")``."""
 
     def add(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in _LOSSES and qualified_name(_LOSSES[name].__wrapped_loss__) != qualified_name(loss):  # a cell run again: same function
+        if name in _LOSSES and qualified_name(_LOSSES[name].__wrapped_loss__) != qualified_name(
+            loss
+        ):  # a cell run again: same function
             raise LossError(f"loss {name!r} is registered twice; choose another name")
         _LOSSES[name] = _with_options(loss, name)
         return loss
@@ -204,15 +210,19 @@ def get(loss: str | Callable, **options) -> Loss:
     if callable(loss):
         return _with_options(loss, name_of(loss))(**options)
     if not isinstance(loss, str):
-        raise LossError(f"a loss is a name or a callable (student_logits, teacher_logits, labels) -> scalar, not {loss!r}")
+        raise LossError(
+            f"a loss is a name or a callable (student_logits, teacher_logits, labels) -> scalar, not {loss!r}"
+        )
     if loss in _LOSSES:
         return _LOSSES[loss](**options)
     if ":" in loss:
         return get(_import_loss(loss), **options)
     near = difflib.get_close_matches(loss, _LOSSES, n=1)
     hint = f"did you mean {near[0]!r}? " if near else ""
-    raise LossError(f"unknown loss {loss!r}; {hint}choose one of {', '.join(_LOSSES)}, module:function, "
-                    f"or register your own with banets.losses.register")
+    raise LossError(
+        f"unknown loss {loss!r}; {hint}choose one of {', '.join(_LOSSES)}, module:function, "
+        f"or register your own with banets.losses.register"
+    )
 
 
 def _import_loss(reference: str) -> Callable:
@@ -220,8 +230,10 @@ def _import_loss(reference: str) -> Callable:
     try:
         fn = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise LossError(f"loss {reference!r} cannot be imported ({error}); check the module:function name "
-                        f"or import its module first (--import MODULE)") from None
+        raise LossError(
+            f"loss {reference!r} cannot be imported ({error}); check the module:function name "
+            f"or import its module first (--import MODULE)"
+        ) from None
     if not callable(fn):
         raise LossError(f"loss {reference!r} is not callable")
     return fn

@@ -24,7 +24,7 @@ class Predictions:
     labels: Tensor
 
     @classmethod
-    def from_log_probs(cls, log_probs: Tensor, labels: Tensor) -> "Predictions":
+    def from_log_probs(cls, log_probs: Tensor, labels: Tensor) -> Predictions:
         log_probs = log_probs.float()
         best = log_probs.max(dim=-1)
         return cls(
@@ -35,7 +35,7 @@ class Predictions:
         )
 
     @classmethod
-    def concat(cls, parts: list["Predictions"]) -> "Predictions":
+    def concat(cls, parts: list[Predictions]) -> Predictions:
         return cls(*(torch.cat([getattr(p, f) for p in parts]).cpu() for f in ("nll", "pred", "confidence", "labels")))
 
     @property
@@ -65,7 +65,7 @@ class Predictions:
                 total += in_bin.float().mean().item() * abs(gap.item())
         return 100.0 * total
 
-    def agreement(self, other: "Predictions") -> float:
+    def agreement(self, other: Predictions) -> float:
         """Percent of examples where both models predict the same class (fidelity to a teacher)."""
         return 100.0 * (self.pred == other.pred).float().mean().item()
 

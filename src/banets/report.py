@@ -26,9 +26,9 @@ import json
 import math
 import statistics
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class SeedRun:
     block: int = 1  # consecutive examples resampled together by the bootstrap (a BPTT segment of a text)
     metric_key: str = "error"
     ensembles: dict[str, list[str]] = field(default_factory=dict)  # label -> members
-    deltas: dict[tuple, Optional[tuple[float, float, float]]] = field(default_factory=dict, repr=False, compare=False)
+    deltas: dict[tuple, tuple[float, float, float] | None] = field(default_factory=dict, repr=False, compare=False)
     recipe: dict = field(default_factory=dict, repr=False, compare=False)  # RunDirectory.recipe(): seeds share it
     apart: str = ""  # why this run is reported apart from the runs of its name (another config or data)
 
@@ -95,10 +95,15 @@ class SeedRun:
 
     def chain_ensembles(self) -> dict[int, str]:
         """BANE's ensembles (Eq. 4) by k: those whose recorded members are generations 1..k, k > 1."""
-        generations = sorted((e.get("generation"), n) for n, e in self.models.items() if e.get("role") == Role.GENERATION)
+        generations = sorted(
+            (e.get("generation"), n) for n, e in self.models.items() if e.get("role") == Role.GENERATION
+        )
         chain = [name for _, name in generations]
-        return {len(members): label for label, members in self.ensembles.items()
-                if len(members) > 1 and members == chain[: len(members)]}
+        return {
+            len(members): label
+            for label, members in self.ensembles.items()
+            if len(members) > 1 and members == chain[: len(members)]
+        }
 
 
 def architecture_of(model: dict) -> str:
@@ -118,7 +123,10 @@ def read_run(seed_dir: Path) -> SeedRun:
     config = run.config()
     splits = [p.stem for p in sorted((Path(seed_dir) / "predictions").glob("*.pt"))]
     if not splits:
-        raise RunError(f"{seed_dir} has no predictions yet (unfinished run); finish it with `banets resume {Path(seed_dir).parent}`")
+        raise RunError(
+            f"{seed_dir} has no predictions yet (unfinished run); finish it with `banets resume "
+            f"{Path(seed_dir).parent}`"
+        )
     return SeedRun(
         experiment=config["name"],
         architecture=architecture_of(config["model"]),
@@ -144,11 +152,16 @@ def planned_ensembles(config: dict) -> dict[str, list[str]]:
 def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, data_record: dict) -> SeedRun:
     """A seed's result in memory, as :func:`read_run` would read it back from its run directory (but untimed)."""
     return SeedRun(
-        experiment=config.name, architecture=architecture_of(to_dict(config)["model"]), dataset=config.data.dataset,
-        seed=seed, predictions=result.predictions,
+        experiment=config.name,
+        architecture=architecture_of(to_dict(config)["model"]),
+        dataset=config.data.dataset,
+        seed=seed,
+        predictions=result.predictions,
         models={s.name: {**s.describe(), "epoch": len(result.histories.get(s.name, []))} for s in result.plan},
         epochs=[{"model": name, **r} for name, history in result.histories.items() for r in history],
-        block=data_record["bootstrap_block"], metric_key=data_record["metric"], ensembles=result.ensembles,
+        block=data_record["bootstrap_block"],
+        metric_key=data_record["metric"],
+        ensembles=result.ensembles,
     )
 
 
@@ -156,7 +169,9 @@ def find_seed_dirs(paths: list[Path]) -> list[Path]:
     """Every seed run directory at or below ``paths`` (a run's ``seed-*`` folders, or the folders themselves)."""
     found = []
     for path in map(Path, paths):
-        found += [path] if (path / "manifest.json").exists() else sorted(p.parent for p in path.glob("**/manifest.json"))
+        found += (
+            [path] if (path / "manifest.json").exists() else sorted(p.parent for p in path.glob("**/manifest.json"))
+        )
     if not found:
         raise RunError(f"no run directories under {', '.join(map(str, paths))}")
     return found
@@ -189,9 +204,11 @@ def separate_experiments(runs: list[SeedRun]) -> None:
         for number, members in enumerate(list(variants.values())[1:], start=2):
             recipe = members[0].recipe
             differing = sorted(k for k in first.keys() | recipe.keys() if first.get(k) != recipe.get(k))
-            note = (f"{experiment} ({number}) ({', '.join(str(r.path) for r in members)}) differs from {experiment} "
-                    f"({group[0].path}) in {', '.join(differing[:4])}{', ...' if len(differing) > 4 else ''}; reported "
-                    f"as a separate experiment, not as more seeds")
+            note = (
+                f"{experiment} ({number}) ({', '.join(str(r.path) for r in members)}) differs from {experiment} "
+                f"({group[0].path}) in {', '.join(differing[:4])}{', ...' if len(differing) > 4 else ''}; reported "
+                f"as a separate experiment, not as more seeds"
+            )
             for run in members:
                 run.experiment, run.apart = f"{experiment} ({number})", note
 
@@ -202,8 +219,10 @@ def check_distinct_seeds(runs: list[SeedRun]) -> None:
     for run in runs:
         key = (run.experiment, run.architecture, run.seed)
         if key in seen:
-            raise RunError(f"seed {run.seed} of {run.experiment} ({run.architecture}) appears twice, in {seen[key]} and "
-                           f"{run.path}; report each seed once (or give the runs different names with --set name=...)")
+            raise RunError(
+                f"seed {run.seed} of {run.experiment} ({run.architecture}) appears twice, in {seen[key]} and "
+                f"{run.path}; report each seed once (or give the runs different names with --set name=...)"
+            )
         seen[key] = run.path
 
 
@@ -222,7 +241,7 @@ def experiments(runs: list[SeedRun]) -> dict[tuple[str, str], list[SeedRun]]:
     return groups
 
 
-def paired_delta(group: list[SeedRun], split: str, model: str, other: str) -> Optional[tuple[float, float, float]]:
+def paired_delta(group: list[SeedRun], split: str, model: str, other: str) -> tuple[float, float, float] | None:
     """Mean of ``model``'s per-example score minus ``other``'s over seeds and examples, with a 95% bootstrap
     interval resampling both; None unless every seed has both."""
     if model == other or not all(model in r.predictions[split] and other in r.predictions[split] for r in group):
@@ -251,22 +270,34 @@ def describe(run: SeedRun, model: str) -> str:
     if role == Role.TEACHER:
         return "teacher, trained elsewhere" if entry.get("epoch") == 0 else "teacher, labels only"
     if role == Role.CONTROL:
-        return "no teacher, " + (f"smoothed {options['label_smoothing']}" if "label_smoothing" in options else "another seed")
+        return "no teacher, " + (
+            f"smoothed {options['label_smoothing']}" if "label_smoothing" in options else "another seed"
+        )
     if role == Role.GENERATION:
         return f"gen {entry.get('generation')}, {with_options} from {entry.get('teacher')}"
     return f"{with_options} from {entry.get('teacher')}"
 
 
-def model_row(experiment: str, architecture: str, model: str, group: list[SeedRun], split: str, reference: str = TEACHER) -> dict:
+def model_row(
+    experiment: str, architecture: str, model: str, group: list[SeedRun], split: str, reference: str = TEACHER
+) -> dict:
     """One model's (or ensemble's) row on ``split``: mean and SD over seeds of the score, the training score,
     NLL, ECE, minutes of training, agreement with the model that taught it (the teacher for controls and
     ensembles), and the paired difference to ``reference`` with its 95% interval over seeds and examples."""
     metric, first = group[0].metric, group[0]
     group = [r for r in group if model in r.predictions[split]]
     entry, preds = first.models.get(model, {}), [r.predictions[split][model] for r in group]
-    row = {"experiment": experiment, "architecture": architecture, "model": model, "role": role_of(first, model),
-           "what": describe(first, model), "generation": entry.get("generation"), "loss": entry.get("loss", "ensemble"),
-           "seeds": len(group), "metric": metric.key}
+    row = {
+        "experiment": experiment,
+        "architecture": architecture,
+        "model": model,
+        "role": role_of(first, model),
+        "what": describe(first, model),
+        "generation": entry.get("generation"),
+        "loss": entry.get("loss", "ensemble"),
+        "seeds": len(group),
+        "metric": metric.key,
+    }
     row[metric.key], row[f"{metric.key}_sd"] = mean_sd([metric.value(p) for p in preds])
     trained = [r.predictions["train"][model] for r in group if model in r.predictions.get("train", {})]
     if trained:
@@ -279,7 +310,9 @@ def model_row(experiment: str, architecture: str, model: str, group: list[SeedRu
     teacher = entry.get("teacher") or (reference if model != reference else None)
     if teacher and all(teacher in r.predictions[split] for r in group):
         row["agreement_with"] = teacher
-        row["agreement"], row["agreement_sd"] = mean_sd([p.agreement(r.predictions[split][teacher]) for p, r in zip(preds, group)])
+        row["agreement"], row["agreement_sd"] = mean_sd(
+            [p.agreement(r.predictions[split][teacher]) for p, r in zip(preds, group)]
+        )
     delta = paired_delta(group, split, model, reference)
     if delta is not None:
         row["delta"], row["delta_low"], row["delta_high"] = delta
@@ -374,10 +407,21 @@ def wide_rows(rows: list[dict], numeric: bool = False) -> list[dict]:
     ``numeric`` a column of means and one of SDs per model (for spreadsheets)."""
     wide: dict[tuple[str, str], dict] = {}
     for r in rows:
-        line = wide.setdefault((r["experiment"], r["architecture"]), {
-            "experiment": r["experiment"], "architecture": r["architecture"], "metric": r["metric"], "seeds": r["seeds"]})
+        line = wide.setdefault(
+            (r["experiment"], r["architecture"]),
+            {
+                "experiment": r["experiment"],
+                "architecture": r["architecture"],
+                "metric": r["metric"],
+                "seeds": r["seeds"],
+            },
+        )
         if numeric:
-            line[r["model"]], line[f"{r['model']} sd"], line[f"{r['model']} n"] = r[r["metric"]], r[r["metric"] + "_sd"], r["seeds"]
+            line[r["model"]], line[f"{r['model']} sd"], line[f"{r['model']} n"] = (
+                r[r["metric"]],
+                r[r["metric"] + "_sd"],
+                r["seeds"],
+            )
         else:
             line[r["model"]] = _pm(r, r["metric"]) + ("" if r["seeds"] == line["seeds"] else f" (n={r['seeds']})")
     return list(wide.values())
@@ -388,26 +432,40 @@ def markdown_wide_table(rows: list[dict]) -> str:
     models = column_order(rows)
     lines = ["| experiment | architecture | seeds | " + " | ".join(models) + " |", "|" + "---|" * (3 + len(models))]
     for line in wide_rows(rows):
-        lines.append(f"| {line['experiment']} | {line['architecture']} | {line['seeds']} | "
-                     + " | ".join(line.get(m, "—") for m in models) + " |")
+        lines.append(
+            f"| {line['experiment']} | {line['architecture']} | {line['seeds']} | "
+            + " | ".join(line.get(m, "—") for m in models)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
     """One row per model (all of one metric): mean ± SD over seeds, and the paired difference to the teacher."""
     metric = METRICS[rows[0]["metric"]]
-    header = (f"| experiment | model | what | seeds | {metric.label} | train {metric.label} | NLL | ECE % | "
-              f"agreement % (with) | {metric.delta_label} | training min |")
+    header = (
+        f"| experiment | model | what | seeds | {metric.label} | train {metric.label} | NLL | ECE % | "
+        f"agreement % (with) | {metric.delta_label} | training min |"
+    )
     lines = [header, "|" + "---|" * 11]
     for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
         agreement = f"{_pm(r, 'agreement')} ({r['agreement_with']})" if "agreement" in r else "—"
-        lines.append(f"| {r['experiment']} | {r['model']} | {r['what']} | {r['seeds']} | {_pm(r, metric.key)} | "
-                     f"{_pm(r, 'train_' + metric.key)} | {_pm(r, 'nll', 4)} | {_pm(r, 'ece')} | {agreement} | {_delta(r)} | "
-                     f"{_pm(r, 'minutes', 1)} |")
+        lines.append(
+            f"| {r['experiment']} | {r['model']} | {r['what']} | {r['seeds']} | {_pm(r, metric.key)} | "
+            f"{_pm(r, 'train_' + metric.key)} | {_pm(r, 'nll', 4)} | {_pm(r, 'ece')} | {agreement} | {_delta(r)} | "
+            f"{_pm(r, 'minutes', 1)} |"
+        )
     return "\n".join(lines)
 
 
-SUMMARY_COLUMNS = ((8, "model"), (24, "what it is"), (14, "{metric}"), (13, "NLL"), (6, "agree%"), (24, "Δ vs teacher [95% CI]"))
+SUMMARY_COLUMNS = (
+    (8, "model"),
+    (24, "what it is"),
+    (14, "{metric}"),
+    (13, "NLL"),
+    (6, "agree%"),
+    (24, "Δ vs teacher [95% CI]"),
+)
 WIDTH = 100  # the summary table and its notes fit a terminal of this many columns
 
 
@@ -423,17 +481,38 @@ def summary_table(runs: list[SeedRun], split: str = "val", legend: bool = False)
         longest = max(len(r["model"]) for r in rows)  # a long model name takes room from "what it is"
         widths = [max(8, longest), max(12, 32 - max(8, longest)), *(w for w, _ in SUMMARY_COLUMNS[2:])]
         n = max(r["seeds"] for r in rows)
-        title = f"{experiment} ({architecture}), {split} split, " + (f"mean ± SD over {n} seeds" if n > 1 else "n=1 seed")
-        header = "  ".join(f"{name.format(metric=metric.label):<{w}}" for w, (_, name) in zip(widths, SUMMARY_COLUMNS)).rstrip()
+        title = f"{experiment} ({architecture}), {split} split, " + (
+            f"mean ± SD over {n} seeds" if n > 1 else "n=1 seed"
+        )
+        header = "  ".join(
+            f"{name.format(metric=metric.label):<{w}}" for w, (_, name) in zip(widths, SUMMARY_COLUMNS)
+        ).rstrip()
         lines = [title, header, "-" * len(header)]
         for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
-            cells = (r["model"], r["what"], _pm(r, metric.key), _pm(r, "nll", 3),
-                     f"{r['agreement']:.1f}" if "agreement" in r else "—", _delta(r))
+            cells = (
+                r["model"],
+                r["what"],
+                _pm(r, metric.key),
+                _pm(r, "nll", 3),
+                f"{r['agreement']:.1f}" if "agreement" in r else "—",
+                _delta(r),
+            )
             lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, w in zip(cells, widths)).rstrip())
         if legend:
             lines += textwrap.wrap(legend_line(group[0], metric), WIDTH)
-        lines += ["", *textwrap.wrap("Verdict:" + (" (one seed: the intervals cover example noise only, not seed-to-seed "
-                                                   "variation; run more seeds before trusting them)" if n == 1 else ""), WIDTH)]
+        lines += [
+            "",
+            *textwrap.wrap(
+                "Verdict:"
+                + (
+                    " (one seed: the intervals cover example noise only, not seed-to-seed "
+                    "variation; run more seeds before trusting them)"
+                    if n == 1
+                    else ""
+                ),
+                WIDTH,
+            ),
+        ]
         for verdict in verdicts(group, split) or ["(no student or ensemble to judge)"]:
             lines += textwrap.wrap(verdict, WIDTH, initial_indent="  ", subsequent_indent="    ")
         blocks.append("\n".join(lines))
@@ -448,7 +527,9 @@ def legend_line(run: SeedRun, metric: Metric) -> str:
     if run.chain_ensembles():
         parts.append("Ens*k averages generations 1..k (BANE, Eq. 4)")
     unit = "points" if metric is ERROR else "nats/token"
-    parts.append("agree%: predictions equal to those of the model that taught it (the teacher for controls and ensembles)")
+    parts.append(
+        "agree%: predictions equal to those of the model that taught it (the teacher for controls and ensembles)"
+    )
     parts.append(f"Δ: paired difference to the teacher in {unit}, [95% bootstrap interval]")
     return "Legend: " + "; ".join(parts) + "."
 
@@ -486,12 +567,20 @@ def plot_generations(rows: list[dict], path: Path, title: str, runs: list[SeedRu
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     drawn = False
     for label, group in _by_experiment(rows).items():
-        chain = sorted((r for r in group if r["role"] in (Role.TEACHER, Role.GENERATION)), key=lambda r: r["generation"] or 0)
+        chain = sorted(
+            (r for r in group if r["role"] in (Role.TEACHER, Role.GENERATION)), key=lambda r: r["generation"] or 0
+        )
         if len(chain) < 2:
             continue
         key = chain[0]["metric"]
-        ax.errorbar([r["generation"] or 0 for r in chain], [r[key] for r in chain], yerr=[r[key + "_sd"] for r in chain],
-                    marker="o", capsize=4, label=f"{label}, loss {chain[1]['loss']}, n={chain[0]['seeds']}")
+        ax.errorbar(
+            [r["generation"] or 0 for r in chain],
+            [r[key] for r in chain],
+            yerr=[r[key + "_sd"] for r in chain],
+            marker="o",
+            capsize=4,
+            label=f"{label}, loss {chain[1]['loss']}, n={chain[0]['seeds']}",
+        )
         drawn = True
     return _save_if_drawn(fig, ax, drawn, path, title, "generation (0 = teacher)", _axis_label(rows))
 
@@ -512,11 +601,27 @@ def plot_ensembles(rows: list[dict], path: Path, title: str, runs: list[SeedRun]
         ensembles[1] = by_gen[1]
         key, color = group[0]["metric"], f"C{i}"
         ks = sorted(ensembles)
-        ax.errorbar(ks, [ensembles[k][key] for k in ks], yerr=[ensembles[k][key + "_sd"] for k in ks], color=color,
-                    marker="o", capsize=4, label=f"{label}: ensemble of gens 1..k")
+        ax.errorbar(
+            ks,
+            [ensembles[k][key] for k in ks],
+            yerr=[ensembles[k][key + "_sd"] for k in ks],
+            color=color,
+            marker="o",
+            capsize=4,
+            label=f"{label}: ensemble of gens 1..k",
+        )
         singles = sorted(by_gen)
-        ax.errorbar([k + 0.04 for k in singles], [by_gen[k][key] for k in singles], yerr=[by_gen[k][key + "_sd"] for k in singles],
-                    color=color, marker="s", linestyle=":", capsize=4, alpha=0.7, label=f"{label}: generation k alone")
+        ax.errorbar(
+            [k + 0.04 for k in singles],
+            [by_gen[k][key] for k in singles],
+            yerr=[by_gen[k][key + "_sd"] for k in singles],
+            color=color,
+            marker="s",
+            linestyle=":",
+            capsize=4,
+            alpha=0.7,
+            label=f"{label}: generation k alone",
+        )
         teacher = next((r for r in group if r["role"] == Role.TEACHER), None)
         if teacher:
             ax.axhline(teacher[key], color=color, linestyle="--", linewidth=1, label=f"{label}: teacher")
@@ -535,12 +640,21 @@ def plot_forest(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -
     order = list(reversed(with_delta))
     colors = {Role.GENERATION: "C0", Role.STUDENT: "C1", Role.CONTROL: "C7", Role.ENSEMBLE: "C2"}
     for y, r in enumerate(order):
-        ax.errorbar([r["delta"]], [y], xerr=[[r["delta"] - r["delta_low"]], [r["delta_high"] - r["delta"]]], fmt="o",
-                    capsize=4, color=colors.get(r["role"], "C3"), label=str(r["role"]))
+        ax.errorbar(
+            [r["delta"]],
+            [y],
+            xerr=[[r["delta"] - r["delta_low"]], [r["delta_high"] - r["delta"]]],
+            fmt="o",
+            capsize=4,
+            color=colors.get(r["role"], "C3"),
+            label=str(r["role"]),
+        )
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
-    ax.set_yticks(range(len(order)), [f"{r['experiment']}: {r['model']}" if multiple else r["model"] for r in order], fontsize=8)
+    ax.set_yticks(
+        range(len(order)), [f"{r['experiment']}: {r['model']}" if multiple else r["model"] for r in order], fontsize=8
+    )
     ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
     ax.set_xlabel(METRICS[rows[0]["metric"]].delta_label.replace(" [95% CI]", " (95% interval; left of 0 = better)"))
     seeds = max(r["seeds"] for r in rows)
@@ -559,21 +673,30 @@ def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
     for run in group:
         for record in run.epochs:
             if metric.curve_key in record:
-                curves.setdefault(record["model"], {}).setdefault(record["epoch"], []).append(metric.curve(record[metric.curve_key]))
+                curves.setdefault(record["model"], {}).setdefault(record["epoch"], []).append(
+                    metric.curve(record[metric.curve_key])
+                )
     if not curves:
         return False
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
     for i, (model, by_epoch) in enumerate(curves.items()):
         epochs = sorted(by_epoch)
-        ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], color="black" if model == TEACHER else f"C{i}",
-                linewidth=2 if model == TEACHER else 1.2, label=model)
+        ax.plot(
+            epochs,
+            [statistics.fmean(by_epoch[e]) for e in epochs],
+            color="black" if model == TEACHER else f"C{i}",
+            linewidth=2 if model == TEACHER else 1.2,
+            label=model,
+        )
     if metric is PERPLEXITY:  # perplexity falls by orders of magnitude: a log axis, labelled in plain numbers
         from matplotlib.ticker import FuncFormatter
 
         ax.set_yscale("log")
         for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_format(FuncFormatter(lambda value, _: f"{value:g}"))
-    return _save_if_drawn(fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch", f"validation {metric.label}")
+    return _save_if_drawn(
+        fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch", f"validation {metric.label}"
+    )
 
 
 def _axis_label(rows: list[dict]) -> str:
@@ -602,15 +725,19 @@ def check_report_folder(root: Path) -> set[str]:
     """The files a previous report wrote into ``root`` (its index); a folder holding any other file (but the
     temporary files of a report that was killed while writing), or a symbolic link, is refused."""
     if root.is_symlink():
-        raise RunError(f"report folder {root} is a symbolic link, which banets does not follow; pass the folder it "
-                       f"points to (report --out), or remove the link")
+        raise RunError(
+            f"report folder {root} is a symbolic link, which banets does not follow; pass the folder it "
+            f"points to (report --out), or remove the link"
+        )
     if root.exists() and not root.is_dir():
         raise RunError(f"report --out {root} is a file; choose a folder")
     index = root / REPORT_INDEX
     try:
         previous = set(json.loads(index.read_text())) if index.is_file() else set()
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-        raise RunError(f"{index} is damaged; remove it and the files of the last report, or choose another folder") from None
+        raise RunError(
+            f"{index} is damaged; remove it and the files of the last report, or choose another folder"
+        ) from None
     if any(not isinstance(name, str) or Path(name).name != name or name.startswith(".") for name in previous):
         raise RunError(f"{index} lists paths outside its folder; remove it, or choose another folder")
     entries = list(root.iterdir()) if root.exists() else []
@@ -619,8 +746,10 @@ def check_report_folder(root: Path) -> set[str]:
         raise RunError(f"{link} is a symbolic link, which banets does not follow; remove it, or choose another folder")
     foreign = sorted(p.name for p in entries if p.name not in previous | {REPORT_INDEX} and not is_temporary(p.name))
     if foreign:
-        raise RunError(f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
-                       f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder")
+        raise RunError(
+            f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder"
+        )
     return previous
 
 
@@ -640,7 +769,9 @@ class ReportFolder:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise RunError(f"cannot create report folder {root} ({error.strerror}); choose a folder you can write to") from None
+            raise RunError(
+                f"cannot create report folder {root} ({error.strerror}); choose a folder you can write to"
+            ) from None
         for leftover in root.iterdir():
             if is_temporary(leftover.name):
                 leftover.unlink()
@@ -658,15 +789,20 @@ class ReportFolder:
         atomic_write_text(self.path(name), text)
 
     def close(self) -> None:
-        """Record what this report wrote, and remove the files of a previous report that this one did not write again."""
+        """Record what this report wrote, and remove the files of a previous report that this one did not write
+        again."""
         for stale in self.previous - set(self.written):
             (self.root / stale).unlink(missing_ok=True)
-        atomic_write_text(self.root / REPORT_INDEX, json.dumps(sorted(n for n in set(self.written) if (self.root / n).exists())))
+        atomic_write_text(
+            self.root / REPORT_INDEX, json.dumps(sorted(n for n in set(self.written) if (self.root / n).exists()))
+        )
 
 
-PLOTS = (("generations", plot_generations, "per born-again generation"),
-         ("ensembles", plot_ensembles, "ensembles of generations 1..k vs single generations"),
-         ("delta", plot_forest, "every model vs the teacher"))
+PLOTS = (
+    ("generations", plot_generations, "per born-again generation"),
+    ("ensembles", plot_ensembles, "ensembles of generations 1..k vs single generations"),
+    ("delta", plot_forest, "every model vs the teacher"),
+)
 
 
 def split_section(runs: list[SeedRun], split: str, folder: ReportFolder) -> tuple[str, list[dict]]:
@@ -695,16 +831,23 @@ def split_section(runs: list[SeedRun], split: str, folder: ReportFolder) -> tupl
 def experiment_section(index: int, group: list[SeedRun], folder: ReportFolder) -> str:
     """An experiment's verdict (validation split) and learning curves."""
     title = f"{group[0].experiment} ({group[0].architecture})"
-    parts = [f"### {title}\n", *(f"- {line}" for line in verdicts(group, "val") or ["no student or ensemble to judge"]), ""]
+    parts = [
+        f"### {title}\n",
+        *(f"- {line}" for line in verdicts(group, "val") or ["no student or ensemble to judge"]),
+        "",
+    ]
     image = f"curves-{index}.png"
     if plot_curves(group, folder.path(image), f"{title}: validation learning curves"):
         parts.append(f"![learning curves of {title}]({image})\n")
     return "\n".join(parts)
 
 
-def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val", "test"), skipped: tuple[str, ...] = ()) -> str:
+def write_report(
+    runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val", "test"), skipped: tuple[str, ...] = ()
+) -> str:
     """Write ``report.md`` with its plots, ``report-<split>.csv`` (one row per model), ``table-<split>-<metric>.csv``
-    (Table 2's shape, numeric), ``epochs.csv`` (per-epoch metrics) and ``report.json`` into ``out``; return the Markdown."""
+    (Table 2's shape, numeric), ``epochs.csv`` (per-epoch metrics) and ``report.json`` into ``out``; return the
+    Markdown."""
     folder = ReportFolder(Path(out))
     seeds = sorted({r.seed for r in runs})
     head = [
@@ -713,10 +856,16 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
         "deviation; Δ is the paired difference to the teacher, averaged over seeds and examples, with a 95% percentile "
         "bootstrap interval resampling seeds and examples (2000 draws). Agreement is with the model that taught each "
         "one (the teacher for controls and ensembles). The training score is measured without augmentation. Per-epoch "
-        "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run directories).\n",
-        *(["For language models Δ resamples BPTT segments (runs of `data.bptt` consecutive tokens of one stream) "
-           "rather than single tokens, which are correlated within a sentence (a block bootstrap).\n"]
-          if any(r.metric is PERPLEXITY for r in runs) else []),
+        "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run "
+        "directories).\n",
+        *(
+            [
+                "For language models Δ resamples BPTT segments (runs of `data.bptt` consecutive tokens of one stream) "
+                "rather than single tokens, which are correlated within a sentence (a block bootstrap).\n"
+            ]
+            if any(r.metric is PERPLEXITY for r in runs)
+            else []
+        ),
         *(f"- skipped: {note}" for note in skipped),
         *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
         "\n## Verdict — validation split, 95% intervals\n",
@@ -728,7 +877,11 @@ def write_report(runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val
         if rows:
             sections.append(markdown)
             everything[split] = rows
-    epochs = [{"experiment": r.experiment, "architecture": r.architecture, "seed": r.seed, **e} for r in runs for e in r.epochs]
+    epochs = [
+        {"experiment": r.experiment, "architecture": r.architecture, "seed": r.seed, **e}
+        for r in runs
+        for e in r.epochs
+    ]
     if epochs:
         folder.write("epochs.csv", csv_text(epochs))
     folder.write("report.json", json.dumps({"splits": everything, "skipped": list(skipped)}, indent=2))

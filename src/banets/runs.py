@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -57,8 +57,9 @@ from banets.metrics import Predictions
 FORMAT_VERSION = 1
 KEEP_EPOCH_CHECKPOINTS = 2
 TEACHER_CHECKPOINT = "model.teacher_checkpoint"
-RUNTIME_KEYS = ("device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles",  # may change
-                TEACHER_CHECKPOINT)  # on resume (a given teacher is compared with the one the run saved)
+RUNTIME_KEYS = (  # may change on resume (a given teacher is compared with the one the run saved)
+    "device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles", TEACHER_CHECKPOINT,
+)
 
 
 class RunError(UserError, RuntimeError):
@@ -98,7 +99,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def os_error_message(error: OSError, needed: Optional[int] = None, path: Optional[Path] = None) -> str:
+def os_error_message(error: OSError, needed: int | None = None, path: Path | None = None) -> str:
     """One line for a file system error met while writing or reading a run or a report: the path, the cause in
     words, and what to do (a run resumes where it stopped once the cause is fixed)."""
     where = path or error.filename or "a file"
@@ -107,11 +108,13 @@ def os_error_message(error: OSError, needed: Optional[int] = None, path: Optiona
         size = f" ({needed:,} bytes needed)" if needed else ""
         return f"no space left on the device holding {Path(where).parent}{size}; free space there, {again}"
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write {where} ({error.strerror}); copy the run or report folder to a place you can write, or choose another --out"
+        return (f"cannot write {where} ({error.strerror}); copy the run or report folder to a place you can write, "
+                f"or choose another --out")
     if error.errno == errno.ENAMETOOLONG:
         return f"the name {where} is too long for the file system; choose a shorter --out (or name)"
     if error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return f"cannot use {where} ({error.strerror}): a file stands where banets keeps a folder, or the reverse; move it away, {again}"
+        return (f"cannot use {where} ({error.strerror}): a file stands where banets keeps a folder, or the reverse; "
+                f"move it away, {again}")
     return f"cannot use {where} ({error.strerror or error}); {again}"
 
 
@@ -119,7 +122,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def matches(path: Path, sha256: Optional[str]) -> bool:
+def matches(path: Path, sha256: str | None) -> bool:
     """Whether ``path`` is a file whose sha256 is ``sha256``."""
     return path.is_file() and sha256_of(path) == sha256
 
@@ -155,15 +158,17 @@ def canonical(records: list[dict]) -> list[dict]:
     return json.loads(json.dumps(records))
 
 
-def load_checkpoint(path: Path, sha256: Optional[str] = None) -> dict:
+def load_checkpoint(path: Path, sha256: str | None = None) -> dict:
     """Load a checkpoint safely (tensors and plain containers only), after checking its sha256."""
     if sha256 is not None and not matches(path, sha256):
         raise RunError(f"checkpoint {path} does not match its recorded sha256 (corrupt or truncated)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a damaged or unsafe file; its advice must not be shown
-        raise RunError(f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: damaged, or holds more "
-                       f"than tensors and plain containers)") from None
+        raise RunError(
+            f"checkpoint {path} cannot be loaded safely ({type(error).__name__}: damaged, or holds more "
+            f"than tensors and plain containers)"
+        ) from None
 
 
 def save_weights(path: Path, model: nn.Module) -> str:
@@ -220,8 +225,10 @@ class RunDirectory:
         self.manifest_path = self.root / "manifest.json"
         link = first_link(self.root)
         if link is not None:
-            raise RunError(f"{link} is a symbolic link; banets writes none into a run and follows none that it finds "
-                           f"there, so replace it with the file or folder it points to (or remove it)")
+            raise RunError(
+                f"{link} is a symbolic link; banets writes none into a run and follows none that it finds "
+                f"there, so replace it with the file or folder it points to (or remove it)"
+            )
         self.manifest: dict[str, Any] = self._read_manifest() if self.manifest_path.exists() else {}
         self.tensorboard = TensorBoardLog(self.root / "tensorboard")
 
@@ -229,12 +236,16 @@ class RunDirectory:
         try:
             manifest = json.loads(self.manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RunError(f"{self.manifest_path} is damaged (not valid JSON: truncated or edited); restore it from a "
-                           f"copy, or start a new run with another --out") from None
+            raise RunError(
+                f"{self.manifest_path} is damaged (not valid JSON: truncated or edited); restore it from a "
+                f"copy, or start a new run with another --out"
+            ) from None
         problem = manifest_problem(manifest)
         if problem:
-            raise RunError(f"{self.manifest_path} is not a banets manifest ({problem}); restore it, or start a new run with "
-                           f"another --out")
+            raise RunError(
+                f"{self.manifest_path} is not a banets manifest ({problem}); restore it, or start a new run with "
+                f"another --out"
+            )
         return manifest
 
     # -- creation and compatibility --------------------------------------------------------------------
@@ -248,7 +259,10 @@ class RunDirectory:
         belongs to, so a resume can start the ones an interruption never reached) and the data's ``files``, written
         into a temporary folder that is then renamed, so a crash leaves either no directory or a complete one."""
         if self.root.exists():
-            raise RunError(f"{self.root} already exists; continue it with `banets resume {self.root.parent}` or choose another --out")
+            raise RunError(
+                f"{self.root} already exists; continue it with `banets resume {self.root.parent}` or choose "
+                "another --out"
+            )
         self.root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.root.parent, prefix=f".{self.root.name}.", suffix=".tmp"))
         try:
@@ -257,28 +271,38 @@ class RunDirectory:
             atomic_write_text(staging / "config.yaml", config_text)
             for name, text in data.files.items():
                 atomic_write_text(staging / name, text)
-            self.manifest = {"format_version": FORMAT_VERSION, "config_sha256": _digest(config_text), **data.record(),
-                             "data_files": sorted(data.files),
-                             "data_sha256": {name: _digest(text) for name, text in sorted(data.files.items())},
-                             "run_seeds": list(run_seeds), "models": {}, "ensembles": {}}
+            self.manifest = {
+                "format_version": FORMAT_VERSION,
+                "config_sha256": _digest(config_text),
+                **data.record(),
+                "data_files": sorted(data.files),
+                "data_sha256": {name: _digest(text) for name, text in sorted(data.files.items())},
+                "run_seeds": list(run_seeds),
+                "models": {},
+                "ensembles": {},
+            }
             atomic_write_text(staging / "manifest.json", json.dumps(self.manifest, indent=2))
             os.rename(staging, self.root)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def check_resumable(self, config: dict, files: Optional[dict[str, str]] = None) -> None:
+    def check_resumable(self, config: dict, files: dict[str, str] | None = None) -> None:
         """Check that this run can continue with ``config`` and data that record ``files``; tidy crash leftovers."""
         if not self.manifest:
             what = "is empty" if self.manifest_path.exists() else "is missing"
-            raise RunError(f"{self.manifest_path} {what}; {self.root} is not a complete banets run, so start a new run with "
-                           f"another --out")
+            raise RunError(
+                f"{self.manifest_path} {what}; {self.root} is not a complete banets run, so start a new run with "
+                f"another --out"
+            )
         self._check_compatible(config)
         self.check_not_failed()
         differing = self.data_differences(files or {})
         if differing:
-            raise RunError(f"the data differ from those {self.root} was started with ({differing[0]} differs); pass the data "
-                           f"the run was started with (--data-dir), or start a new run")
+            raise RunError(
+                f"the data differ from those {self.root} was started with ({differing[0]} differs); pass the data "
+                f"the run was started with (--data-dir), or start a new run"
+            )
         self._remove_temporary_files()
 
     def check_same_experiment(self, config: dict, files: dict[str, str], resuming: bool) -> None:
@@ -289,16 +313,24 @@ class RunDirectory:
         changed, differing = list(self.config_differences(config, may_change)), self.data_differences(files)
         if changed or differing:
             what = f"config (differs in {', '.join(changed)})" if changed else f"data ({differing[0]} differs)"
-            raise RunError(f"{self.root.parent} holds {self.root.name} of another {what}; a new seed must repeat its "
-                           f"experiment exactly, so choose another --out")
+            raise RunError(
+                f"{self.root.parent} holds {self.root.name} of another {what}; a new seed must repeat its "
+                f"experiment exactly, so choose another --out"
+            )
 
     def data_differences(self, files: dict[str, str]) -> list[str]:
         """The data files whose recorded text differs from ``files``' or that are missing; a file the run did not
         record when it started (made before banets recorded it, e.g. a text corpus' digests) is not compared."""
         recorded = self.manifest.get("data_files")  # None: a run made before the manifest listed them
-        return [name for name, text in files.items()
-                if (self.data_file(name) != text if (self.root / name).exists()
-                    else recorded is not None and name in recorded)]
+        return [
+            name
+            for name, text in files.items()
+            if (
+                self.data_file(name) != text
+                if (self.root / name).exists()
+                else recorded is not None and name in recorded
+            )
+        ]
 
     def data_file(self, name: str) -> str:
         """The text of a file the data recorded (``vocab.json``, ``data.json``), refused when it is not the one the
@@ -307,16 +339,22 @@ class RunDirectory:
         text = path.read_text(encoding="utf-8", errors="replace")
         recorded = self.manifest.get("data_sha256", {}).get(name)
         if recorded is not None and _digest(text) != recorded:
-            raise RunError(f"{path} is damaged or edited (it does not match the sha256 the run recorded); restore it "
-                           f"from a copy of the run")
+            raise RunError(
+                f"{path} is damaged or edited (it does not match the sha256 the run recorded); restore it "
+                f"from a copy of the run"
+            )
         return text
 
-    def config_differences(self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS) -> dict[str, tuple[Any, Any]]:
+    def config_differences(
+        self, config: dict, may_change: tuple[str, ...] = RUNTIME_KEYS
+    ) -> dict[str, tuple[Any, Any]]:
         """The config keys in which ``config`` differs from this run's, in order, each with its (saved, wanted)
         values, but those in ``may_change``. A trained teacher may move (its weights are compared when it is used),
         but not come or go."""
         saved, wanted = (_flatten(with_defaults(c)) for c in (self.config(), config))
-        changed = {k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and not k.startswith(may_change)}
+        changed = {
+            k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k) and not k.startswith(may_change)
+        }
         if bool(saved.get(TEACHER_CHECKPOINT)) != bool(wanted.get(TEACHER_CHECKPOINT)):
             changed.add(TEACHER_CHECKPOINT)
         return {k: (saved.get(k), wanted.get(k)) for k in sorted(changed)}
@@ -324,20 +362,30 @@ class RunDirectory:
     def _check_compatible(self, config: dict) -> None:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise RunError(f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run")
+            raise RunError(
+                f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run"
+            )
         changed = self.config_differences(config)
         if changed:
             first, (saved, wanted) = next(iter(changed.items()))
-            raise RunError(f"{self.root} was made with another config (differs in {', '.join(changed)}: {first} was "
-                           f"{saved!r}, now {wanted!r}); resume it unchanged "
-                           f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`")
+            raise RunError(
+                f"{self.root} was made with another config (differs in {', '.join(changed)}: {first} was "
+                f"{saved!r}, now {wanted!r}); resume it unchanged "
+                f"(only {', '.join(RUNTIME_KEYS)} may change) or start a new run with `banets run ... --out NEW`"
+            )
 
     def check_not_failed(self) -> None:
-        failed = {name: e.get("error", "") for name, e in self.manifest.get("models", {}).items() if e.get("status") == "failed"}
+        failed = {
+            name: e.get("error", "")
+            for name, e in self.manifest.get("models", {}).items()
+            if e.get("status") == "failed"
+        }
         if failed:
             name, error = next(iter(failed.items()))
-            raise RunError(f"{self.root}: {name} failed ({error}); resuming the same config would fail again, so start a new "
-                           f"run with the fix, e.g. `banets run {self.config()['name']} --set optim.lr=... --out NEW`")
+            raise RunError(
+                f"{self.root}: {name} failed ({error}); resuming the same config would fail again, so start a new "
+                f"run with the fix, e.g. `banets run {self.config()['name']} --set optim.lr=... --out NEW`"
+            )
 
     def _remove_temporary_files(self) -> None:
         """Temporary files of writes a crash interrupted (never renamed into place, so never referenced)."""
@@ -350,12 +398,16 @@ class RunDirectory:
         path = self.root / "config.yaml"
         recorded = {self.manifest.get(k) for k in ("config_sha256", "config_sha256_before")} - {None}
         if recorded and _digest(path.read_text(encoding="utf-8", errors="replace")) not in recorded:
-            raise RunError(f"{path} is not the one the run wrote (edited or damaged); undo the edit or restore it (a resume "
-                           f"changes runtime keys with --set, not in this file), or start a new run")
+            raise RunError(
+                f"{path} is not the one the run wrote (edited or damaged); undo the edit or restore it (a resume "
+                f"changes runtime keys with --set, not in this file), or start a new run"
+            )
         config = read_yaml(path)
         missing = [key for key in ("name", "seeds", "data", "model") if key not in config]
         if missing:
-            raise RunError(f"{path} lacks {', '.join(missing)}; restore it from a copy, or start a new run with another --out")
+            raise RunError(
+                f"{path} lacks {', '.join(missing)}; restore it from a copy, or start a new run with another --out"
+            )
         return config
 
     def recipe(self) -> dict[str, Any]:
@@ -370,10 +422,15 @@ class RunDirectory:
         """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
         ``ensembles`` are the recorded ones: then a resume has nothing to do."""
         entries = [self.manifest.get("models", {}).get(m, {}) for m in models]
-        return (all(e.get("status") == "done" and self._intact(e) and self._weights_intact(m, e)
-                    for m, e in zip(models, entries))
-                and (self.root / "results.json").exists() and self._predictions_intact()
-                and self.manifest.get("ensembles") == ensembles)
+        return (
+            all(
+                e.get("status") == "done" and self._intact(e) and self._weights_intact(m, e)
+                for m, e in zip(models, entries)
+            )
+            and (self.root / "results.json").exists()
+            and self._predictions_intact()
+            and self.manifest.get("ensembles") == ensembles
+        )
 
     def _intact(self, entry: dict) -> bool:
         return matches(self.root / entry.get("checkpoint", ""), entry.get("sha256"))
@@ -391,7 +448,7 @@ class RunDirectory:
     def entry(self, spec: ModelSpec) -> dict:
         return self.manifest["models"].setdefault(spec.name, {**spec.describe(), "status": "pending"})
 
-    def finished(self, spec: ModelSpec) -> Optional[dict]:
+    def finished(self, spec: ModelSpec) -> dict | None:
         """A finished model's final checkpoint; None (train it again) when it is not finished or corrupt."""
         entry = self.manifest.get("models", {}).get(spec.name)
         if entry and entry.get("status") != "done":
@@ -400,14 +457,17 @@ class RunDirectory:
             return None
         path = self.root / entry["checkpoint"]
         if not self._intact(entry):
-            warnings.warn(f"{spec.name}: checkpoint {path} is missing or does not match its recorded sha256 (corrupt or "
-                          f"truncated); training {spec.name} again from its seed {spec.seed} (on CPU the same model bit for "
-                          f"bit; finished models it taught are kept)")
+            warnings.warn(
+                f"{spec.name}: checkpoint {path} is missing or does not match its recorded sha256 (corrupt or "
+                f"truncated); training {spec.name} again from its seed {spec.seed} (on CPU the same model bit for "
+                f"bit; finished models it taught are kept)",
+                stacklevel=2,
+            )
             entry["status"] = "pending"
             return None
         return load_checkpoint(path)  # intact but unsafe to load: someone replaced it and its digest; refused
 
-    def _recover_final(self, spec: ModelSpec, entry: dict) -> Optional[dict]:
+    def _recover_final(self, spec: ModelSpec, entry: dict) -> dict | None:
         """The final checkpoint of a model killed after writing it but before the manifest recorded it (the file is
         written whole or not at all); used when it loads and holds every epoch, else None (resume from epochs)."""
         path = self.root / "checkpoints" / f"{spec.name}.pt"
@@ -424,14 +484,14 @@ class RunDirectory:
         self._record_finished(spec, path, sha256_of(path), state["history"])
         return state
 
-    def progress(self, spec: ModelSpec) -> Optional[dict]:
+    def progress(self, spec: ModelSpec) -> dict | None:
         """The newest epoch checkpoint whose sha256 matches; corrupt ones are reported and skipped."""
         entry = self.manifest.get("models", {}).get(spec.name, {})
         for saved in reversed(entry.get("epoch_checkpoints", [])):
             try:
                 return load_checkpoint(self.root / saved["path"], saved["sha256"])
             except (RunError, OSError) as error:
-                warnings.warn(f"{spec.name}: skipping checkpoint {saved['path']}: {error}")
+                warnings.warn(f"{spec.name}: skipping checkpoint {saved['path']}: {error}", stacklevel=2)
         return None
 
     def on_epoch_end(self, spec: ModelSpec, trainer: Any, record: dict) -> None:
@@ -462,8 +522,11 @@ class RunDirectory:
             return
         path = self._weights_path(spec.name)
         if "weights_sha256" in entry:
-            warnings.warn(f"{spec.name}: {path} is missing or does not match its recorded sha256 (damaged or edited); "
-                          f"writing it again from checkpoint {entry['checkpoint']}")
+            warnings.warn(
+                f"{spec.name}: {path} is missing or does not match its recorded sha256 (damaged or edited); "
+                f"writing it again from checkpoint {entry['checkpoint']}",
+                stacklevel=2,
+            )
         entry["weights_sha256"] = save_weights(path, model)
         self._write_manifest()
 
@@ -472,8 +535,13 @@ class RunDirectory:
         for old in entry.pop("epoch_checkpoints", []):
             if not self.read_only:
                 (self.root / old["path"]).unlink(missing_ok=True)
-        entry.update(status="done", epoch=len(history), checkpoint=str(path.relative_to(self.root)), sha256=sha,
-                     final=history[-1] if history else {})
+        entry.update(
+            status="done",
+            epoch=len(history),
+            checkpoint=str(path.relative_to(self.root)),
+            sha256=sha,
+            final=history[-1] if history else {},
+        )
         self._write_manifest()
 
     def epochs(self) -> list[dict]:
@@ -486,7 +554,11 @@ class RunDirectory:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("model"), str) and isinstance(record.get("epoch"), int):
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("model"), str)
+                and isinstance(record.get("epoch"), int)
+            ):
                 latest[record["model"], record["epoch"]] = record  # anything else is a damaged line: skipped
         return list(latest.values())
 
@@ -497,7 +569,9 @@ class RunDirectory:
     # -- results -----------------------------------------------------------------------------------------
 
     def save_predictions(self, split: str, predictions: dict[str, Predictions]) -> None:
-        sha = save_checkpoint(self.root / "predictions" / f"{split}.pt", {name: vars(p) for name, p in predictions.items()})
+        sha = save_checkpoint(
+            self.root / "predictions" / f"{split}.pt", {name: vars(p) for name, p in predictions.items()}
+        )
         self.manifest.setdefault("predictions", {})[split] = sha
         self._write_manifest()
 
@@ -507,8 +581,10 @@ class RunDirectory:
         path = self.root / "predictions" / f"{split}.pt"
         sha = self.manifest.get("predictions", {}).get(split)
         if sha is not None and not matches(path, sha):
-            raise RunError(f"{path} is damaged (it does not match its recorded sha256); `banets resume {self.root.parent}` "
-                           f"evaluates the saved models again")
+            raise RunError(
+                f"{path} is damaged (it does not match its recorded sha256); `banets resume {self.root.parent}` "
+                f"evaluates the saved models again"
+            )
         saved = load_checkpoint(path)
         return {name: Predictions(**fields) for name, fields in saved.items()}
 
@@ -516,7 +592,9 @@ class RunDirectory:
         """Every split's predictions as written; for runs made before manifests recorded their sha256, present."""
         recorded = self.manifest.get("predictions")
         if recorded is None:  # every split results.json scores
-            splits = json.loads((self.root / "results.json").read_text()) if (self.root / "results.json").exists() else {}
+            splits = (
+                json.loads((self.root / "results.json").read_text()) if (self.root / "results.json").exists() else {}
+            )
             return bool(splits) and all((self.root / "predictions" / f"{split}.pt").is_file() for split in splits)
         return all(matches(self.root / "predictions" / f"{split}.pt", sha) for split, sha in recorded.items())
 
@@ -553,7 +631,7 @@ class RunDirectory:
             atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
 
 
-def first_link(root: Path) -> Optional[Path]:
+def first_link(root: Path) -> Path | None:
     """``root`` or the first file or folder below it that is a symbolic link (a link to a folder is not entered)."""
     if root.is_symlink():
         return root
@@ -570,15 +648,22 @@ def recorded_paths(manifest: dict) -> list[tuple[str, Any]]:
     paths += [("options_in_files", name) for name in (manifest.get("options_in_files") or {}).values()]
     for model, entry in manifest.get("models", {}).items():
         paths += [(f"{model}'s checkpoint", entry["checkpoint"])] if "checkpoint" in entry else []
-        paths += [(f"{model}'s epoch checkpoint", saved.get("path") if isinstance(saved, dict) else saved)
-                  for saved in entry.get("epoch_checkpoints") or []]
+        paths += [
+            (f"{model}'s epoch checkpoint", saved.get("path") if isinstance(saved, dict) else saved)
+            for saved in entry.get("epoch_checkpoints") or []
+        ]
     return paths
 
 
 def stays_inside(name: Any) -> bool:
     """Whether ``name`` is a relative path that cannot leave the folder it is joined to (no ``..``, not absolute)."""
-    return isinstance(name, str) and bool(name) and "\0" not in name and not Path(name).is_absolute() \
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and "\0" not in name
+        and not Path(name).is_absolute()
         and ".." not in Path(name).parts
+    )
 
 
 def manifest_problem(manifest: Any) -> str:

@@ -31,8 +31,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch and safetensors raise many types for damaged or unsafe files
-        raise TeacherError(f"model.teacher_checkpoint: cannot read {path} safely ({type(error).__name__}); pass a banets "
-                           f"checkpoint, a state dict saved with torch.save(model.state_dict(), ...) or a .safetensors file") from None
+        raise TeacherError(
+            f"model.teacher_checkpoint: cannot read {path} safely ({type(error).__name__}); pass a banets "
+            f"checkpoint, a state dict saved with torch.save(model.state_dict(), ...) or a .safetensors file"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a banets checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -46,17 +48,28 @@ def load_teacher_weights(model: nn.Module, path: str | Path) -> nn.Module:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not _tied_elsewhere(model, k, state)]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    kind = [f"{k} {state[k].dtype} vs {v.dtype}" for k, v in expected.items()
-            if k in state and state[k].is_floating_point() != v.is_floating_point()]  # integers where weights go, or back
-    problems = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else "",
-                f"{len(kind)} of another kind of number (e.g. {kind[0]})" if kind else ""]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    kind = [
+        f"{k} {state[k].dtype} vs {v.dtype}"
+        for k, v in expected.items()
+        if k in state and state[k].is_floating_point() != v.is_floating_point()
+    ]  # integers where weights go, or back
+    problems = [
+        f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+        f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+        f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else "",
+        f"{len(kind)} of another kind of number (e.g. {kind[0]})" if kind else "",
+    ]
     if any(problems):
-        raise TeacherError(f"model.teacher_checkpoint {path} does not fit the teacher {type(model).__name__}: "
-                           f"{'; '.join(p for p in problems if p)} tensors; set model.name/options (or model.teacher_name) "
-                           f"to the architecture it was trained as")
+        raise TeacherError(
+            f"model.teacher_checkpoint {path} does not fit the teacher {type(model).__name__}: "
+            f"{'; '.join(p for p in problems if p)} tensors; set model.name/options (or model.teacher_name) "
+            f"to the architecture it was trained as"
+        )
     model.load_state_dict(state, strict=False)
     return model
 

@@ -26,7 +26,6 @@ logits) nothing is cached, with a warning, and the teacher runs every step as wi
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -34,7 +33,12 @@ from torch import Tensor
 
 from banets.config import UserError
 
-CACHE_DTYPES: dict[str, Optional[torch.dtype]] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CACHE_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 class CacheError(UserError, RuntimeError):
@@ -75,13 +79,13 @@ class CachedTeacher(nn.Module):
     (default: half the memory free where the logits live).
     """
 
-    def __init__(self, teacher: nn.Module, batches_per_pass: int, dtype: str = "auto", max_bytes: Optional[int] = None):
+    def __init__(self, teacher: nn.Module, batches_per_pass: int, dtype: str = "auto", max_bytes: int | None = None):
         super().__init__()
         if dtype not in CACHE_DTYPES:
             raise ValueError(f"unknown cache dtype {dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
         self.teacher = teacher
         self.batches_per_pass, self.dtype, self.max_bytes = batches_per_pass, CACHE_DTYPES[dtype], max_bytes
-        self.first_input: Optional[Tensor] = None  # the first pass's first batch, compared at every pass's start
+        self.first_input: Tensor | None = None  # the first pass's first batch, compared at every pass's start
         self.input_shapes: list[torch.Size] = []
         self.checksums: list[Tensor] = []  # of each stored batch's inputs, on the device
         self.differs: list[Tensor] = []  # this pass: whether each replayed batch's checksum differs, on the device
@@ -110,9 +114,11 @@ class CachedTeacher(nn.Module):
         differs, self.differs = self.differs, []
         if differs and bool(torch.stack(differs).any()):
             first = int(torch.stack(differs).nonzero()[0])
-            raise CacheError(f"teacher cache: batch {first} of the last epoch differs from the first epoch's batch {first} "
-                             "(another checksum); the cache needs the same batches in the same order every epoch "
-                             "(set ban.cache_teacher=null)")
+            raise CacheError(
+                f"teacher cache: batch {first} of the last epoch differs from the first epoch's batch {first} "
+                "(another checksum); the cache needs the same batches in the same order every epoch "
+                "(set ban.cache_teacher=null)"
+            )
         if self.enabled and self.position > 0:
             self.complete = True
         self.position = 0
@@ -126,11 +132,15 @@ class CachedTeacher(nn.Module):
     def _replay(self, x: Tensor) -> Tensor:
         i = self.position
         if i >= len(self.logits):
-            raise CacheError(f"teacher cache: this epoch has more than the first epoch's {len(self.logits)} batches; "
-                             "the cache needs the same batches every epoch (set ban.cache_teacher=null)")
+            raise CacheError(
+                f"teacher cache: this epoch has more than the first epoch's {len(self.logits)} batches; "
+                "the cache needs the same batches every epoch (set ban.cache_teacher=null)"
+            )
         if self.input_shapes[i] != x.shape or (i == 0 and not torch.equal(self.first_input, x)):
-            raise CacheError(f"teacher cache: batch {i} differs from the first epoch's batch {i}; the cache needs the same "
-                             "batches in the same order every epoch, without shuffling or augmentation (set ban.cache_teacher=null)")
+            raise CacheError(
+                f"teacher cache: batch {i} differs from the first epoch's batch {i}; the cache needs the same "
+                "batches in the same order every epoch, without shuffling or augmentation (set ban.cache_teacher=null)"
+            )
         self.differs.append(checksum(x) != self.checksums[i])
         self.position += 1
         return self.logits[i]
@@ -145,7 +155,8 @@ class CachedTeacher(nn.Module):
             rows = logits.numel() // logits.shape[-1]
             warnings.warn(
                 f"teacher cache off: {self.batches_per_pass} batches x {rows} tokens x {logits.shape[-1]} classes x "
-                f"{element_size} B = {needed / 1e9:.2f} GB exceeds the {budget / 1e9:.2f} GB budget on {logits.device}; "
+                f"{element_size} B = {needed / 1e9:.2f} GB exceeds the {budget / 1e9:.2f} GB budget on "
+                f"{logits.device}; "
                 f"the teacher runs every step (try ban.cache_teacher=bf16 or a smaller vocabulary)",
                 stacklevel=2,
             )

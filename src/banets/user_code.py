@@ -15,8 +15,8 @@ import importlib.util
 import os
 import sys
 import traceback
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from banets.config import UserError, first_line
 
@@ -40,18 +40,25 @@ def import_modules(names: Sequence[str]) -> None:
             importlib.import_module(name)
         except ModuleNotFoundError as error:
             if not (name == error.name or name.startswith(f"{error.name}.")):  # found; it imports what is not installed
-                raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({error}); install what it "
-                                 f"needs") from None
-            raise SetupError(f"cannot import {name!r} ({error}); pass a module importable from here (a file "
-                             f"{name.replace('.', '/')}.py in this folder, or an installed package)") from None
+                raise SetupError(
+                    f"importing {name!r} failed at {failed_line(error, name)} ({error}); install what it needs"
+                ) from None
+            raise SetupError(
+                f"cannot import {name!r} ({error}); pass a module importable from here (a file "
+                f"{name.replace('.', '/')}.py in this folder, or an installed package)"
+            ) from None
         except UserError:
             raise  # banets refused something the module registers: its own one-line message
         except SystemExit as error:  # sys.exit() at import would end banets without a word
-            raise SetupError(f"importing {name!r} called sys.exit({error.code!r}) at {failed_line(error, name)}; a module "
-                             f"given with --import must not exit when imported") from None
+            raise SetupError(
+                f"importing {name!r} called sys.exit({error.code!r}) at {failed_line(error, name)}; a module "
+                f"given with --import must not exit when imported"
+            ) from None
         except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
-            raise SetupError(f"importing {name!r} failed at {failed_line(error, name)} ({type(error).__name__}: "
-                             f"{first_line(error)}); fix the module") from None
+            raise SetupError(
+                f"importing {name!r} failed at {failed_line(error, name)} ({type(error).__name__}: "
+                f"{first_line(error)}); fix the module"
+            ) from None
 
 
 def failed_line(error: BaseException, module: str) -> str:
@@ -76,7 +83,8 @@ def check_recorded_modules(names: Iterable[str], run_folder: Path, how_to_trust:
         if problem:
             raise UntrustedCodeError(
                 f"{run_folder} records the module {name!r}, which {problem}; banets imports no code a run directory "
-                f"names: if you trust it, import it yourself (--import {name}), or pass {how_to_trust}")
+                f"names: if you trust it, import it yourself (--import {name}), or pass {how_to_trust}"
+            )
 
 
 def untrusted(name: str, run_folder: Path) -> str:

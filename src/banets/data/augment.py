@@ -91,7 +91,7 @@ class ImageTransform:
         return x
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def per_channel(values: Stats, device: torch.device) -> Tensor:
     """``values`` as a float32 ``(1, C, 1, 1)`` tensor on ``device``, made once per device and reused: building it
     per batch would copy it from the host every step, and PyTorch's blocking host-to-GPU copy waits for the stream."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,10 +74,15 @@ def to_batch(batch: Any) -> Batch:
                         f"{type(batch).__name__}")
     x, y = as_tensor(batch[0]), as_tensor(batch[1])
     if isinstance(batch[1], (int, np.integer)) or (isinstance(y, Tensor) and y.dim() == 0):
-        raise DataError("a batch's labels are a single number: this looks like a list of single examples; pass an (x, y) "
-                        "pair of arrays, a Dataset or a DataLoader instead")
+        raise DataError(
+            "a batch's labels are a single number: this looks like a list of single examples; pass an (x, y) "
+            "pair of arrays, a Dataset or a DataLoader instead"
+        )
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise DataError(f"a batch's inputs and labels must be tensors or NumPy arrays; got {type(x).__name__} and {type(y).__name__}")
+        raise DataError(
+            f"a batch's inputs and labels must be tensors or NumPy arrays; got {type(x).__name__} and "
+            f"{type(y).__name__}"
+        )
     return x, y
 
 
@@ -95,7 +101,11 @@ class Batches:
 
 def is_pair(data: Any) -> bool:
     """Whether ``data`` is an ``(x, y)`` pair of whole arrays (rather than a list of batches)."""
-    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(part, (Tensor, np.ndarray)) for part in data)
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(part, (Tensor, np.ndarray)) for part in data)
+    )
 
 
 def are_class_labels(y: Tensor) -> bool:
@@ -103,7 +113,7 @@ def are_class_labels(y: Tensor) -> bool:
     return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
-def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Optional[Iterable[Batch]]:
+def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Iterable[Batch] | None:
     """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays, a ``Dataset``, a
     ``DataLoader`` or any iterable of batches (tuples, dicts with input/label keys, NumPy arrays); None stays None."""
     if data is None:
@@ -112,19 +122,25 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
         if len(data[0]) != len(data[1]):
             raise DataError(f"{what}: x has {len(data[0])} rows but y has {len(data[1])}; give one label per example")
         x, y = map(as_tensor, data)
-        return TensorBatches(x, y.long() if are_class_labels(y) else y, batch_size=batch_size, shuffle=shuffle)  # int8 -> int64
+        return TensorBatches(
+            x, y.long() if are_class_labels(y) else y, batch_size=batch_size, shuffle=shuffle
+        )  # int8 -> int64
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle))
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
-        raise DataError(f"{what} is a {type(data).__name__}; pass an (x, y) pair of tensors or NumPy arrays, a Dataset, "
-                        f"a DataLoader or an iterable of (x, y) batches")
+        raise DataError(
+            f"{what} is a {type(data).__name__}; pass an (x, y) pair of tensors or NumPy arrays, a Dataset, "
+            f"a DataLoader or an iterable of (x, y) batches"
+        )
     if iter(data) is data:
-        raise DataError(f"{what} is a one-shot iterator ({type(data).__name__}): it would be empty after the first epoch; "
-                        f"pass a list of batches, a Dataset or a DataLoader")
+        raise DataError(
+            f"{what} is a one-shot iterator ({type(data).__name__}): it would be empty after the first epoch; "
+            f"pass a list of batches, a Dataset or a DataLoader"
+        )
     return Batches(data)
 
 
-def take_subset(pair: tuple[Tensor, Tensor], subset: Optional[int], what: str) -> tuple[Tensor, Tensor]:
+def take_subset(pair: tuple[Tensor, Tensor], subset: int | None, what: str) -> tuple[Tensor, Tensor]:
     """The first ``subset`` rows of an ``(x, y)`` pair (all of them for None); more than it has is an error."""
     if subset is None:
         return pair
@@ -133,8 +149,9 @@ def take_subset(pair: tuple[Tensor, Tensor], subset: Optional[int], what: str) -
     return pair[0][:subset], pair[1][:subset]
 
 
-def tensor_digest(*tensors: Optional[Tensor]) -> str:
-    """A sha256 of the tensors' shapes, dtypes and bytes: what a run records of its data, to refuse other data on resume."""
+def tensor_digest(*tensors: Tensor | None) -> str:
+    """A sha256 of the tensors' shapes, dtypes and bytes: what a run records of its data, to refuse other data on
+    resume."""
     digest = hashlib.sha256()
     for tensor in tensors:
         if tensor is not None:
@@ -143,14 +160,14 @@ def tensor_digest(*tensors: Optional[Tensor]) -> str:
     return digest.hexdigest()
 
 
-def data_record(**splits: Optional[tuple[Tensor, ...]]) -> dict[str, str]:
+def data_record(**splits: tuple[Tensor, ...] | None) -> dict[str, str]:
     """``Data.files`` entry ``data.json``: the digest of each split's tensors (inputs and labels, or a text's token
     ids), compared on resume."""
     digests = {name: tensor_digest(*pair) for name, pair in splits.items() if pair is not None}
     return {"data.json": json.dumps(digests, indent=1)}
 
 
-def given_tensors_record(**splits: Optional[Iterable[Batch]]) -> dict[str, str]:
+def given_tensors_record(**splits: Iterable[Batch] | None) -> dict[str, str]:
     """:func:`data_record` of the splits given as tensors; Datasets and loaders are not read through for it (that
     could take an epoch, and random augmentation would change the digest), so a resume trusts them."""
     tensors = {name: batches.tensors for name, batches in splits.items() if isinstance(batches, TensorBatches)}
@@ -178,12 +195,17 @@ def checked_split(n: int, val_size: int, seed: int, where: str) -> tuple[Tensor,
     """:func:`train_val_split` of ``n`` rows; a ``val_size`` that leaves either side empty is a :class:`DataError`
     naming ``where`` the rows come from."""
     if not 0 < val_size < n:
-        raise DataError(f"data.val_size={val_size} must be between 1 and {n - 1} ({where} has {n}), or pass a separate "
-                        f"validation split")
+        raise DataError(
+            f"data.val_size={val_size} must be between 1 and {n - 1} ({where} has {n}), or pass a separate "
+            f"validation split"
+        )
     return train_val_split(n, val_size, seed)
 
 
-def carve_validation(pair: tuple[Tensor, Tensor], val_size: int, seed: int, where: str) -> tuple[tuple[Tensor, Tensor], ...]:
-    """``(train, val)`` pairs: ``val_size`` rows of ``pair`` for validation, the rest for training (:func:`checked_split`)."""
+def carve_validation(
+    pair: tuple[Tensor, Tensor], val_size: int, seed: int, where: str
+) -> tuple[tuple[Tensor, Tensor], ...]:
+    """``(train, val)`` pairs: ``val_size`` rows of ``pair`` for validation, the rest for training
+    (:func:`checked_split`)."""
     train, val = checked_split(len(pair[1]), val_size, seed, where)
     return (pair[0][train], pair[1][train]), (pair[0][val], pair[1][val])

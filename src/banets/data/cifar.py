@@ -307,8 +307,10 @@ def _extract(archive: Path, spec: _CifarSpec) -> Path:
     parent = _extraction_parent(archive)
     folder = parent / spec.folder
     if folder.is_symlink() or any((folder / name).is_symlink() for name, _ in spec.data_files + (spec.meta_file,)):
-        raise DataError(f"{spec.title}: {folder} (or a file in it) is a symbolic link; refused to extract into it - remove "
-                        f"the link, or pass the folder it points to with --data-dir")
+        raise DataError(
+            f"{spec.title}: {folder} (or a file in it) is a symbolic link; refused to extract into it - remove "
+            f"the link, or pass the folder it points to with --data-dir"
+        )
     if all((folder / name).is_file() for name, _ in spec.data_files):
         return folder
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=parent))
@@ -410,19 +412,25 @@ DEFAULT_ROOT = Path.home() / ".cache" / "banets"
 def cifar_data(cfg: DataConfig) -> Data:
     """CIFAR-10 or CIFAR-100 (``cfg.dataset``) with the seeded validation split carved from the training set."""
     if cfg.path is None and not cfg.download:
-        raise DataError(f"{cfg.dataset}: no data path; pass --data-dir PATH (a cifar folder or archive) or --set data.download=true")
+        raise DataError(
+            f"{cfg.dataset}: no data path; pass --data-dir PATH (a cifar folder or archive) or --set data.download=true"
+        )
     data = load_cifar(cfg.dataset, cfg.path or DEFAULT_ROOT, download=cfg.download)
     n = len(data.train_y)
     if cfg.val_size >= n or (cfg.train_subset or 0) > n - cfg.val_size:
-        raise DataError(f"{cfg.dataset} has {n} training images: data.val_size={cfg.val_size} plus data.train_subset="
-                        f"{cfg.train_subset} do not fit; lower them")
+        raise DataError(
+            f"{cfg.dataset} has {n} training images: data.val_size={cfg.val_size} plus data.train_subset="
+            f"{cfg.train_subset} do not fit; lower them"
+        )
     train_idx, val_idx = train_val_split(n, cfg.val_size, cfg.split_seed, cfg.train_subset)
     x, y = data.train_x, data.train_y
     return Data(
         train=TensorBatches(x[train_idx], y[train_idx], batch_size=cfg.batch_size, shuffle=True, drop_last=True),
         val=TensorBatches(x[val_idx], y[val_idx], batch_size=cfg.eval_batch_size),
         test=TensorBatches(data.test_x, data.test_y, batch_size=cfg.eval_batch_size),
-        train_eval=TensorBatches(x[train_idx[:TRAIN_EVAL_ROWS]], y[train_idx[:TRAIN_EVAL_ROWS]], batch_size=cfg.eval_batch_size),
+        train_eval=TensorBatches(
+            x[train_idx[:TRAIN_EVAL_ROWS]], y[train_idx[:TRAIN_EVAL_ROWS]], batch_size=cfg.eval_batch_size
+        ),
         transform=cifar_transform(cfg.dataset, augment=cfg.augment, normalize=cfg.normalize),
         model_options={"num_classes": data.num_classes, "in_channels": 3},
         files=data_record(train=(x, y), test=(data.test_x, data.test_y)),  # the split is a function of the config
@@ -430,5 +438,8 @@ def cifar_data(cfg: DataConfig) -> Data:
 
 
 for _name in _SPECS:
-    register_dataset(_name, options={"path", "download", "val_size", "split_seed", "train_subset", "augment", "normalize"},
-                     summary=f"{_SPECS[_name].title}: official python archive or folder, 32x32 RGB")(cifar_data)
+    register_dataset(
+        _name,
+        options={"path", "download", "val_size", "split_seed", "train_subset", "augment", "normalize"},
+        summary=f"{_SPECS[_name].title}: official python archive or folder, 32x32 RGB",
+    )(cifar_data)

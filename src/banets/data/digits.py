@@ -30,10 +30,14 @@ def load_digits_splits(val_size: int = 360, test_size: int = 360, split_seed: in
     from sklearn.datasets import load_digits
 
     if val_size < 1:
-        raise DataError(f"data.val_size={val_size}: digits needs a validation split; set data.val_size to 1 or more, e.g. 360")
+        raise DataError(
+            f"data.val_size={val_size}: digits needs a validation split; set data.val_size to 1 or more, e.g. 360"
+        )
     if val_size + test_size >= DIGITS:
-        raise DataError(f"data.val_size={val_size} leaves no training images: digits has {DIGITS}, {test_size} of them "
-                        f"for testing; set data.val_size below {DIGITS - test_size}, e.g. 360")
+        raise DataError(
+            f"data.val_size={val_size} leaves no training images: digits has {DIGITS}, {test_size} of them "
+            f"for testing; set data.val_size below {DIGITS - test_size}, e.g. 360"
+        )
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0

@@ -41,11 +41,15 @@ def class_folders(root: Path) -> list[str]:
         raise DataError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.jpg{hint}")
     for name in classes:
         if any((root / name / split).is_dir() for split in SPLITS):
-            raise DataError(f"{root / name} holds a dataset's split folders (train/, val/ or test/), not the images of one "
-                            f"class: give --data-dir {root / name}")
+            raise DataError(
+                f"{root / name} holds a dataset's split folders (train/, val/ or test/), not the images of one "
+                f"class: give --data-dir {root / name}"
+            )
     if len(classes) == 1:
-        raise DataError(f"{root} has one class sub-folder ({classes[0]}); a classifier needs two or more: give the folder "
-                        f"whose sub-folders are the classes")
+        raise DataError(
+            f"{root} has one class sub-folder ({classes[0]}); a classifier needs two or more: give the folder "
+            f"whose sub-folders are the classes"
+        )
     return classes
 
 
@@ -78,9 +82,11 @@ def read_image(path: Path, size: int) -> np.ndarray:
             left, top = (width - size) // 2, (height - size) // 2
             pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except Image.DecompressionBombError:
-        raise DataError(f"image {path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
-                        f"a guard against decompression bombs; shrink or remove it, or, if you trust it, raise "
-                        f"PIL.Image.MAX_IMAGE_PIXELS in a module you --import") from None
+        raise DataError(
+            f"image {path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
+            f"a guard against decompression bombs; shrink or remove it, or, if you trust it, raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS in a module you --import"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DataError(f"cannot read image {path} ({type(error).__name__}); remove or replace the file") from None
     return pixels.transpose(2, 0, 1)
@@ -94,7 +100,9 @@ def read_split(root: Path, classes: list[str], size: int) -> tuple[tuple[Tensor,
 
 def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
     if (root / split).is_dir() and class_folders(root / split) != classes:
-        raise DataError(f"{root / split} has other class sub-folders than {root / 'train'}; give every split the same classes")
+        raise DataError(
+            f"{root / split} has other class sub-folders than {root / 'train'}; give every split the same classes"
+        )
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -102,7 +110,9 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
 
 
-@register_dataset("imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize", "image_size"})
+@register_dataset(
+    "imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize", "image_size"}
+)
 def imagefolder_data(cfg: DataConfig) -> Data:
     """Your images: a folder of class sub-folders (or train/, val/, test/ of them), resized and center-cropped."""
     if cfg.path is None:

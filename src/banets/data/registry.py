@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -20,7 +20,7 @@ from banets.config import DataConfig, UserError, qualified_name
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # Turns a raw input batch (already on the device) into model input; ``train`` selects augmentation.
-Transform = Callable[[torch.Tensor, Optional[torch.Generator], bool], torch.Tensor]
+Transform = Callable[[torch.Tensor, torch.Generator | None, bool], torch.Tensor]
 ALWAYS_USED = {"dataset", "batch_size", "eval_batch_size"}
 
 
@@ -43,9 +43,9 @@ class Data:
 
     train: Iterable[Batch]
     val: Iterable[Batch]
-    test: Optional[Iterable[Batch]] = None
-    train_eval: Optional[Iterable[Batch]] = None  # training examples evaluated at the end (does the teacher fit?)
-    transform: Optional[Transform] = None
+    test: Iterable[Batch] | None = None
+    train_eval: Iterable[Batch] | None = None  # training examples evaluated at the end (does the teacher fit?)
+    transform: Transform | None = None
     model_options: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     metric: str = "error"
@@ -73,7 +73,9 @@ def register_dataset(name: str, options: Iterable[str], summary: str = ""):
     """Register ``build(cfg: DataConfig) -> Data`` under ``name``; ``options`` are the ``data.*`` keys it uses."""
 
     def add(build: Callable[[DataConfig], Data]) -> Callable[[DataConfig], Data]:
-        if name in _DATASETS and qualified_name(_DATASETS[name].build) != qualified_name(build):  # the same one again: replaced
+        if name in _DATASETS and qualified_name(_DATASETS[name].build) != qualified_name(
+            build
+        ):  # the same one again: replaced
             raise DataError(f"dataset {name!r} is registered twice; choose another name")
         unknown = set(options) - {f.name for f in dataclasses.fields(DataConfig)}
         if unknown:
@@ -95,18 +97,27 @@ def dataset_entry(name: str) -> DatasetEntry:
     if name not in datasets:
         near = difflib.get_close_matches(name, datasets, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise DataError(f"unknown dataset {name!r}; {hint}choose one of {', '.join(datasets)} (or register your own and --import it)")
+        raise DataError(
+            f"unknown dataset {name!r}; {hint}choose one of {', '.join(datasets)} (or register your own and "
+            "--import it)"
+        )
     return datasets[name]
 
 
 def check_options(cfg: DataConfig) -> None:
     """Refuse options that ``cfg.dataset`` does not use but that are set away from their defaults."""
     entry, defaults = dataset_entry(cfg.dataset), DataConfig()
-    unused = [f.name for f in dataclasses.fields(DataConfig)
-              if f.name not in entry.options and getattr(cfg, f.name) != getattr(defaults, f.name)]
+    unused = [
+        f.name
+        for f in dataclasses.fields(DataConfig)
+        if f.name not in entry.options and getattr(cfg, f.name) != getattr(defaults, f.name)
+    ]
     if unused:
-        raise DataError(f"dataset {cfg.dataset!r} does not use data.{', data.'.join(unused)}; remove "
-                        f"{'it' if len(unused) == 1 else 'them'} (it uses data.{', data.'.join(sorted(entry.options - ALWAYS_USED))})")
+        raise DataError(
+            f"dataset {cfg.dataset!r} does not use data.{', data.'.join(unused)}; remove "
+            f"{'it' if len(unused) == 1 else 'them'} "
+            f"(it uses data.{', data.'.join(sorted(entry.options - ALWAYS_USED))})"
+        )
 
 
 def build_dataset(cfg: DataConfig) -> Data:
@@ -114,8 +125,10 @@ def build_dataset(cfg: DataConfig) -> Data:
     check_options(cfg)
     data = dataset_entry(cfg.dataset).build(cfg)
     if not isinstance(data, Data):
-        raise DataError(f"dataset {cfg.dataset!r} returned {type(data).__name__}, not banets.data.Data; make its "
-                        f"builder return Data(train=..., val=..., ...)")
+        raise DataError(
+            f"dataset {cfg.dataset!r} returned {type(data).__name__}, not banets.data.Data; make its "
+            f"builder return Data(train=..., val=..., ...)"
+        )
     return data
 
 

@@ -13,7 +13,6 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -38,15 +37,21 @@ def read_pair(path: str | Path, key: str) -> Pair:
         elif path.suffix == ".pt":
             values = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise DataError(f"data.{key}: {path.name} is neither .pt nor .npz; save x and y with torch.save or np.savez")
+            raise DataError(
+                f"data.{key}: {path.name} is neither .pt nor .npz; save x and y with torch.save or np.savez"
+            )
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(f"data.{key}: cannot read {path} ({type(error).__name__}); is it a complete .pt or .npz file "
-                        f"holding plain tensors x and y?") from None
+        raise DataError(
+            f"data.{key}: cannot read {path} ({type(error).__name__}); is it a complete .pt or .npz file "
+            f"holding plain tensors x and y?"
+        ) from None
     if not isinstance(values, dict) or not {"x", "y"} <= set(values):
         found = ", ".join(map(str, values)) if isinstance(values, dict) else type(values).__name__
-        raise DataError(f"data.{key}: {path} must hold x and y (found {found}); save it as torch.save({{'x': x, 'y': y}}, ...)")
+        raise DataError(
+            f"data.{key}: {path} must hold x and y (found {found}); save it as torch.save({{'x': x, 'y': y}}, ...)"
+        )
     x, y = as_tensor(values["x"]), as_tensor(values["y"])
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
         raise DataError(f"data.{key}: x and y in {path} must be arrays with as many rows ({_rows(x)} vs {_rows(y)})")
@@ -63,15 +68,22 @@ def class_count(labels: Tensor, examples: int) -> int:
     build a model with thousands of empty classes."""
     low, high = int(labels.min()), int(labels.max())
     if low < 0:
-        raise DataError(f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())")
+        raise DataError(
+            f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())"
+        )
     used = int(torch.unique(labels).numel())
     if high + 1 > examples:
-        raise DataError(f"the largest label is {high}, so {high + 1} classes, more than the {examples} training "
-                        f"examples ({high + 1 - used} classes would have none); relabel the {used} classes used as 0 .. {used - 1}")
+        raise DataError(
+            f"the largest label is {high}, so {high + 1} classes, more than the {examples} training "
+            f"examples ({high + 1 - used} classes would have none); relabel the {used} classes used as 0 .. {used - 1}"
+        )
     if used < high + 1:
-        warnings.warn(f"the labels run 0 .. {high} but {high + 1 - used} of those {high + 1} classes have no example; the "
-                      f"model gets {high + 1} outputs (relabel the {used} classes used as 0 .. {used - 1} if the others "
-                      f"are not real classes)", stacklevel=2)
+        warnings.warn(
+            f"the labels run 0 .. {high} but {high + 1 - used} of those {high + 1} classes have no example; the "
+            f"model gets {high + 1} outputs (relabel the {used} classes used as 0 .. {used - 1} if the others "
+            f"are not real classes)",
+            stacklevel=2,
+        )
     return high + 1
 
 
@@ -79,7 +91,7 @@ def _rows(value: object) -> str:
     return str(len(value)) if hasattr(value, "__len__") else "?"
 
 
-def scale_uint8(x: Tensor, generator: Optional[torch.Generator], train: bool) -> Tensor:
+def scale_uint8(x: Tensor, generator: torch.Generator | None, train: bool) -> Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
@@ -89,15 +101,23 @@ def tensors_data(cfg: DataConfig) -> Data:
     if cfg.path is None:
         raise DataError("tensors: no file; pass --data-dir FILE (a .pt or .npz holding x and y)")
     pair = read_pair(cfg.path, "path")
-    train, val = ((pair, read_pair(cfg.val_path, "val_path")) if cfg.val_path
-                  else carve_validation(pair, cfg.val_size, cfg.split_seed, f"the training file {cfg.path}"))
+    train, val = (
+        (pair, read_pair(cfg.val_path, "val_path"))
+        if cfg.val_path
+        else carve_validation(pair, cfg.val_size, cfg.split_seed, f"the training file {cfg.path}")
+    )
     test = read_pair(cfg.test_path, "test_path") if cfg.test_path else None
     train = take_subset(train, cfg.train_subset, "training rows")
     splits = [p for p in (train, val, test) if p is not None]
     if any(p[0].shape[1:] != train[0].shape[1:] for p in splits):
-        raise DataError(f"inputs differ in shape between the files: {', '.join(str(tuple(p[0].shape[1:])) for p in splits)}")
+        raise DataError(
+            f"inputs differ in shape between the files: {', '.join(str(tuple(p[0].shape[1:])) for p in splits)}"
+        )
     x = train[0]
-    options = {"num_classes": class_count(torch.cat([p[1] for p in splits]), len(train[1])), "in_features": int(x[0].numel())}
+    options = {
+        "num_classes": class_count(torch.cat([p[1] for p in splits]), len(train[1])),
+        "in_features": int(x[0].numel()),
+    }
     if x.dim() == 4:
         options["in_channels"] = x.shape[1]
     return Data(

@@ -20,9 +20,9 @@ import math
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.request import urlopen
 
 import torch
@@ -71,7 +71,7 @@ class Vocabulary:
         self._ids = {word: i for i, word in enumerate(self.words)}
 
     @classmethod
-    def build(cls, sentences: Iterable[list[str]], max_size: int | None = None) -> "Vocabulary":
+    def build(cls, sentences: Iterable[list[str]], max_size: int | None = None) -> Vocabulary:
         """The ``max_size`` most frequent words of ``sentences`` (``max_size`` counts ``<unk>`` and
         ``<eos>``; None keeps every word); the other words will be encoded as ``<unk>``."""
         if max_size is not None and max_size < 2:
@@ -117,7 +117,7 @@ class Vocabulary:
         return json.dumps({"words": self.words}, ensure_ascii=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
+    def load(cls, path: str | Path) -> Vocabulary:
         """Read a run's ``vocab.json`` (written from ``to_json``), e.g. to evaluate its models on other text."""
         return cls(json.loads(Path(path).read_text(encoding="utf-8"))["words"])
 
@@ -182,8 +182,10 @@ def download_ptb(folder: str | Path) -> Path:
         digest = hashlib.md5(partial.read_bytes()).hexdigest()
         if digest != PTB_MD5[split]:
             partial.unlink()
-            raise DataError(f"the download of {url} has md5 {digest}, expected {PTB_MD5[split]}; retry, or pass a local "
-                            f"folder holding the ptb.*.txt files (--data-dir PATH)")
+            raise DataError(
+                f"the download of {url} has md5 {digest}, expected {PTB_MD5[split]}; retry, or pass a local "
+                f"folder holding the ptb.*.txt files (--data-dir PATH)"
+            )
         partial.replace(target)
     return folder
 
@@ -195,11 +197,15 @@ def _split_files(folder: Path, files: Mapping[str, str] | None) -> dict[str, Pat
     if files is None:
         train_files = sorted(folder.glob("*.train.txt"))
         if not train_files:
-            raise DataError(f"{folder} holds no *.train.txt; a corpus is prefix.train.txt, prefix.valid.txt and "
-                            f"prefix.test.txt in one folder")
+            raise DataError(
+                f"{folder} holds no *.train.txt; a corpus is prefix.train.txt, prefix.valid.txt and "
+                f"prefix.test.txt in one folder"
+            )
         if len(train_files) > 1:
-            raise DataError(f"expected one *.train.txt in {folder} (found {', '.join(f.name for f in train_files)}); keep "
-                            f"one corpus (prefix.train.txt, prefix.valid.txt, prefix.test.txt) per folder")
+            raise DataError(
+                f"expected one *.train.txt in {folder} (found {', '.join(f.name for f in train_files)}); keep "
+                f"one corpus (prefix.train.txt, prefix.valid.txt, prefix.test.txt) per folder"
+            )
         prefix = train_files[0].name[: -len("train.txt")]
         files = {split: f"{prefix}{split}.txt" for split in SPLITS}
     missing_splits = [split for split in SPLITS if split not in files]
@@ -216,8 +222,10 @@ def _read_sentences(file: Path, tokenize: Callable[[str], list[str]]) -> list[li
         with open(file, encoding="utf-8") as lines:
             sentences = [tokens for tokens in map(tokenize, lines) if tokens]
     except UnicodeDecodeError as error:
-        raise DataError(f"corpus file {file} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
-                        f"convert it, e.g. iconv -f latin1 -t utf-8") from None
+        raise DataError(
+            f"corpus file {file} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            f"convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
     if not sentences:
         raise DataError(f"corpus file {file} holds no text")
     return sentences
@@ -276,8 +284,10 @@ DEFAULT_PTB = Path.home() / ".cache" / "banets" / "ptb"
 def stream_batches(ids: Tensor, batch_size: int, bptt: int, split: str, key: str) -> BpttBatches:
     """:class:`BpttBatches` of one split, or a :class:`DataError` naming the batch size that does not fit it."""
     if ids.numel() // batch_size < 2:
-        raise DataError(f"the {split} split has {ids.numel()} tokens, too few for data.{key}={batch_size} streams of at "
-                        f"least 2 tokens; lower data.{key} or use a longer corpus")
+        raise DataError(
+            f"the {split} split has {ids.numel()} tokens, too few for data.{key}={batch_size} streams of at "
+            f"least 2 tokens; lower data.{key} or use a longer corpus"
+        )
     return BpttBatches(ids, batch_size, bptt)
 
 
@@ -286,17 +296,26 @@ def text_data(cfg: DataConfig) -> Data:
     """A word-level corpus (prefix.{train,valid,test}.txt, e.g. Penn Tree Bank) in Zaremba et al.'s BPTT batches;
     ``data.train_subset`` keeps the first N training tokens."""
     if cfg.path is None and not cfg.download:
-        raise DataError("text: no corpus folder; pass --data-dir PATH (a folder with *.train.txt, *.valid.txt, *.test.txt)")
-    corpus = load_corpus(cfg.path or DEFAULT_PTB, max_vocab=cfg.max_vocab, tokenizer=cfg.tokenizer, download=cfg.download)
+        raise DataError(
+            "text: no corpus folder; pass --data-dir PATH (a folder with *.train.txt, *.valid.txt, *.test.txt)"
+        )
+    corpus = load_corpus(
+        cfg.path or DEFAULT_PTB, max_vocab=cfg.max_vocab, tokenizer=cfg.tokenizer, download=cfg.download
+    )
     if cfg.train_subset is not None and cfg.train_subset > corpus.train.numel():
-        raise DataError(f"data.train_subset={cfg.train_subset} is more than the {corpus.train.numel()} training tokens; lower it")
+        raise DataError(
+            f"data.train_subset={cfg.train_subset} is more than the {corpus.train.numel()} training tokens; lower it"
+        )
     train = corpus.train[: cfg.train_subset]
     return Data(
         train=stream_batches(train, cfg.batch_size, cfg.bptt, "train", "batch_size"),
         val=stream_batches(corpus.valid, cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
         test=stream_batches(corpus.test, cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
         model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
-        files={"vocab.json": corpus.vocab.to_json(), **data_record(train=(train,), valid=(corpus.valid,), test=(corpus.test,))},
+        files={
+            "vocab.json": corpus.vocab.to_json(),
+            **data_record(train=(train,), valid=(corpus.valid,), test=(corpus.test,)),
+        },
         metric="perplexity",
         block=cfg.bptt,
         options_in_files={"words": "vocab.json"},

@@ -9,7 +9,7 @@ Every CIFAR model here exposes the same names: ``conv1`` (the first convolution)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

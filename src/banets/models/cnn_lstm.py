@@ -23,7 +23,7 @@ character each, as Kim et al.'s code spells ``<unk>`` as ``|`` and the end of se
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -143,7 +143,9 @@ class DenseNet(StagedNetwork):
         outs = list(transition_channels or [])
         if (not block_layers or min(block_layers) < 1 or len(growths) != len(block_layers) or min(growths) < 1
                 or not 0 < compression <= 1 or (outs and len(outs) != len(block_layers) - 1 + final_transition)):
-            raise ValueError(f"invalid DenseNet: {block_layers=}, {growth_rate=}, {compression=}, {transition_channels=}")
+            raise ValueError(
+                f"invalid DenseNet: {block_layers=}, {growth_rate=}, {compression=}, {transition_channels=}"
+            )
         channels = stem_channels or (2 * growths[0] if bottleneck else 16)
         self.conv1 = conv3x3(3, channels)
         stages = []
@@ -187,8 +189,16 @@ def densenet_bc(
             raise ValueError(f"DenseNet depth {depth} is too small for three blocks")
         block_layers = (n, n, n)
     return DenseNet(
-        block_layers, growth_rate, num_classes, compression, bottleneck, drop_rate, memory_efficient, stem_channels,
-        final_transition, transition_channels,
+        block_layers,
+        growth_rate,
+        num_classes,
+        compression,
+        bottleneck,
+        drop_rate,
+        memory_efficient,
+        stem_channels,
+        final_transition,
+        transition_channels,
     )
 
 

@@ -46,7 +46,9 @@ class StatefulLSTMLanguageModel(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int, num_layers: int, vocab_size: int, dropout: float):
         super().__init__()
-        self.lstm = nn.LSTM(input_dim, hidden_dim, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            input_dim, hidden_dim, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
         self.output_dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_dim, vocab_size)
         self._state: LSTMState | None = None

@@ -12,8 +12,9 @@ import fnmatch
 import functools
 import inspect
 import string
+from collections.abc import Callable
 from itertools import product
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 
@@ -101,7 +102,9 @@ def _factory(name: str) -> ModelFactory:
     if name not in _REGISTRY:
         near = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see `banets models` for the list"
-        raise ModelError(f"unknown model {name!r}{hint} (timm's models: timm:<name>; your own: register_model and --import)")
+        raise ModelError(
+            f"unknown model {name!r}{hint} (timm's models: timm:<name>; your own: register_model and --import)"
+        )
     return _REGISTRY[name]
 
 
@@ -151,7 +154,9 @@ def describe_models(pattern: str = "*") -> str:
     if not names and not any(c in pattern for c in "*?["):
         names = list_models(f"*{pattern}*")  # a bare word that names no model: the names holding it
     if not names:
-        raise ModelError(f"no registered model matches {pattern!r}; `banets models` lists them all (yours need --import MODULE)")
+        raise ModelError(
+            f"no registered model matches {pattern!r}; `banets models` lists them all (yours need --import MODULE)"
+        )
     width = max(map(len, names))
     lines = []
     for name in names:
@@ -161,5 +166,7 @@ def describe_models(pattern: str = "*") -> str:
         lines.append(f"{name:{width}s} {size:>8s}  {doc}")
     if len(names) == 1:  # one model asked for: its options too
         options = inspect.signature(_REGISTRY[names[0]]).parameters.values()
-        lines.append("options: " + ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in options))
+        lines.append(
+            "options: " + ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in options)
+        )
     return "\n".join(lines)

@@ -21,7 +21,11 @@ class MLP(nn.Sequential):
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SmallCNN(nn.Sequential):
@@ -40,7 +44,9 @@ class SmallCNN(nn.Sequential):
 
 
 @register_model("mlp")
-def mlp(in_features: int = 64, num_classes: int = 10, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.0) -> nn.Module:
+def mlp(
+    in_features: int = 64, num_classes: int = 10, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.0
+) -> nn.Module:
     """MLP for tabular or flattened inputs: a config's default model."""
     return MLP(in_features, num_classes, tuple(hidden), dropout)
 

@@ -16,8 +16,9 @@ docs/models.md lists the parameter counts of every student next to the paper's.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -54,12 +55,14 @@ class DenseShape:
         return self.stage_channels[0] / self.block_channels[0]
 
 
-def dense_shape(teacher: str = PAPER_TEACHER, teacher_options: Optional[dict] = None) -> DenseShape:
+def dense_shape(teacher: str = PAPER_TEACHER, teacher_options: dict | None = None) -> DenseShape:
     """The stage shapes of DenseNet ``teacher`` built with ``teacher_options`` (on the meta device: no weights)."""
     with torch.device("meta"):
         model = create_model(teacher, **(teacher_options or {}))
     if not isinstance(model, DenseNet):
-        raise ValueError(f"{teacher!r} is a {type(model).__name__}; the students of Tables 4 and 5 need a DenseNet teacher")
+        raise ValueError(
+            f"{teacher!r} is a {type(model).__name__}; the students of Tables 4 and 5 need a DenseNet teacher"
+        )
     first_layer = model.stages[0].block.layers[0]
     return DenseShape(
         stem=model.conv1.out_channels,
@@ -106,7 +109,7 @@ class DenseShapedResNet(StagedNetwork):
 @register_model("dense_shaped_resnet")
 def dense_shaped_resnet(
     teacher: str = PAPER_TEACHER,
-    teacher_options: Optional[dict] = None,
+    teacher_options: dict | None = None,
     units: int = 4,
     ratio: float = 1.0,
     unit: Literal["wide", "bottleneck"] = "wide",
@@ -189,15 +192,19 @@ def densenet_variant_kwargs(shape: DenseShape, depth_factor: float = 1.0, compre
         block_out = out / kept if i < transitions else out
         growths.append(max(1, round((block_out - width_in) / n)))
     return dict(
-        block_layers=layers, growth_rate=growths, stem_channels=shape.stem, bottleneck=shape.bottleneck,
-        final_transition=shape.final_transition, transition_channels=shape.stage_channels[:transitions],
+        block_layers=layers,
+        growth_rate=growths,
+        stem_channels=shape.stem,
+        bottleneck=shape.bottleneck,
+        final_transition=shape.final_transition,
+        transition_channels=shape.stage_channels[:transitions],
     )
 
 
 @register_model("densenet_variant")
 def densenet_variant(
     teacher: str = PAPER_TEACHER,
-    teacher_options: Optional[dict] = None,
+    teacher_options: dict | None = None,
     depth_factor: float = 1.0,
     compression_factor: float = 1.0,
     drop_rate: float = 0.0,
