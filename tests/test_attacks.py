@@ -94,8 +94,8 @@ def test_resume_imports_no_module_the_run_names(run, tmp_path, monkeypatch, caps
     rewrite(run / "seed-0", config_edit=lambda c: c.update(imports=[name]))
     before = snapshot(run)
     assert main(["resume", str(run)]) == 1
-    one_line_error(capsys, f"records the module {name!r}", "banets imports no code a run directory names",
-                   f"--import {name}", "--trust-imports")
+    one_line_error(capsys, f"records the module {name!r}; banets imports no code that a run directory names: if you "
+                           f"trust it, give it again with --import {name}, or pass --trust-imports")
     assert not marker.exists() and name not in sys.modules
     assert snapshot(run) == before
 
@@ -105,8 +105,34 @@ def test_a_module_function_loss_the_run_names_is_not_imported(run, tmp_path, cap
     (run / "evil_loss.py").write_text(PAYLOAD.format(marker=str(marker)))
     rewrite(run / "seed-0", config_edit=lambda c: c["ban"].update(loss="evil_loss:loss"))
     assert main(["resume", str(run)]) == 1
-    one_line_error(capsys, "records the module 'evil_loss', which is not installed here")
+    one_line_error(capsys, "records the module 'evil_loss'; banets imports no code")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("edit, module", [
+    (lambda c: c.update(imports=["this"]), "this"),  # installed, and acts when imported: installed is no vouching
+    (lambda c: c["model"].update(name="timm:resnet18", options={"pretrained": True}), "timm"),  # timm reads weights
+])
+def test_an_installed_module_the_run_names_is_not_imported_either(run, capsys, edit, module):
+    rewrite(run / "seed-0", config_edit=edit)
+    assert main(["resume", str(run)]) == 1
+    one_line_error(capsys, f"records the module {module!r}; banets imports no code", f"--import {module}")
+    assert "this" not in sys.modules
+
+
+def test_a_run_claiming_to_be_made_from_python_imports_nothing(run, tmp_path, monkeypatch, capsys):
+    marker = tmp_path / "marker"
+    (tmp_path / "evil.py").write_text(PAYLOAD.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rewrite(run / "seed-0", config_edit=lambda c: (c.update(imports=["evil"]), c["data"].update(dataset="python")))
+    assert main(["resume", str(run), "--trust-imports"]) == 1
+    one_line_error(capsys, "this run was made from Python with its own model and data")
+    assert not marker.exists()
+
+
+def test_a_recorded_download_fetches_nothing_on_resume(run):
+    rewrite(run / "seed-0", config_edit=lambda c: c["data"].update(download=True))  # digits would refuse the option
+    assert main(["resume", str(run)]) == 0
 
 
 def test_a_recorded_module_runs_when_the_user_says_so(run, tmp_path, monkeypatch, capsys):
@@ -128,8 +154,8 @@ def test_load_imports_no_module_the_run_names_unless_trusted(run, tmp_path, monk
     (tmp_path / "payload_load.py").write_text(PAYLOAD.format(marker=str(marker)))
     monkeypatch.syspath_prepend(str(tmp_path))
     rewrite(run / "seed-0", config_edit=lambda c: c.update(imports=["payload_load"]))
-    with pytest.raises(banets.config.UserError, match=r"records the module 'payload_load', which is found in the current "
-                                                      r"folder .* or pass trust_code=True"):
+    with pytest.raises(banets.config.UserError, match=r"records the module 'payload_load'; .* if you trust it, import "
+                                                      r"payload_load yourself before calling load, or pass trust_code=True"):
         banets.load(run, "teacher")
     assert not marker.exists()
     monkeypatch.delitem(sys.modules, "payload_load", raising=False)
@@ -170,6 +196,20 @@ def test_recorded_paths_that_leave_the_run_are_refused_and_nothing_outside_is_de
     assert main(["resume", str(run)]) == 1
     one_line_error(capsys, "is not a banets manifest", "teacher's epoch checkpoint is recorded as", "outside its seed directory")
     assert victim.read_text() == "keep me" and snapshot(run) == before
+
+
+def test_prediction_splits_that_leave_the_run_are_refused(run, capsys):
+    rewrite(run / "seed-0", manifest_edit=lambda m: m.update(predictions={"../../../outside": "0" * 64}))
+    assert main(["resume", str(run)]) == 1
+    one_line_error(capsys, "its predictions name splits ['../../../outside'], not plain names")
+
+
+def test_a_report_folder_keeps_temporary_files_it_did_not_write(finished, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / ".notes.tmp").write_text("my notes")
+    assert main(["report", str(finished), "--out", str(tmp_path / "mine")]) == 1
+    one_line_error(capsys, "holds files a banets report did not write (.notes.tmp)")
+    assert (tmp_path / "mine" / ".notes.tmp").read_text() == "my notes"
 
 
 def test_options_in_files_outside_the_run_are_not_read_by_load(run, tmp_path):
@@ -242,8 +282,19 @@ def test_nan_in_a_later_validation_batch_is_an_error_naming_the_split_and_batch(
     (x, y), val, _ = blobs
     batches = [(val[0][i:i + 32].clone(), val[1][i:i + 32]) for i in range(0, 128, 32)]
     batches[2][0][5, 3] = float("nan")
-    with pytest.raises(banets.config.UserError, match=r"batch 2 of the validation data gives NaN or inf outputs"):
+    with pytest.raises(banets.config.UserError, match=r"batch 2 of the validation data gives NaN or \+inf outputs"):
         banets.born_again(mlp_fn, (x, y), batches, optim=tiny_config, ban=banets.BornAgainConfig(generations=1))
+
+
+def test_minus_inf_logits_that_mask_a_class_are_not_taken_for_nan(tiny_config):
+    from banets.engine import evaluate
+
+    class Masked(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([x[:, :3], torch.full((len(x), 1), float("-inf"))], dim=1)
+
+    predictions = evaluate(Masked(), [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], torch.device("cpu"), tiny_config)
+    assert torch.isfinite(predictions.nll).all()
 
 
 def test_the_teacher_cache_checks_every_batch_it_replays():
@@ -269,7 +320,7 @@ def test_a_stray_large_label_and_a_negative_label_are_named(tmp_path, capsys):
     torch.save({"x": x, "y": y}, tmp_path / "big.pt")
     assert main(["run", "demo", *TINY, "--set", "data.dataset=tensors", "--set", "model.name=mlp",
                  "--set", "model.options={}", "--set", "data.val_size=10", "--data-dir", str(tmp_path / "big.pt"), "--out", str(tmp_path / "o")]) == 1
-    one_line_error(capsys, "the largest label is 2000, so 2001 classes, more than the", "(1997 classes would have none)",
+    one_line_error(capsys, "the largest label is 2000, so 2001 classes, more than the 60 examples", "(1997 classes would have none)",
                    "relabel the 4 classes used as 0 .. 3")
     y[7] = 5
     torch.save({"x": x, "y": y}, tmp_path / "gap.pt")
@@ -277,6 +328,8 @@ def test_a_stray_large_label_and_a_negative_label_are_named(tmp_path, capsys):
         from banets.config import DataConfig
         from banets.data.registry import build_dataset
         build_dataset(DataConfig(dataset="tensors", path=str(tmp_path / "gap.pt"), val_size=10))
+    from banets.data.tensors import class_count
+    assert class_count(torch.arange(100), 60) == 100  # a small subset of many classes, each used: no refusal
     y[7] = -1
     torch.save({"x": x, "y": y}, tmp_path / "neg.pt")
     assert main(["run", "demo", *TINY, "--set", "data.dataset=tensors", "--set", "model.name=mlp",
@@ -396,3 +449,20 @@ def test_a_damaged_vocabulary_is_named_as_damaged_not_as_other_data(tmp_path, ca
 def test_resuming_a_seed_folder_names_the_run_folder(finished, capsys):
     assert main(["resume", str(finished / "seed-0")]) == 1
     one_line_error(capsys, "is one seed of a run; pass the run's folder", str(finished.absolute()))
+
+
+def test_a_file_system_error_without_a_file_name_names_no_folder():
+    from banets.runs import os_error_message
+
+    assert os_error_message(OSError(errno.ENOSPC, "No space left on device")).startswith("no space left on a device;")
+
+
+def test_tensorboard_that_cannot_write_is_turned_off_with_a_warning_not_the_run(tmp_path):
+    from banets.runs import TensorBoardLog
+
+    (tmp_path / "tensorboard").write_text("a file where the folder goes")
+    log = TensorBoardLog(tmp_path / "tensorboard")
+    with pytest.warns(UserWarning, match=r"tensorboard logging off: cannot use .*tensorboard"):
+        log.log("teacher", {"epoch": 0, "train_loss": 1.0})
+    assert log.off
+    log.log("teacher", {"epoch": 1, "train_loss": 1.0})  # silent from now on

@@ -18,7 +18,14 @@ from typing import NoReturn
 from banets import __version__, distributed
 from banets import config as configs
 from banets.data.registry import list_datasets
-from banets.experiment import REPORT_DIR, import_modules, report_runs, resume_experiment, run_experiment
+from banets.experiment import (
+    REPORT_DIR,
+    import_modules,
+    recorded_modules,
+    report_runs,
+    resume_experiment,
+    run_experiment,
+)
 from banets.models.registry import describe_models
 from banets.report import summary_table
 from banets.runs import os_error_message
@@ -83,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     config = build_config(args)
     out = Path(args.out or f"runs/{config.name}")
-    args.dir = out
+    args.dir, args.vouched = out, recorded_modules(config)  # what an interrupt's hint names
     run_experiment(config, out)
     report_and_print(out)
 
@@ -91,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_resume(args: argparse.Namespace) -> None:
     overrides = [*(args.set or []), *([f"data.path={configs.absolute_path(args.data_dir)}"] if args.data_dir else [])]
     import_modules(args.imports or [])
-    ran = resume_experiment(Path(args.dir), overrides, trust_imports=args.trust_imports)
+    args.vouched = args.imports or []
+    ran = resume_experiment(Path(args.dir), overrides, args.imports or [], trust_imports=args.trust_imports)
     if not ran and distributed.is_main():
         print(f"{args.dir}: every seed is finished; nothing to train")
     report_and_print(Path(args.dir))
@@ -214,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         where = getattr(args, "dir", None) or getattr(args, "out", None)
-        hint = f"; continue with `banets resume {where}`" if where and args.command in ("run", "demo", "resume") else ""
+        imports = "".join(f" --import {name}" for name in getattr(args, "vouched", []))
+        resumable = where and args.command in ("run", "demo", "resume")
+        hint = f"; continue with `banets resume {where}{imports}`" if resumable else ""
         print(f"\nbanets: interrupted{hint}", file=sys.stderr)
         return INTERRUPTED
     finally:

@@ -411,7 +411,7 @@ def predict_batches(
     split: str = "validation",
 ) -> Iterator[tuple[list[Tensor], Tensor]]:
     """For each batch, every model's log-probabilities flattened to ``(rows, classes)``, and the labels; a batch
-    with NaN or inf outputs (NaN inputs) is a :class:`DataError` naming ``split`` and the batch, not a NaN score.
+    with NaN or +inf outputs (NaN inputs) is a :class:`DataError` naming ``split`` and the batch, not a NaN score.
 
     One pass over ``data`` serves all models (an ensemble's members see each batch once), and batches
     are yielded as they come so the caller reduces them at once: a language model's log-probabilities
@@ -432,9 +432,10 @@ def predict_batches(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
-            if not all(torch.isfinite(z).all() for z in logits):  # gathered: every process stops at the same batch
+            # -inf may mask a class; the logits are gathered, so every process stops at the same batch
+            if any((z.isnan() | z.isposinf()).any() for z in logits):
                 raise DataError(
-                    f"batch {index} of the {split} data gives NaN or inf outputs: its inputs hold NaN or inf "
+                    f"batch {index} of the {split} data gives NaN or +inf outputs: its inputs hold NaN or inf "
                     f"(clean or drop those examples, or give a transform that does), or the model's weights do"
                 )
             yield [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)

@@ -54,7 +54,7 @@ from banets.generations import (
     plan_generations,
     saved_weights_of,
 )
-from banets.models.registry import create_model, model_parameters
+from banets.models.registry import TIMM, create_model, model_parameters
 from banets.report import SeedRun, check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import RunDirectory, RunError, load_checkpoint
 from banets.teacher import load_teacher_weights
@@ -98,14 +98,18 @@ def teacher_factory(cfg: ModelConfig, data_options: dict) -> ModelFn | None:
     return model_factory(cfg.teacher_name, cfg.teacher_options, data_options)
 
 
-def setup_from_config(config: ExperimentConfig) -> Setup:
-    """The data and models a config names, built and checked (nothing is written)."""
-    import_modules(config.imports)
+def check_made_from_a_config(config: ExperimentConfig) -> None:
     if config.data.dataset == PYTHON:
         raise RunError(
             "this run was made from Python with its own model and data; continue it from Python with "
             "born_again(..., out=DIR, resume=True)"
         )
+
+
+def setup_from_config(config: ExperimentConfig) -> Setup:
+    """The data and models a config names, built and checked (nothing is written)."""
+    check_made_from_a_config(config)
+    import_modules(config.imports)
     data = build_dataset(config.data)
     student_fn = model_factory(config.model.name, config.model.options, data.model_options)
     teacher_fn = teacher_factory(config.model, data.model_options)
@@ -333,16 +337,21 @@ def seed_dirs(out: Path) -> list[Path]:
 
 
 def recorded_modules(config: ExperimentConfig) -> list[str]:
-    """The modules a config imports: ``imports:`` and those of its ``module:function`` losses."""
-    named = [config.ban.loss, *config.ban.extra_losses]
-    return [*config.imports, *(loss.partition(":")[0] for loss in named if isinstance(loss, str) and ":" in loss)]
+    """The modules a config imports: ``imports:``, those of its ``module:function`` losses, and timm for ``timm:``
+    models (whose options may make it read or download weights)."""
+    named = [loss for loss in (config.ban.loss, *config.ban.extra_losses) if isinstance(loss, str) and ":" in loss]
+    models = [config.model.name, config.model.teacher_name or ""]
+    return [*config.imports, *(loss.partition(":")[0] for loss in named),
+            *(["timm"] if any(name.startswith(TIMM) for name in models) else [])]
 
 
-def resume_experiment(out: Path, overrides: Sequence[str] = (), trust_imports: bool = False) -> list[int]:
+def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequence[str] = (),
+                      trust_imports: bool = False) -> list[int]:
     """``banets resume``: continue every seed of the run in ``out`` with the config it was started with, and start
     the seeds an interruption never reached (each seed directory records the run's seeds); ``overrides`` may change
     runtime keys and the ensembles only. A finished seed with nothing new to evaluate needs neither its data nor its
-    models. The modules the run records are imported only when imported already, installed, or ``trust_imports``.
+    models. The modules the run records are imported only when given again in ``imports`` (``--import``, imported
+    already) or with ``trust_imports``; a recorded ``data.download`` is off unless ``overrides`` turn it on.
     Returns the seeds that ran."""
     dirs = seed_dirs(out)
     recorded = {int(d.name.removeprefix("seed-")): d for d in dirs if d.name.removeprefix("seed-").isdigit()}
@@ -350,7 +359,7 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), trust_imports: b
     ran = []
     for seed in planned:
         saved = RunDirectory(recorded.get(seed, dirs[0])).config()  # verified: the config the run wrote
-        config = config_of(saved, overrides)
+        config = config_of(saved, ["data.download=false", *overrides])  # a run's word fetches nothing
         if config.seeds != config_of(saved).seeds:
             raise RunError(
                 f"a resume continues the seeds {out} was started with ({', '.join(map(str, planned))}); add "
@@ -363,8 +372,10 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), trust_imports: b
             plan = plan_generations(config.ban, seed)
             if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
                 continue
-        if not trust_imports and config.data.dataset != PYTHON:
-            check_recorded_modules(recorded_modules(config), Path(out), "--trust-imports")
+        check_made_from_a_config(config)
+        if not trust_imports:
+            check_recorded_modules(recorded_modules(config), Path(out), imports,
+                                   "give it again with --import {name}, or pass --trust-imports")
         run(config, setup_from_config(config), Path(out), resume=True)
         ran.append(seed)
     return ran
@@ -491,8 +502,9 @@ def load(
             f"a run made from Python) trains {name} again from its recorded seed"
         ) from None
     if model_fn is None:
-        if not trust_code and config.data.dataset != PYTHON:
-            check_recorded_modules(config.imports, root, "trust_code=True")
+        if not trust_code:
+            check_recorded_modules(config.imports, root, sys.modules,
+                                   "import {name} yourself before calling load, or pass trust_code=True")
         model_fn = recorded_factory(config, directory, teacher=entry.get("role") == "teacher")
     model = build_model(model_fn, "model_fn")
     with saved_weights_of(name):

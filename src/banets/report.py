@@ -744,7 +744,8 @@ def check_report_folder(root: Path) -> set[str]:
     link = next((p for p in entries if p.is_symlink()), None)
     if link is not None:
         raise RunError(f"{link} is a symbolic link, which banets does not follow; remove it, or choose another folder")
-    foreign = sorted(p.name for p in entries if p.name not in previous | {REPORT_INDEX} and not is_temporary(p.name))
+    owned = previous | {REPORT_INDEX}
+    foreign = sorted(p.name for p in entries if p.name not in owned and not is_temporary(p, owned))
     if foreign:
         raise RunError(
             f"report --out {root} holds files a banets report did not write ({', '.join(foreign[:3])}"
@@ -753,9 +754,10 @@ def check_report_folder(root: Path) -> set[str]:
     return previous
 
 
-def is_temporary(name: str) -> bool:
-    """A file an atomic write had not yet renamed into place when it was killed (``.<name>.<random>.tmp``)."""
-    return name.startswith(".") and name.endswith(".tmp")
+def is_temporary(path: Path, owned: set[str]) -> bool:
+    """A file that an atomic write of one of the ``owned`` files had not yet renamed into place when it was
+    killed (``.<name>.<random>.tmp``)."""
+    return path.is_file() and path.name.endswith(".tmp") and any(path.name.startswith(f".{name}.") for name in owned)
 
 
 class ReportFolder:
@@ -773,7 +775,7 @@ class ReportFolder:
                 f"cannot create report folder {root} ({error.strerror}); choose a folder you can write to"
             ) from None
         for leftover in root.iterdir():
-            if is_temporary(leftover.name):
+            if is_temporary(leftover, self.previous | {REPORT_INDEX}):
                 leftover.unlink()
         self.written: list[str] = []
 

@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -56,9 +57,11 @@ from banets.metrics import Predictions
 
 FORMAT_VERSION = 1
 KEEP_EPOCH_CHECKPOINTS = 2
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")  # predictions/<split>.pt
 TEACHER_CHECKPOINT = "model.teacher_checkpoint"
 RUNTIME_KEYS = (  # may change on resume (a given teacher is compared with the one the run saved)
-    "device", "optim.progress", "data.path", "data.val_path", "data.test_path", "ban.ensembles", TEACHER_CHECKPOINT,
+    "device", "optim.progress", "data.path", "data.val_path", "data.test_path", "data.download", "ban.ensembles",
+    TEACHER_CHECKPOINT,
 )
 
 
@@ -106,7 +109,8 @@ def os_error_message(error: OSError, needed: int | None = None, path: Path | Non
     again = "then run the same command again (a run continues with `banets resume`)"
     if error.errno == errno.ENOSPC:
         size = f" ({needed:,} bytes needed)" if needed else ""
-        return f"no space left on the device holding {Path(where).parent}{size}; free space there, {again}"
+        device = f"the device holding {Path(where).parent}" if path or error.filename else "a device"
+        return f"no space left on {device}{size}; free space there, {again}"
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"cannot write {where} ({error.strerror}); copy the run or report folder to a place you can write, "
                 f"or choose another --out")
@@ -174,13 +178,18 @@ def load_checkpoint(path: Path, sha256: str | None = None) -> dict:
 def save_weights(path: Path, model: nn.Module) -> str:
     """The model's parameters and buffers as ``.safetensors`` (shared tensors, e.g. tied embeddings, stored once);
     returns the file's sha256."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        tmp = Path(scratch) / path.name
-        save_model(model, str(tmp))
-        data = tmp.read_bytes()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp") as scratch:
+            tmp = Path(scratch) / path.name
+            save_model(model, str(tmp))
+            data = tmp.read_bytes()
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+        cause = error if isinstance(error, OSError) else OSError(errno.EIO, str(error))
+        raise RunError(os_error_message(cause, path=path)) from None
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -192,15 +201,20 @@ class TensorBoardLog:
     def __init__(self, root: Path):
         self.root = root
         self.writers: dict[str, Any] = {}
+        self.off = False  # after a file system error: the run goes on without curves
 
     def log(self, model: str, record: dict) -> None:
-        writer = self.writers.get(model) or self._open(model, purge_step=record["epoch"])
-        if writer is None:
-            return
-        for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)):
-                writer.add_scalar(key.replace("_", "/", 1), value, global_step=record["epoch"])
-        writer.flush()  # a killed run keeps its curves up to the last finished epoch
+        try:
+            writer = self.writers.get(model) or self._open(model, purge_step=record["epoch"])
+            if writer is None:
+                return
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    writer.add_scalar(key.replace("_", "/", 1), value, global_step=record["epoch"])
+            writer.flush()  # a killed run keeps its curves up to the last finished epoch
+        except OSError as error:  # optional: a full disk or a read-only folder turns it off, not the run
+            self.off = True
+            warnings.warn(f"tensorboard logging off: {os_error_message(error)}", stacklevel=2)
 
     def close(self, model: str) -> None:
         if model in self.writers:
@@ -208,6 +222,8 @@ class TensorBoardLog:
 
     def _open(self, model: str, purge_step: int):
         """A writer for ``model`` that hides events from ``purge_step`` on (epochs redone after a crash)."""
+        if self.off:
+            return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -388,10 +404,11 @@ class RunDirectory:
             )
 
     def _remove_temporary_files(self) -> None:
-        """Temporary files of writes a crash interrupted (never renamed into place, so never referenced)."""
+        """Temporary files and folders of writes a crash interrupted (never renamed into place, so never
+        referenced); the run holds no links (checked when it was opened), so nothing outside is touched."""
         if not self.read_only:
             for tmp in self.root.glob("**/.*.tmp"):
-                tmp.unlink(missing_ok=True)
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
     def config(self) -> dict:
         """``config.yaml``, refused when it is not the one the run wrote (edited or damaged)."""
@@ -416,7 +433,9 @@ class RunDirectory:
         config = _flatten(with_defaults(self.config()))
         kept = {k: v for k, v in config.items() if not k.startswith((*RUNTIME_KEYS, "seeds", "description", "cost"))}
         names = [n for n in self.manifest.get("data_files") or [] if (self.root / n).is_file()]
-        return {**kept, **{f"data file {name}": _digest(self.data_file(name)) for name in names}}
+        teacher = self.manifest.get("models", {}).get("teacher", {}).get("weights_sha256")
+        given = {"given teacher's weights": teacher} if config.get(TEACHER_CHECKPOINT) else {}
+        return {**kept, **given, **{f"data file {name}": _digest(self.data_file(name)) for name in names}}
 
     def is_finished(self, models: list[str], ensembles: dict[str, list[str]]) -> bool:
         """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
@@ -691,6 +710,8 @@ def manifest_problem(manifest: Any) -> str:
     predictions = manifest.get("predictions", {})
     if not isinstance(predictions, dict) or not all(isinstance(v, str) for v in predictions.values()):
         return "its predictions are not a mapping of splits to sha256"
+    if not all(SPLIT_NAME.match(split) for split in predictions):
+        return f"its predictions name splits {sorted(predictions)}, not plain names such as val"
     return ""
 
 

@@ -4,8 +4,8 @@
 A run directory is data. Its ``config.yaml`` records the modules the run imported, but whoever wrote the folder
 wrote that list too (and the digest beside it), so ``banets resume`` and :func:`banets.load` import a recorded
 module only when you vouch for it: you gave it again (``--import``, or imported it yourself before calling
-``load``), it is installed code (found on the import path, but not in the current folder nor inside the run), or
-you said to trust the run (``--trust-imports``, ``trust_code=True``). ``banets report`` imports nothing.
+``load``), or you said to trust the run (``--trust-imports``, ``trust_code=True``). ``banets report`` imports
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from banets.config import UserError, first_line
@@ -74,40 +74,11 @@ def failed_line(error: BaseException, module: str) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else module
 
 
-def check_recorded_modules(names: Iterable[str], run_folder: Path, how_to_trust: str) -> None:
-    """Refuse the first of ``names`` (modules a run directory records) that the user has not vouched for: not
-    imported already and not installed code, or found in ``run_folder``. Nothing is imported to find out.
-    ``how_to_trust`` names the option that trusts the run anyway (``--trust-imports`` or ``trust_code=True``)."""
+def check_recorded_modules(names: Iterable[str], run_folder: Path, vouched: Collection[str], how_to_vouch: str) -> None:
+    """Refuse the first of ``names`` (modules a run directory records) that the user has not vouched for by
+    naming it in ``vouched``. Nothing is imported to find out: an installed module may act when imported (a
+    ``__main__``), so being installed is no vouching. ``how_to_vouch`` is the hint, with ``{name}``."""
     for name in names:
-        problem = untrusted(name, Path(run_folder))
-        if problem:
-            raise UntrustedCodeError(
-                f"{run_folder} records the module {name!r}, which {problem}; banets imports no code a run directory "
-                f"names: if you trust it, import it yourself (--import {name}), or pass {how_to_trust}"
-            )
-
-
-def untrusted(name: str, run_folder: Path) -> str:
-    """Why module ``name`` is not the user's own code (empty when it is): imported already, or installed
-    outside the current folder and ``run_folder``. Only the top-level package is looked up, which runs nothing."""
-    if name in sys.modules or name.partition(".")[0] in sys.modules:
-        return ""  # imported by the user (--import, or their own code before load)
-    top = name.partition(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return "is not installed here"
-    places = [Path(p) for p in spec.submodule_search_locations or []]  # a package's folders (a namespace's several)
-    if spec.has_location and spec.origin:
-        places.append(Path(spec.origin).parent if not places else Path(spec.origin).parent.parent)
-    folders = {p.parent if p.name == top else p for p in places}  # the import-path entries it is found in
-    outside = Path(run_folder).resolve()
-    for folder in folders:
-        resolved = folder.resolve()
-        if resolved == outside or outside in resolved.parents:
-            return f"lies inside the run ({folder})"
-        if resolved == Path.cwd().resolve():
-            return f"is found in the current folder ({folder}), not installed"
-    return ""
+        if name not in vouched:
+            raise UntrustedCodeError(f"{run_folder} records the module {name!r}; banets imports no code that a run "
+                                     f"directory names: if you trust it, {how_to_vouch.format(name=name)}")
