@@ -18,10 +18,11 @@ from banets.models.registry import (
     create_model,
     describe_models,
     list_models,
+    _FAMILIES,
+    RENAMED,
+    model_options,
     model_parameters,
-    variant_of,
 )
-from banets.models.resnet_cifar import resnet_cifar
 
 MODELS = Path(banets.models.__file__).parent
 BUILTIN = [name for name in list_models() if _REGISTRY[name].__module__.startswith("banets.models.")]
@@ -43,7 +44,7 @@ def test_every_model_has_a_one_line_summary_of_its_own(name: str) -> None:
 def test_every_registered_name_is_a_def_in_the_models_source() -> None:
     source = "\n".join(path.read_text() for path in MODELS.glob("*.py"))
     defined = set(re.findall(r"^def (\w+)\(", source, flags=re.MULTILINE))
-    functions = {name: name.replace(".", "_") for name in BUILTIN}  # dense_shaped_wrn_4_0.5: def dense_shaped_wrn_4_0_5
+    functions = {name: name for name in BUILTIN}  # the registry key is the function's name
     assert {name for name, function in functions.items() if function not in defined} == set()
     assert all(_REGISTRY[name].__name__ == function for name, function in functions.items())
 
@@ -51,7 +52,7 @@ def test_every_registered_name_is_a_def_in_the_models_source() -> None:
 def test_a_variant_takes_its_familys_options_with_its_fixed_values_as_defaults() -> None:
     assert model_parameters("resnet8") == model_parameters("resnet_cifar") == {"depth", "width", "num_classes",
                                                                                "shortcut"}
-    defaults = {k: p.default for k, p in inspect.signature(_REGISTRY["resnet8"]).parameters.items()}
+    defaults = {p.name: p.default for p in model_options("resnet8")}
     assert defaults == {"depth": 8, "width": 16, "num_classes": 10, "shortcut": "A"}
     assert model_parameters("cnn_lstm_small") == model_parameters("cnn_lstm")
 
@@ -61,9 +62,17 @@ def test_a_variants_fixed_values_are_overridable_defaults() -> None:
     assert meta_count("resnet8", depth=20, num_classes=100) == meta_count("resnet20", num_classes=100) == 275_572
 
 
-def test_variant_of_refuses_an_argument_that_its_family_does_not_take() -> None:
-    with pytest.raises(TypeError, match="depht"):
-        variant_of(resnet_cifar, depht=8)
+@pytest.mark.parametrize("name", sorted(_FAMILIES))
+def test_a_variants_own_options_are_its_familys(name: str) -> None:
+    """What a misspelt argument of a variant (depht=8) would break: every option it sets, its family takes."""
+    own = set(inspect.signature(_REGISTRY[name]).parameters) - {"options"}
+    assert own <= set(inspect.signature(_FAMILIES[name]).parameters)
+
+
+def test_the_names_of_banets_0_2_still_build_their_models() -> None:
+    for old, new in RENAMED.items():
+        assert old not in list_models() and new in list_models()
+        assert model_parameters(old) == model_parameters(new)
 
 
 def test_model_factory_refuses_unknown_options_and_passes_a_variant_the_data_options_it_takes() -> None:

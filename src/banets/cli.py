@@ -155,7 +155,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"banets: error: {message}; see `{self.prog} --help`\n")
 
 
-def one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
     return f"banets: warning: {message}\n"
 
 

@@ -57,7 +57,7 @@ class Section:
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every Section is a dataclass
             setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], self.prefix + f.name))
         self.validate()
 
@@ -272,7 +272,7 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
     """``value`` checked against the type ``hint`` (ints are accepted for floats, callables for ``Callable``)."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
@@ -344,7 +344,8 @@ def all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
-        keys += all_keys(hint, f"{prefix}{f.name}.") if dataclasses.is_dataclass(hint) else [prefix + f.name]
+        nested = isinstance(hint, type) and dataclasses.is_dataclass(hint)
+        keys += all_keys(hint, f"{prefix}{f.name}.") if nested else [prefix + f.name]
     return keys
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -85,10 +86,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+@typing.runtime_checkable
+class Stateful(Protocol):
+    """A module that carries state from batch to batch (a language model's hidden state, a teacher cache)."""
+
+    def reset_state(self) -> None: ...
+
+
 def reset_state(model: nn.Module) -> None:
     """Forget carried state (language models' hidden state) before a new pass over a dataset."""
     for module in model.modules():  # the model itself, or a wrapper's (ensemble, cache) members
-        if hasattr(module, "reset_state"):
+        if isinstance(module, Stateful):
             module.reset_state()
 
 
@@ -148,14 +156,20 @@ class Trainer:
         self.label = f"{name} ({label})" if label else name  # how progress names this model
         self.config = config if distributed.is_main() else replace(config, progress="none")  # rank 0 reports
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-        self.model = model.to(device, memory_format=memory_format)
-        self.teacher = teacher.to(device, memory_format=memory_format).eval() if teacher is not None else None
+        # Module.to takes memory_format (PyTorch's type stubs omit it)
+        self.model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
+        self.teacher = (
+            teacher.to(device, memory_format=memory_format).eval()  # type: ignore[call-overload]
+            if teacher is not None
+            else None
+        )
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
         self.loss, self.transform, self.callbacks = loss, transform, list(callbacks)
         # compile the model itself, then wrap it (DistributedDataParallel under torchrun): PyTorch's advice in
         # "Where to apply torch.compile?", as compiling the wrapper traces DDP's hooks and SyncBatchNorm's collectives
-        self.forward = distributed.data_parallel(torch.compile(self.model) if config.compile else self.model, device)
+        compiled = typing.cast(nn.Module, torch.compile(self.model)) if config.compile else self.model
+        self.forward = distributed.data_parallel(compiled, device)
         self.precision = device_precision(config.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.nonfinite_run = torch.zeros((), dtype=torch.long, device=device)  # consecutive steps with a NaN/inf loss

@@ -71,7 +71,7 @@ def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
     """A factory for model ``name``: the config's options plus those derived from the data that it takes."""
     accepted = model_parameters(name)
     unknown = sorted(set(options) - accepted) if accepted is not None else []
-    if unknown:
+    if accepted is not None and unknown:
         raise SetupError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     takes = (
         accepted if accepted is not None else {"num_classes", "in_channels"}
@@ -235,9 +235,9 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
             raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another {option}")
         run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
     for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
-        seed = other.name.removeprefix("seed-")
-        if (other / "config.yaml").exists() and seed.isdigit():
-            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(seed)]), data.files, resume)
+        number = other.name.removeprefix("seed-")
+        if (other / "config.yaml").exists() and number.isdigit():
+            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(number)]), data.files, resume)
 
 
 def check_out_folder(out: Path, option: str) -> None:

@@ -14,9 +14,9 @@ import contextlib
 import copy
 import enum
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -461,7 +461,7 @@ class Driver:
             return None
         teacher = copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
         return (
-            CachedTeacher(teacher, len(self.setup.data.train), self.ban.cache_teacher)
+            CachedTeacher(teacher, len(cast(Sized, self.setup.data.train)), self.ban.cache_teacher)
             if self.ban.cache_teacher
             else teacher
         )

@@ -31,10 +31,10 @@ def _flat(logits: Tensor) -> Tensor:
     return logits.reshape(-1, logits.shape[-1]).float()
 
 
-def _teacher_probs(teacher_logits: Tensor | None) -> Tensor:
+def _teacher_probs(teacher_logits: Tensor | None, temperature: float = 1.0) -> Tensor:
     if teacher_logits is None:
         raise ValueError("this loss distils from a teacher, but no teacher logits were given")
-    return F.softmax(_flat(teacher_logits.detach()), dim=-1)
+    return F.softmax(_flat(teacher_logits.detach()) / temperature, dim=-1)
 
 
 def _soft_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> Tensor:
@@ -85,12 +85,12 @@ def kd(
         raise LossError(
             f"kd takes a temperature above 0 and a label_weight in [0, 1], got {temperature} and {label_weight}"
         )
-    soft_targets = _teacher_probs(teacher_logits / temperature)
+    soft_targets = _teacher_probs(teacher_logits, temperature)
     soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
     return (1.0 - label_weight) * soft + label_weight * ce(student_logits, None, labels)
 
 
-def cwtm_weights(teacher_logits: Tensor) -> Tensor:
+def cwtm_weights(teacher_logits: Tensor | None) -> Tensor:
     """Per-sample weights of CWTM: the teacher's max probability, normalised to sum 1 over the batch."""
     confidence = _teacher_probs(teacher_logits).max(dim=-1).values
     return confidence / confidence.sum()
@@ -173,9 +173,8 @@ def register(name: str, fn: Callable[..., Tensor] | None = None):
     configs can name it (``ban.loss: name``); usable as ``@losses.register("name")``."""
 
     def add(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in _LOSSES and qualified_name(_LOSSES[name].__wrapped_loss__) != qualified_name(
-            loss
-        ):  # a cell run again: same function
+        wrapped = getattr(_LOSSES.get(name), "__wrapped_loss__", None)
+        if name in _LOSSES and qualified_name(wrapped) != qualified_name(loss):  # a cell run again: same function
             raise LossError(f"loss {name!r} is registered twice; choose another name")
         _LOSSES[name] = _with_options(loss, name)
         return loss

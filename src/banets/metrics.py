@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 
@@ -74,7 +75,7 @@ class Predictions:
 
 
 def bootstrap_paired_difference(
-    a: np.ndarray, b: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0, block: int = 1,
+    a: ArrayLike, b: ArrayLike, samples: int = 2000, level: float = 0.95, seed: int = 0, block: int = 1,
     resample: tuple[bool, bool] = (True, True),
 ) -> tuple[float, float, float]:
     """Mean of ``a - b`` and its percentile bootstrap interval, resampling examples (rows) jointly.

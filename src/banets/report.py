@@ -396,10 +396,10 @@ def _delta(row: dict) -> str:
 def column_order(rows: list[dict]) -> list[str]:
     """Teacher, generations, the teacher's other students (BAN+L, CWTM, DKPP, KD), controls, then ensembles."""
     rank = {Role.TEACHER: 0, Role.GENERATION: 1, Role.STUDENT: 2, Role.CONTROL: 3, Role.ENSEMBLE: 4}
-    first = {}
+    first: dict[str, tuple[int, int, int]] = {}
     for r in rows:
         first.setdefault(r["model"], (rank.get(r["role"], 4), r["generation"] or 0, len(first)))
-    return sorted(first, key=first.get)
+    return sorted(first, key=first.__getitem__)
 
 
 def wide_rows(rows: list[dict], numeric: bool = False) -> list[dict]:

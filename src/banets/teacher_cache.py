@@ -136,7 +136,8 @@ class CachedTeacher(nn.Module):
                 f"teacher cache: this epoch has more than the first epoch's {len(self.logits)} batches; "
                 "the cache needs the same batches every epoch (set ban.cache_teacher=null)"
             )
-        if self.input_shapes[i] != x.shape or (i == 0 and not torch.equal(self.first_input, x)):
+        first_changed = i == 0 and self.first_input is not None and not torch.equal(self.first_input, x)
+        if self.input_shapes[i] != x.shape or first_changed:
             raise CacheError(
                 f"teacher cache: batch {i} differs from the first epoch's batch {i}; the cache needs the same "
                 "batches in the same order every epoch, without shuffling or augmentation (set ban.cache_teacher=null)"

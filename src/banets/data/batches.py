@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -26,12 +26,12 @@ LABEL_KEYS = ("y", "label", "labels", "target", "targets")
 
 
 class TensorBatches:
-    """Iterate ``(x[idx], y[idx], ...)`` over batches of ``batch_size`` rows of the given tensors."""
+    """Iterate ``(x[idx], y[idx])`` over batches of ``batch_size`` rows of inputs ``x`` and labels ``y``."""
 
-    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool = False, drop_last: bool = False):
-        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+    def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        if len(x) != len(y):
             raise ValueError("TensorBatches needs tensors with the same number of rows")
-        self.tensors = tensors
+        self.tensors = (x, y)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -40,12 +40,12 @@ class TensorBatches:
         rows = len(self.tensors[0])
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __iter__(self) -> Iterator[Batch]:
         rows = len(self.tensors[0])
         order = torch.randperm(rows) if self.shuffle else torch.arange(rows)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            yield tuple(t[index] for t in self.tensors)
+            yield self.tensors[0][index], self.tensors[1][index]
 
 
 def as_tensor(value: Any) -> Any:
@@ -113,6 +113,10 @@ def are_class_labels(y: Tensor) -> bool:
     return not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
 
 
+@overload
+def as_batches(data: None, batch_size: int, shuffle: bool, what: str = ...) -> None: ...
+@overload
+def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = ...) -> Iterable[Batch]: ...
 def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Iterable[Batch] | None:
     """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays, a ``Dataset``, a
     ``DataLoader`` or any iterable of batches (tuples, dicts with input/label keys, NumPy arrays); None stays None."""
@@ -170,7 +174,9 @@ def data_record(**splits: tuple[Tensor, ...] | None) -> dict[str, str]:
 def given_tensors_record(**splits: Iterable[Batch] | None) -> dict[str, str]:
     """:func:`data_record` of the splits given as tensors; Datasets and loaders are not read through for it (that
     could take an epoch, and random augmentation would change the digest), so a resume trusts them."""
-    tensors = {name: batches.tensors for name, batches in splits.items() if isinstance(batches, TensorBatches)}
+    tensors: dict[str, tuple[Tensor, ...] | None] = {
+        name: batches.tensors for name, batches in splits.items() if isinstance(batches, TensorBatches)
+    }
     return data_record(**tensors) if tensors else {}
 
 

@@ -22,7 +22,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any
 from urllib.request import urlopen
 
 import numpy as np
@@ -335,7 +335,7 @@ def _extract(archive: Path, spec: _CifarSpec) -> Path:
     return folder
 
 
-def _copy_stream(source: BinaryIO | None, destination: Path) -> None:
+def _copy_stream(source: IO[bytes] | None, destination: Path) -> None:
     """Write the bytes of an open tar member to ``destination``."""
     assert source is not None, "regular tar members always have a stream"
     with source, open(destination, "wb") as out:

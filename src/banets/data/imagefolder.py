@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from banets.config import DataConfig
-from banets.data.augment import ImageTransform
+from banets.data.augment import ImageTransform, Stats
 from banets.data.batches import TensorBatches, checked_split, data_record, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 
@@ -74,13 +74,13 @@ def read_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        with Image.open(path) as file:
+            rgb = file.convert("RGB")
+            scale = size / min(rgb.size)
+            width, height = max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale))
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
             left, top = (width - size) // 2, (height - size) // 2
-            pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            pixels = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except Image.DecompressionBombError:
         raise DataError(
             f"image {path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
@@ -105,9 +105,11 @@ def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
         )
 
 
-def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    pixels = images.float().div(255.0).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+def channel_stats(images: Tensor) -> tuple[Stats, Stats]:
+    """The per-channel mean and std of RGB images ``(N, 3, H, W)``, pixels scaled to [0, 1]."""
+    pixels = images.float().div(255.0).transpose(0, 1).reshape(3, -1)
+    (r, g, b), (r_sd, g_sd, b_sd) = pixels.mean(1).tolist(), pixels.std(1).tolist()
+    return (r, g, b), (r_sd, g_sd, b_sd)
 
 
 @register_dataset(

@@ -9,7 +9,9 @@ Every CIFAR model here exposes the same names: ``conv1`` (the first convolution)
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -48,6 +50,20 @@ def pool_classify(features: torch.Tensor, classifier: nn.Linear) -> torch.Tensor
     return classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
 
 
+class Staged(Protocol):
+    """The contract the students of Tables 4 and 5 rely on in a model (Sections 3.3, 3.4 and 4.1): a stem
+    ``conv1``, ``stages`` whose output channels ``stage_channels`` lists, the features ``forward_features`` gives
+    before global pooling, and the ``classifier``; ``ban.share_layers`` copies the stem and classifier."""
+
+    conv1: nn.Module
+    stages: nn.ModuleList
+    classifier: nn.Linear
+
+    def stage_channels(self) -> list[int]: ...
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 class StagedNetwork(nn.Module):
     """The layout the pre-activation families share: ``conv1``, ``stages`` (each ending in a module with
     ``out_channels``), a final BN-ReLU ``norm``, global average pooling and ``classifier``. Subclasses build them."""
@@ -59,7 +75,7 @@ class StagedNetwork(nn.Module):
 
     def stage_channels(self) -> list[int]:
         """Output channels of each stage; the last entry is the classifier's input."""
-        return [stage[-1].out_channels for stage in self.stages]
+        return [typing.cast(int, typing.cast(nn.Sequential, stage)[-1].out_channels) for stage in self.stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map after the final BN-ReLU, ``(N, C, H/4, W/4)`` for three stages."""

@@ -23,7 +23,9 @@ character each, as Kim et al.'s code spells ``<unk>`` as ``|`` and the end of se
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from banets.models.lstm_lm import StatefulLSTMLanguageModel
-from banets.models.registry import register_model, variant_of
+from banets.models.registry import register_model
 
 PADDING, BEGIN_OF_WORD, END_OF_WORD = 0, 1, 2
 
@@ -91,6 +93,8 @@ class Highway(nn.Module):
 class CharacterAwareLanguageModel(StatefulLSTMLanguageModel):
     """Kim et al. (2016): word spellings -> CharCNN -> highway layers -> LSTM -> dropout -> decoder."""
 
+    spellings: Tensor  # a buffer: each word's characters, padded
+
     def __init__(
         self,
         words: Sequence[str],
@@ -113,8 +117,8 @@ class CharacterAwareLanguageModel(StatefulLSTMLanguageModel):
         self.init_uniform_(init_range)
         with torch.no_grad():
             char_cnn.embedding.weight[PADDING].zero_()
-            for highway in self.highways:
-                highway.gate.bias.fill_(-2.0)  # carry the input through at first (Kim et al.'s code)
+            for highway in self.highways:  # carry the input through at first (Kim et al.'s code)
+                typing.cast(Highway, highway).gate.bias.fill_(-2.0)
 
     def word_features(self, x: Tensor) -> Tensor:
         """Word vectors of ``x``, one per token. Computing them once per distinct word would need ``torch.unique``,
@@ -124,7 +128,7 @@ class CharacterAwareLanguageModel(StatefulLSTMLanguageModel):
         return self.highways(self.char_cnn(self.spellings[x.reshape(-1)])).view(*x.shape, -1)
 
 
-@register_model("cnn_lstm")
+@register_model
 def cnn_lstm(
     words: Sequence[str],
     char_dim: int = 15,
@@ -144,13 +148,19 @@ def cnn_lstm(
     )
 
 
-@register_model("cnn_lstm_large")
-@variant_of(cnn_lstm)
-def cnn_lstm_large() -> nn.Module:
+@register_model(family=cnn_lstm)
+def cnn_lstm_large(**options: Any) -> nn.Module:
     """Table 6 row ConvLSTM (19M): Kim et al.'s LSTM-Char-Large."""
+    return cnn_lstm(**options)
 
 
-@register_model("cnn_lstm_small")
-@variant_of(cnn_lstm, widths=(1, 2, 3, 4, 5, 6), filters=(25, 50, 75, 100, 125, 150), highway_layers=1, hidden_dim=300)
-def cnn_lstm_small() -> nn.Module:
+@register_model(family=cnn_lstm)
+def cnn_lstm_small(
+    widths: Sequence[int] = (1, 2, 3, 4, 5, 6),
+    filters: Sequence[int] = (25, 50, 75, 100, 125, 150),
+    highway_layers: int = 1,
+    hidden_dim: int = 300,
+    **options: Any,
+) -> nn.Module:
     """Kim et al.'s LSTM-Char-Small (5M): a CPU-scale ConvLSTM; not in the paper."""
+    return cnn_lstm(widths=widths, filters=filters, highway_layers=highway_layers, hidden_dim=hidden_dim, **options)

@@ -16,8 +16,10 @@ Table 4. See docs/models.md for the parameter counts against the paper's.
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from banets.models.blocks import StagedNetwork, bn_relu, conv1x1, conv3x3, init_weights
-from banets.models.registry import register_model, variant_of
+from banets.models.registry import register_model
 
 
 @contextlib.contextmanager
@@ -164,8 +166,12 @@ class DenseNet(StagedNetwork):
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 
+    def blocks(self) -> list[DenseBlock]:
+        """The dense block of each stage (before its transition)."""
+        return [typing.cast(DenseBlock, stage.block) for stage in self.stages]
 
-@register_model("densenet_bc")
+
+@register_model
 def densenet_bc(
     depth: int = 100,
     growth_rate: int | Sequence[int] = 12,
@@ -206,25 +212,25 @@ def densenet_bc(
 # final_transition=True, as their presets set (docs/models.md).
 
 
-@register_model("densenet_bc_112_33")
-@variant_of(densenet_bc, depth=112, growth_rate=33)
-def densenet_bc_112_33() -> DenseNet:
+@register_model(family=densenet_bc)
+def densenet_bc_112_33(depth: int = 112, growth_rate: int | Sequence[int] = 33, **options: Any) -> DenseNet:
     """Tables 1-2 row DenseNet-112-33 (paper: 6.3M, see docs/models.md)."""
+    return densenet_bc(depth=depth, growth_rate=growth_rate, **options)
 
 
-@register_model("densenet_bc_90_60")
-@variant_of(densenet_bc, depth=90, growth_rate=60)
-def densenet_bc_90_60() -> DenseNet:
+@register_model(family=densenet_bc)
+def densenet_bc_90_60(depth: int = 90, growth_rate: int | Sequence[int] = 60, **options: Any) -> DenseNet:
     """Tables 1-2 row DenseNet-90-60 (16.1M with final_transition=True); Tables 3-5."""
+    return densenet_bc(depth=depth, growth_rate=growth_rate, **options)
 
 
-@register_model("densenet_bc_80_80")
-@variant_of(densenet_bc, depth=80, growth_rate=80)
-def densenet_bc_80_80() -> DenseNet:
+@register_model(family=densenet_bc)
+def densenet_bc_80_80(depth: int = 80, growth_rate: int | Sequence[int] = 80, **options: Any) -> DenseNet:
     """Tables 1-2 row DenseNet-80-80 (22.4M with final_transition=True)."""
+    return densenet_bc(depth=depth, growth_rate=growth_rate, **options)
 
 
-@register_model("densenet_bc_80_120")
-@variant_of(densenet_bc, depth=80, growth_rate=120)
-def densenet_bc_80_120() -> DenseNet:
+@register_model(family=densenet_bc)
+def densenet_bc_80_120(depth: int = 80, growth_rate: int | Sequence[int] = 120, **options: Any) -> DenseNet:
     """Tables 1-2 row DenseNet-80-120 (50.4M with final_transition=True)."""
+    return densenet_bc(depth=depth, growth_rate=growth_rate, **options)

@@ -27,11 +27,13 @@ uniform in [-0.04, 0.04].
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from banets.models.registry import register_model, variant_of
+from banets.models.registry import register_model
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -120,7 +122,7 @@ class LSTMLanguageModel(StatefulLSTMLanguageModel):
         return self.input_dropout(self.embedding(x))
 
 
-@register_model("lstm_lm")
+@register_model
 def lstm_lm(
     vocab_size: int,
     embed_dim: int = 1500,
@@ -134,13 +136,15 @@ def lstm_lm(
     return LSTMLanguageModel(vocab_size, embed_dim, hidden_dim, num_layers, dropout, tie_weights, init_range)
 
 
-@register_model("lstm_lm_large")
-@variant_of(lstm_lm)
-def lstm_lm_large() -> nn.Module:
+@register_model(family=lstm_lm)
+def lstm_lm_large(**options: Any) -> nn.Module:
     """Table 6 row LSTM (52M): Zaremba et al.'s large 2 x 1500 LSTM, tied weights."""
+    return lstm_lm(**options)
 
 
-@register_model("lstm_lm_small")
-@variant_of(lstm_lm, embed_dim=200, hidden_dim=200, dropout=0.0, init_range=0.1)
-def lstm_lm_small() -> nn.Module:
+@register_model(family=lstm_lm)
+def lstm_lm_small(
+    embed_dim: int = 200, hidden_dim: int = 200, dropout: float = 0.0, init_range: float = 0.1, **options: Any
+) -> nn.Module:
     """Zaremba et al.'s small 2 x 200 LSTM, tied: preset ptb_paper's CPU-scale model."""
+    return lstm_lm(embed_dim=embed_dim, hidden_dim=hidden_dim, dropout=dropout, init_range=init_range, **options)

@@ -9,11 +9,13 @@ channels.
 
 from __future__ import annotations
 
+from typing import Any
+
 from banets.models.blocks import PreActResNet
-from banets.models.registry import register_model, variant_of
+from banets.models.registry import register_model
 
 
-@register_model("preresnet")
+@register_model
 def preresnet(depth: int = 164, num_classes: int = 10, bottleneck: bool = True) -> PreActResNet:
     """Pre-ResNet family (He et al. 2016b); the defaults build Pre-ResNet-164.
 
@@ -25,19 +27,19 @@ def preresnet(depth: int = 164, num_classes: int = 10, bottleneck: bool = True) 
     return PreActResNet(widths, [n] * 3, num_classes, stem_channels=16, bottleneck=bottleneck)
 
 
-@register_model("preresnet_29")
-@variant_of(preresnet, depth=29)
-def preresnet_29() -> PreActResNet:
+@register_model(family=preresnet)
+def preresnet_29(depth: int = 29, **options: Any) -> PreActResNet:
     """Pre-ResNet-29 (3 x 3 bottleneck units): a small Pre-ResNet; not in the paper."""
+    return preresnet(depth=depth, **options)
 
 
-@register_model("preresnet_164")
-@variant_of(preresnet, depth=164)
-def preresnet_164() -> PreActResNet:
+@register_model(family=preresnet)
+def preresnet_164(depth: int = 164, **options: Any) -> PreActResNet:
     """Pre-ResNet-164 (1.7M in He et al. 2016b): a standard baseline; not in the paper."""
+    return preresnet(depth=depth, **options)
 
 
-@register_model("preresnet_1001")
-@variant_of(preresnet, depth=1001)
-def preresnet_1001() -> PreActResNet:
+@register_model(family=preresnet)
+def preresnet_1001(depth: int = 1001, **options: Any) -> PreActResNet:
     """Table 5 row Pre-activation ResNet-1001 (10.2M): the baseline, CIFAR-100."""
+    return preresnet(depth=depth, **options)

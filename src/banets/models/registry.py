@@ -23,45 +23,42 @@ from banets.config import UserError, qualified_name
 TIMM = "timm:"
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+_FAMILIES: dict[str, ModelFactory] = {}  # a variant's family, whose options it takes
+RENAMED = {  # names of banets 0.2, recorded by its runs: they resume under the new names
+    "dense_shaped_preresnet_14_0.5": "dense_shaped_preresnet_14_0_5",
+    "dense_shaped_wrn_4_0.5": "dense_shaped_wrn_4_0_5",
+}
 
 
-def register_model(name: str, factory: ModelFactory | None = None):
-    """Register ``factory`` under ``name``; usable as ``@register_model("name")`` or called directly."""
+def register_model(
+    name: str | ModelFactory | None = None, factory: ModelFactory | None = None, *, family: ModelFactory | None = None
+) -> Any:
+    """Register a model factory: ``@register_model`` (the key is the function's name), ``@register_model("name")``
+    or ``register_model("name", factory)``. A variant of a family, ``@register_model(family=wide_resnet)``, is a
+    function whose body calls the family's builder with its own values and passes its ``**options`` on; it takes
+    the family's options too (``model_options``)."""
+    if callable(name):  # bare @register_model
+        return register_model(None, name)
 
     def add(fn: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY and qualified_name(_REGISTRY[name]) != qualified_name(fn):  # the same one again: replaced
-            raise ModelError(f"model {name!r} is registered twice; choose another name")
-        _REGISTRY[name] = fn
+        key = name or fn.__name__
+        if key in _REGISTRY and qualified_name(_REGISTRY[key]) != qualified_name(fn):  # the same one again: replaced
+            raise ModelError(f"model {key!r} is registered twice; choose another name")
+        _REGISTRY[key] = fn
+        if family is not None:
+            _FAMILIES[key] = family
         return fn
 
     return add(factory) if factory is not None else add
 
 
-def variant_of(family: ModelFactory, **fixed: Any) -> Callable[[Callable[..., Any]], ModelFactory]:
-    """Make the decorated function, which gives only a name and a docstring, the configuration of ``family`` with
-    the arguments ``fixed`` (as timm's named models): ``wrn_28_10(num_classes=100)`` builds
-    ``wide_resnet(depth=28, widen_factor=10, num_classes=100)``.
-
-    The fixed arguments are defaults that keyword arguments override, as a ``functools.partial``'s are. The
-    variant's signature is the family's with these defaults, keyword-only, so that ``model_parameters`` sees the
-    family's options.
-    """
-    family_signature = inspect.signature(family)
-    family_signature.bind_partial(**fixed)  # a TypeError for an argument the family does not take
-    signature = family_signature.replace(parameters=[
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=fixed.get(p.name, p.default))
-        for p in family_signature.parameters.values()
-    ])
-
-    def decorate(stub: Callable[..., Any]) -> ModelFactory:
-        @functools.wraps(stub)
-        def variant(**kwargs: Any) -> nn.Module:
-            return family(**{**fixed, **kwargs})
-
-        variant.__signature__ = signature  # type: ignore[attr-defined]
-        return variant
-
-    return decorate
+def model_options(name: str) -> list[inspect.Parameter]:
+    """The options of registered model ``name`` with their defaults: its factory's own parameters, then those of
+    the family a variant passes its ``**options`` to."""
+    own = [p for p in inspect.signature(_factory(name)).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    family = _FAMILIES.get(RENAMED.get(name, name))
+    inherited = inspect.signature(family).parameters.values() if family is not None else []
+    return own + [p for p in inherited if p.name not in {q.name for q in own}]
 
 
 class ModelError(UserError, ValueError):
@@ -94,11 +91,12 @@ def model_parameters(name: str) -> set[str] | None:
     """The keyword arguments that model ``name``'s factory accepts (None: any, as timm's models take)."""
     if name.startswith(TIMM):
         return None
-    return set(inspect.signature(_factory(name)).parameters)
+    return {p.name for p in model_options(name)}
 
 
 def _factory(name: str) -> ModelFactory:
     _import_builtin_models()
+    name = RENAMED.get(name, name)
     if name not in _REGISTRY:
         near = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see `banets models` for the list"
@@ -135,7 +133,7 @@ def _paper_sizes(name: str) -> dict[str, Any]:
     Penn Tree Bank's 10,000 words."""
     if name.startswith(TIMM):
         return {}
-    parameters = inspect.signature(_factory(name)).parameters
+    parameters = {p.name: p for p in model_options(name)}
     sizes = {"vocab_size": 10_000, "words": _ptb_like_words()}
     return {k: v for k, v in sizes.items() if k in parameters and parameters[k].default is inspect.Parameter.empty}
 
@@ -165,7 +163,7 @@ def describe_models(pattern: str = "*") -> str:
         doc = (inspect.getdoc(_REGISTRY[name]) or "").split("\n")[0]
         lines.append(f"{name:{width}s} {size:>8s}  {doc}")
     if len(names) == 1:  # one model asked for: its options too
-        options = inspect.signature(_REGISTRY[names[0]]).parameters.values()
+        options = model_options(names[0])
         lines.append(
             "options: " + ", ".join(f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in options)
         )

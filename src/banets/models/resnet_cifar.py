@@ -10,14 +10,15 @@ BatchNorm where the shape changes) is available with ``shortcut="B"``.
 
 from __future__ import annotations
 
-from typing import Literal
+import typing
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from banets.models.blocks import conv1x1, conv3x3, init_weights, pool_classify
-from banets.models.registry import register_model, variant_of
+from banets.models.registry import register_model
 
 
 class ZeroPadShortcut(nn.Module):
@@ -80,7 +81,7 @@ class ResNetCifar(nn.Module):
 
     def stage_channels(self) -> list[int]:
         """Output channels of each stage."""
-        return [stage[-1].out_channels for stage in self.stages]
+        return [typing.cast(int, typing.cast(nn.Sequential, stage)[-1].out_channels) for stage in self.stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.conv1(x))
@@ -92,7 +93,7 @@ class ResNetCifar(nn.Module):
         return pool_classify(self.forward_features(x), self.classifier)
 
 
-@register_model("resnet_cifar")
+@register_model
 def resnet_cifar(
     depth: int = 20, width: int = 16, num_classes: int = 10, shortcut: Literal["A", "B"] = "A"
 ) -> ResNetCifar:
@@ -102,25 +103,25 @@ def resnet_cifar(
     return ResNetCifar(depth, width, num_classes, shortcut)
 
 
-@register_model("resnet8")
-@variant_of(resnet_cifar, depth=8)
-def resnet8() -> ResNetCifar:
+@register_model(family=resnet_cifar)
+def resnet8(depth: int = 8, **options: Any) -> ResNetCifar:
     """ResNet-8: the model of the CPU quick preset (cifar10_quick); not in the paper."""
+    return resnet_cifar(depth=depth, **options)
 
 
-@register_model("resnet20")
-@variant_of(resnet_cifar, depth=20)
-def resnet20() -> ResNetCifar:
+@register_model(family=resnet_cifar)
+def resnet20(depth: int = 20, **options: Any) -> ResNetCifar:
     """ResNet-20 (0.27M in He et al. 2016a): a CIFAR baseline; not in the paper."""
+    return resnet_cifar(depth=depth, **options)
 
 
-@register_model("resnet56")
-@variant_of(resnet_cifar, depth=56)
-def resnet56() -> ResNetCifar:
+@register_model(family=resnet_cifar)
+def resnet56(depth: int = 56, **options: Any) -> ResNetCifar:
     """ResNet-56 (0.85M in He et al. 2016a): a CIFAR baseline; not in the paper."""
+    return resnet_cifar(depth=depth, **options)
 
 
-@register_model("resnet110")
-@variant_of(resnet_cifar, depth=110)
-def resnet110() -> ResNetCifar:
+@register_model(family=resnet_cifar)
+def resnet110(depth: int = 110, **options: Any) -> ResNetCifar:
     """ResNet-110 (1.7M in He et al. 2016a): a CIFAR baseline; not in the paper."""
+    return resnet_cifar(depth=depth, **options)

@@ -43,7 +43,7 @@ class SmallCNN(nn.Sequential):
         )
 
 
-@register_model("mlp")
+@register_model
 def mlp(
     in_features: int = 64, num_classes: int = 10, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.0
 ) -> nn.Module:
@@ -51,7 +51,7 @@ def mlp(
     return MLP(in_features, num_classes, tuple(hidden), dropout)
 
 
-@register_model("small_cnn")
+@register_model
 def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Module:
     """Three-layer CNN for small images: the offline demo's model (preset demo)."""
     return SmallCNN(in_channels, num_classes, width)

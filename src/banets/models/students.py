@@ -15,17 +15,18 @@ docs/models.md lists the parameter counts of every student next to the paper's.
 
 from __future__ import annotations
 
+import typing
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 
-from banets.models.blocks import PreActUnit, StagedNetwork, bn_relu, conv3x3, init_weights
-from banets.models.densenet import DenseNet, Transition, densenet_bc
-from banets.models.registry import create_model, register_model, variant_of
+from banets.models.blocks import PreActUnit, Staged, StagedNetwork, bn_relu, conv3x3, init_weights
+from banets.models.densenet import DenseLayer, DenseNet, Transition, densenet_bc
+from banets.models.registry import create_model, register_model
 
 #: The teacher of Tables 4 and 5: DenseNet-90-60 with a final 1x1 transition, whose parameter count matches the
 #: paper's 16.1M (docs/models.md); its stages output 480, 660 and 750 channels.
@@ -63,18 +64,19 @@ def dense_shape(teacher: str = PAPER_TEACHER, teacher_options: dict | None = Non
         raise ValueError(
             f"{teacher!r} is a {type(model).__name__}; the students of Tables 4 and 5 need a DenseNet teacher"
         )
-    first_layer = model.stages[0].block.layers[0]
+    blocks = model.blocks()
+    first_layer = typing.cast(DenseLayer, blocks[0].layers[0])
     return DenseShape(
-        stem=model.conv1.out_channels,
-        block_layers=[len(stage.block.layers) for stage in model.stages],
-        block_channels=[stage.block.out_channels for stage in model.stages],
+        stem=typing.cast(nn.Conv2d, model.conv1).out_channels,
+        block_layers=[len(block.layers) for block in blocks],
+        block_channels=[block.out_channels for block in blocks],
         stage_channels=model.stage_channels(),
         final_transition=hasattr(model.stages[-1], "transition"),
         bottleneck=not isinstance(first_layer.conv1, nn.Identity),
     )
 
 
-def check_stage_shapes(student: nn.Module, shape: DenseShape) -> None:
+def check_stage_shapes(student: Staged, shape: DenseShape) -> None:
     if student.stage_channels() != shape.stage_channels:
         raise ValueError(f"student stages output {student.stage_channels()} channels, teacher's {shape.stage_channels}")
 
@@ -106,7 +108,7 @@ class DenseShapedResNet(StagedNetwork):
         init_weights(self)
 
 
-@register_model("dense_shaped_resnet")
+@register_model
 def dense_shaped_resnet(
     teacher: str = PAPER_TEACHER,
     teacher_options: dict | None = None,
@@ -128,44 +130,80 @@ def dense_shaped_resnet(
     return student
 
 
-# Table 5's students of DenseNet-90-60 with its final transition, "{family}-{units per block}-{width ratio}". A name
-# with a dot is registered as written; its function has "_" instead.
+# Table 5's students of DenseNet-90-60 with its final transition, "{family}-{units per block}-{width ratio}" (a
+# ratio of 0.5 is written _0_5: banets 0.2 named two of them _0.5, registry.RENAMED).
 
 
-@register_model("dense_shaped_preresnet_14_0.5")
-@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=14, ratio=0.5, unit="bottleneck")
-def dense_shaped_preresnet_14_0_5() -> DenseShapedResNet:
+@register_model(family=dense_shaped_resnet)
+def dense_shaped_preresnet_14_0_5(
+    teacher_options: dict | None = PAPER_TEACHER_OPTIONS,
+    units: int = 14,
+    ratio: float = 0.5,
+    unit: Literal["wide", "bottleneck"] = "bottleneck",
+    **options: Any,
+) -> DenseShapedResNet:
     """Table 5 row BAN-Pre-ResNet-14-0.5 (7.3M): a residual student of DenseNet-90-60."""
+    return dense_shaped_resnet(teacher_options=teacher_options, units=units, ratio=ratio, unit=unit, **options)
 
 
-@register_model("dense_shaped_preresnet_14_1")
-@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=14, ratio=1.0, unit="bottleneck")
-def dense_shaped_preresnet_14_1() -> DenseShapedResNet:
+@register_model(family=dense_shaped_resnet)
+def dense_shaped_preresnet_14_1(
+    teacher_options: dict | None = PAPER_TEACHER_OPTIONS,
+    units: int = 14,
+    ratio: float = 1.0,
+    unit: Literal["wide", "bottleneck"] = "bottleneck",
+    **options: Any,
+) -> DenseShapedResNet:
     """Table 5 row BAN-Pre-ResNet-14-1 (17.7M): a residual student of DenseNet-90-60."""
+    return dense_shaped_resnet(teacher_options=teacher_options, units=units, ratio=ratio, unit=unit, **options)
 
 
-@register_model("dense_shaped_wrn_1_1")
-@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=1, ratio=1.0, unit="wide")
-def dense_shaped_wrn_1_1() -> DenseShapedResNet:
+@register_model(family=dense_shaped_resnet)
+def dense_shaped_wrn_1_1(
+    teacher_options: dict | None = PAPER_TEACHER_OPTIONS,
+    units: int = 1,
+    ratio: float = 1.0,
+    unit: Literal["wide", "bottleneck"] = "wide",
+    **options: Any,
+) -> DenseShapedResNet:
     """Table 5 row BAN-Wide-ResNet-1-1 (20.9M): a residual student of DenseNet-90-60."""
+    return dense_shaped_resnet(teacher_options=teacher_options, units=units, ratio=ratio, unit=unit, **options)
 
 
-@register_model("dense_shaped_match_wrn_2_1")
-@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=2, ratio=1.0, unit="wide")
-def dense_shaped_match_wrn_2_1() -> DenseShapedResNet:
+@register_model(family=dense_shaped_resnet)
+def dense_shaped_match_wrn_2_1(
+    teacher_options: dict | None = PAPER_TEACHER_OPTIONS,
+    units: int = 2,
+    ratio: float = 1.0,
+    unit: Literal["wide", "bottleneck"] = "wide",
+    **options: Any,
+) -> DenseShapedResNet:
     """Table 5 row BAN-Match-Wide-ResNet-2-1 (43.1M): the plain 2-unit wide student."""
+    return dense_shaped_resnet(teacher_options=teacher_options, units=units, ratio=ratio, unit=unit, **options)
 
 
-@register_model("dense_shaped_wrn_4_0.5")
-@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=4, ratio=0.5, unit="wide")
-def dense_shaped_wrn_4_0_5() -> DenseShapedResNet:
+@register_model(family=dense_shaped_resnet)
+def dense_shaped_wrn_4_0_5(
+    teacher_options: dict | None = PAPER_TEACHER_OPTIONS,
+    units: int = 4,
+    ratio: float = 0.5,
+    unit: Literal["wide", "bottleneck"] = "wide",
+    **options: Any,
+) -> DenseShapedResNet:
     """Table 5 row BAN-Wide-ResNet-4-0.5 (24.3M): a residual student of DenseNet-90-60."""
+    return dense_shaped_resnet(teacher_options=teacher_options, units=units, ratio=ratio, unit=unit, **options)
 
 
-@register_model("dense_shaped_wrn_4_1")
-@variant_of(dense_shaped_resnet, teacher_options=PAPER_TEACHER_OPTIONS, units=4, ratio=1.0, unit="wide")
-def dense_shaped_wrn_4_1() -> DenseShapedResNet:
+@register_model(family=dense_shaped_resnet)
+def dense_shaped_wrn_4_1(
+    teacher_options: dict | None = PAPER_TEACHER_OPTIONS,
+    units: int = 4,
+    ratio: float = 1.0,
+    unit: Literal["wide", "bottleneck"] = "wide",
+    **options: Any,
+) -> DenseShapedResNet:
     """Table 5 row BAN-Wide-ResNet-4-1 (87.3M): a residual student of DenseNet-90-60."""
+    return dense_shaped_resnet(teacher_options=teacher_options, units=units, ratio=ratio, unit=unit, **options)
 
 
 # -- DenseNet students of other depth or compression (Section 3.3, Table 4) -------------------------------------
@@ -201,7 +239,7 @@ def densenet_variant_kwargs(shape: DenseShape, depth_factor: float = 1.0, compre
     )
 
 
-@register_model("densenet_variant")
+@register_model
 def densenet_variant(
     teacher: str = PAPER_TEACHER,
     teacher_options: dict | None = None,

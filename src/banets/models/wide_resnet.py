@@ -7,11 +7,13 @@ as teachers and students (Tables 1 and 3) and wide blocks for the DenseNet-shape
 
 from __future__ import annotations
 
+from typing import Any
+
 from banets.models.blocks import PreActResNet
-from banets.models.registry import register_model, variant_of
+from banets.models.registry import register_model
 
 
-@register_model("wide_resnet")
+@register_model
 def wide_resnet(depth: int = 28, widen_factor: int = 10, dropout: float = 0.0, num_classes: int = 10) -> PreActResNet:
     """Wide-ResNet family (Zagoruyko & Komodakis 2016); the defaults build WRN-28-10.
 
@@ -23,25 +25,25 @@ def wide_resnet(depth: int = 28, widen_factor: int = 10, dropout: float = 0.0, n
     return PreActResNet(channels, [n] * 3, num_classes, stem_channels=16, bottleneck=False, dropout=dropout)
 
 
-@register_model("wrn_28_1")
-@variant_of(wide_resnet, depth=28, widen_factor=1)
-def wrn_28_1() -> PreActResNet:
+@register_model(family=wide_resnet)
+def wrn_28_1(depth: int = 28, widen_factor: int = 1, **options: Any) -> PreActResNet:
     """Tables 1 and 3 row Wide-ResNet-28-1 (0.38M): teacher and BAN, CIFAR-10/100."""
+    return wide_resnet(depth=depth, widen_factor=widen_factor, **options)
 
 
-@register_model("wrn_28_2")
-@variant_of(wide_resnet, depth=28, widen_factor=2)
-def wrn_28_2() -> PreActResNet:
+@register_model(family=wide_resnet)
+def wrn_28_2(depth: int = 28, widen_factor: int = 2, **options: Any) -> PreActResNet:
     """Tables 1 and 3 row Wide-ResNet-28-2 (1.48M): teacher and BAN, CIFAR-10/100."""
+    return wide_resnet(depth=depth, widen_factor=widen_factor, **options)
 
 
-@register_model("wrn_28_5")
-@variant_of(wide_resnet, depth=28, widen_factor=5)
-def wrn_28_5() -> PreActResNet:
+@register_model(family=wide_resnet)
+def wrn_28_5(depth: int = 28, widen_factor: int = 5, **options: Any) -> PreActResNet:
     """Tables 1 and 3 row Wide-ResNet-28-5 (9.16M): teacher and BAN, CIFAR-10/100."""
+    return wide_resnet(depth=depth, widen_factor=widen_factor, **options)
 
 
-@register_model("wrn_28_10")
-@variant_of(wide_resnet, depth=28, widen_factor=10)
-def wrn_28_10() -> PreActResNet:
+@register_model(family=wide_resnet)
+def wrn_28_10(depth: int = 28, widen_factor: int = 10, **options: Any) -> PreActResNet:
     """Tables 1 and 3 row Wide-ResNet-28-10 (36M): teacher and BAN, CIFAR-10/100."""
+    return wide_resnet(depth=depth, widen_factor=widen_factor, **options)
