@@ -19,7 +19,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -39,6 +39,12 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (or its type's name), for one-line errors that wrap it."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 1, quote: bool = True) -> str:
+    """``did you mean 'x'?`` naming the ``n`` of ``choices`` closest to ``word``; empty when none is close."""
+    near = difflib.get_close_matches(word, list(choices), n=n)
+    return f"did you mean {' or '.join(repr(c) if quote else c for c in near)}?" if near else ""
 
 
 def qualified_name(fn: Any) -> str:
@@ -71,8 +77,8 @@ class Section:
     def check_choice(self, key: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, key)
         if value not in choices:
-            near = difflib.get_close_matches(str(value), choices, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+            hint = did_you_mean(str(value), choices)
+            hint = f"; {hint}" if hint else ""
             raise ConfigError(f"{self.prefix}{key}={value!r} is not one of {', '.join(choices)}{hint}")
 
 
@@ -358,9 +364,8 @@ def first_leaf(key: str, value: Any) -> str:
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(near)}?" if near else "; `banets presets --keys` lists them"
-    return f"unknown config key {key!r}{hint}"
+    hint = did_you_mean(key, valid, n=3, quote=False) or "`banets presets --keys` lists them"
+    return f"unknown config key {key!r}; {hint}"
 
 
 # -- presets and overrides ------------------------------------------------------------------------------
@@ -387,10 +392,8 @@ def preset_dict(name_or_path: str, chain: tuple[str, ...] = ()) -> dict:
     else:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        near = difflib.get_close_matches(str(name_or_path), preset_names(), n=3)
-        raise ConfigError(
-            f"no preset {name_or_path!r}" + (f"; did you mean {', '.join(near)}?" if near else "; see `banets presets`")
-        )
+        hint = did_you_mean(str(name_or_path), preset_names(), n=3, quote=False) or "see `banets presets`"
+        raise ConfigError(f"no preset {name_or_path!r}; {hint}")
     values = read_yaml(path)
     parent = values.pop("extends", None)
     values.setdefault("name", path.stem)

@@ -12,7 +12,6 @@ is accepted wherever a name is.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from banets.config import UserError, qualified_name
+from banets.config import UserError, did_you_mean, qualified_name
 
 Loss = Callable[[Tensor, Tensor | None, Tensor], Tensor]
 
@@ -216,8 +215,7 @@ def get(loss: str | Callable, **options) -> Loss:
         return _LOSSES[loss](**options)
     if ":" in loss:
         return get(_import_loss(loss), **options)
-    near = difflib.get_close_matches(loss, _LOSSES, n=1)
-    hint = f"did you mean {near[0]!r}? " if near else ""
+    hint = f"{did_you_mean(loss, _LOSSES)} ".lstrip()
     raise LossError(
         f"unknown loss {loss!r}; {hint}choose one of {', '.join(_LOSSES)}, module:function, "
         f"or register your own with banets.losses.register"

@@ -9,14 +9,13 @@ other option set away from its default is refused, so a setting is never silentl
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-from banets.config import DataConfig, UserError, qualified_name
+from banets.config import DataConfig, UserError, did_you_mean, qualified_name
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # Turns a raw input batch (already on the device) into model input; ``train`` selects augmentation.
@@ -95,8 +94,7 @@ def list_datasets() -> dict[str, DatasetEntry]:
 def dataset_entry(name: str) -> DatasetEntry:
     datasets = list_datasets()
     if name not in datasets:
-        near = difflib.get_close_matches(name, datasets, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
+        hint = f"{did_you_mean(name, datasets)} ".lstrip()
         raise DataError(
             f"unknown dataset {name!r}; {hint}choose one of {', '.join(datasets)} (or register your own and "
             "--import it)"

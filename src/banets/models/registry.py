@@ -7,7 +7,6 @@ functions of their family. ``timm:<name>`` builds a timm model when timm is inst
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import inspect
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from banets.config import UserError, qualified_name
+from banets.config import UserError, did_you_mean, qualified_name
 
 TIMM = "timm:"
 ModelFactory = Callable[..., nn.Module]
@@ -98,10 +97,9 @@ def _factory(name: str) -> ModelFactory:
     _import_builtin_models()
     name = RENAMED.get(name, name)
     if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f"; did you mean {', '.join(near)}?" if near else "; see `banets models` for the list"
+        hint = did_you_mean(name, _REGISTRY, n=3, quote=False) or "see `banets models` for the list"
         raise ModelError(
-            f"unknown model {name!r}{hint} (timm's models: timm:<name>; your own: register_model and --import)"
+            f"unknown model {name!r}; {hint} (timm's models: timm:<name>; your own: register_model and --import)"
         )
     return _REGISTRY[name]
 
