@@ -213,3 +213,20 @@ def test_compile_wraps_the_model_before_data_parallel(monkeypatch, mlp_fn):
     trainer = Trainer(mlp_fn(), losses.get("ce"), TrainConfig(compile=True), seed=0, device=torch.device("cpu"))
     assert calls == [("compile", trainer.model), ("data_parallel", ("compiled", trainer.model))]
     assert trainer.forward == ("compiled", trainer.model)
+
+
+@pytest.mark.parametrize("loss, options", [("ban+l", {"label_weight": 0.5, "normalize": True}),
+                                           ("kd", {"temperature": 2.0, "label_weight": 0.3})])
+def test_a_loss_of_named_terms_logs_each_term_and_their_sum_as_the_loss(blobs, mlp_fn, loss, options):
+    train, val, _ = blobs
+    teacher = make_trainer(mlp_fn, TrainConfig(epochs=1, lr=0.1, progress="none"))
+    teacher.fit(TensorBatches(*train, batch_size=32))
+    torch.manual_seed(1)
+    student = Trainer(mlp_fn(), losses.get(loss, **options), TrainConfig(epochs=2, lr=0.1, progress="none"), seed=1,
+                      device=torch.device("cpu"), teacher=teacher.model)
+    history = student.fit(TensorBatches(*train, batch_size=32, shuffle=True), TensorBatches(*val, batch_size=64))
+    for record in history:
+        assert record["train_loss_teacher"] > 0 and record["train_loss_label"] > 0
+        assert record["train_loss_teacher"] + record["train_loss_label"] == pytest.approx(record["train_loss"], rel=1e-5)
+    plain = make_trainer(mlp_fn, TrainConfig(epochs=1, lr=0.1, progress="none"))
+    assert not [k for k in plain.fit(TensorBatches(*train, batch_size=32))[0] if k.startswith("train_loss_")]

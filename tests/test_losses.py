@@ -48,21 +48,21 @@ def test_ce_gradient_matches_eq6(batch):
 
 def test_ban_l_is_ban_plus_weighted_label_term(batch):
     student, teacher, labels = batch
-    value = losses.ban_l(student, teacher, labels, label_weight=0.3)
+    value = losses.total(losses.ban_l(student, teacher, labels, label_weight=0.3))
     expected = losses.ban(student, teacher, labels) + 0.3 * F.cross_entropy(student, labels)
     torch.testing.assert_close(value, expected)
 
 
 def test_kd_reduces_to_ban_at_temperature_one_without_labels(batch):
     student, teacher, labels = batch
-    value = losses.kd(student, teacher, labels, temperature=1.0, label_weight=0.0)
+    value = losses.total(losses.kd(student, teacher, labels, temperature=1.0, label_weight=0.0))
     torch.testing.assert_close(value, losses.ban(student, teacher, labels))
 
 
 def test_kd_gradient_has_temperature_scaling(batch):
     student, teacher, labels = batch
     temperature = 4.0
-    grad = grad_of(losses.kd(student, teacher, labels, temperature=temperature, label_weight=0.0), student)
+    grad = grad_of(losses.total(losses.kd(student, teacher, labels, temperature=temperature, label_weight=0.0)), student)
     expected = temperature * (F.softmax(student / temperature, -1) - F.softmax(teacher / temperature, -1)) / BATCH
     torch.testing.assert_close(grad, expected)
 
@@ -138,7 +138,7 @@ def test_losses_finite_for_extreme_logits_float32(name):
     student = (torch.randn(BATCH, CLASSES, generator=gen).sign() * 1e4).requires_grad_(True)
     teacher = -student.detach()
     labels = torch.randint(0, CLASSES, (BATCH,), generator=gen)
-    value = losses.get(name)(student, teacher, labels)
+    value = losses.total(losses.get(name)(student, teacher, labels))
     value.backward()
     assert torch.isfinite(value)
     assert torch.isfinite(student.grad).all()
@@ -155,7 +155,7 @@ def test_losses_finite_under_bf16_autocast(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         student = layer(inputs)
         teacher = -student.detach()
-        value = losses.get(name)(student, teacher, labels)
+        value = losses.total(losses.get(name)(student, teacher, labels))
     assert student.dtype == torch.bfloat16
     assert value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()

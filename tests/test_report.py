@@ -211,3 +211,18 @@ def test_every_plot_has_a_title_labelled_axes_and_the_learning_curves_exist(tmp_
     assert saved["curves-0.png"][1:3] == ("epoch", "validation error %")
     assert "left of 0 = better" in saved["delta-val-error.png"][1]
     assert "![learning curves of demo (small_cnn)](curves-0.png)" in markdown and "## Verdict" in markdown
+
+
+def test_the_learning_curves_show_the_loss_terms_beside_the_validation_curves(tmp_path):
+    from matplotlib.image import imread
+
+    from banets.report import SeedRun, loss_terms, plot_curves
+
+    epochs = [{"model": "teacher", "epoch": e, "val_error": 50.0 - e} for e in (1, 2)]
+    epochs += [{"model": "BAN+L-1", "epoch": e, "val_error": 40.0 - e, "train_loss_teacher": 1.0 / e,
+                "train_loss_label": 2.0 / e} for e in (1, 2)]
+    run = SeedRun("x", "mlp", "tensors", 0, {}, {}, epochs)
+    assert loss_terms(epochs[2]) == {"BAN+L-1 teacher": 1.0, "BAN+L-1 label": 2.0}
+    assert plot_curves([run], tmp_path / "curves.png", "x")
+    height, width, _ = imread(tmp_path / "curves.png").shape
+    assert width > 1.5 * height  # two panels side by side

@@ -91,6 +91,14 @@ def test_tensorboard_event_files_hold_the_per_epoch_scalars(tmp_path):
         assert [e.value for e in loss] == pytest.approx([h["train_loss"] for h in history])
 
 
+def test_tensorboard_shows_each_term_of_a_loss_by_name(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run_experiment(quick_config("ban.generations=1", "ban.loss=ban+l"), tmp_path)
+    events = accumulator.EventAccumulator(str(tmp_path / "seed-0" / "tensorboard" / "BAN+L-1"))
+    events.Reload()
+    assert {"train/loss", "train/loss_teacher", "train/loss_label"} <= set(events.Tags()["scalars"])
+
+
 def test_without_tensorboard_nothing_is_logged_and_nothing_said(tmp_path, monkeypatch, recwarn, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     log = TensorBoardLog(tmp_path / "tensorboard")

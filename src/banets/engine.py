@@ -19,7 +19,7 @@ import math
 import time
 import typing
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from banets import distributed
 from banets.config import TrainConfig, UserError
 from banets.data.registry import Batch, DataError, Transform
-from banets.losses import Loss
+from banets.losses import Loss, Terms, total
 from banets.metrics import Predictions
 
 
@@ -113,6 +113,7 @@ class EpochTotals:
     nonfinite_run: Tensor
     longest_nonfinite_run: Tensor
     last_nonfinite: Tensor
+    term_sums: dict[str, Tensor] = field(default_factory=dict)  # a loss's terms by name, summed like loss_sum
 
     @classmethod
     def zeros(cls, nonfinite_run: Tensor) -> EpochTotals:
@@ -122,9 +123,11 @@ class EpochTotals:
         value = torch.zeros((), device=nonfinite_run.device)
         return cls(value, count, count.clone(), nonfinite_run, nonfinite_run.clone(), value.clone())
 
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor, terms: Terms) -> None:
         finite = torch.isfinite(loss)
         self.loss_sum += torch.where(finite, loss * y.numel(), 0.0)
+        for name, term in terms.items():
+            self.term_sums[name] = self.term_sums.get(name, 0.0) + torch.where(finite, term * y.numel(), 0.0)
         self.errors += torch.where(finite, (logits.argmax(-1) != y).sum(), 0)
         self.rows += finite * y.numel()
         self.nonfinite_run = torch.where(finite, 0, self.nonfinite_run + 1)
@@ -132,7 +135,7 @@ class EpochTotals:
         self.last_nonfinite = torch.where(finite, self.last_nonfinite, loss.float())
 
     def sum_over_processes(self) -> None:
-        distributed.sum_over_processes(self.loss_sum, self.errors, self.rows)
+        distributed.sum_over_processes(self.loss_sum, self.errors, self.rows, *self.term_sums.values())
 
 
 class Trainer:
@@ -232,8 +235,8 @@ class Trainer:
                 distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
             x, y = self._inputs(batch, augment_rng, train=True)
             x, y, share = distributed.split_batch(x, y)
-            logits, loss = self._step(x, y, share)
-            totals.add(loss.detach(), logits.detach(), y)
+            logits, loss, terms = self._step(x, y, share)
+            totals.add(loss.detach(), logits.detach(), y, {name: term.detach() for name, term in terms.items()})
             if step % 25 == 0:
                 self._check_finite(totals, step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
@@ -252,6 +255,7 @@ class Trainer:
             "epoch": self.epoch + 1,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": totals.loss_sum.item() / rows,
+            **{f"train_loss_{name}": term.item() / rows for name, term in totals.term_sums.items()},
             "train_error": 100.0 * totals.errors.item() / rows,
         }
 
@@ -263,9 +267,9 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def _step(self, x: Tensor, y: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor]:
-        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits
-        and loss.
+    def _step(self, x: Tensor, y: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor, Terms]:
+        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits,
+        the loss and its terms by name (none for a loss of one term).
 
         Under fp16 the loss is scaled before ``backward`` and the gradients unscaled before clipping (so the norm
         is the true gradients'); ``scaler.step`` skips the step when they hold inf/NaN and ``update`` then halves
@@ -283,12 +287,13 @@ class Trainer:
                     f"{tuple(logits.shape)}; build teacher and student for the same classes and inputs"
                 )
             try:
-                loss = self.loss(logits, teacher_logits, y)
+                value = self.loss(logits, teacher_logits, y)
             except IndexError as error:  # a label beyond the outputs, in a batch the checks before training did not see
                 raise DataError(
                     f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "
                     f"build the model for every class in the data"
                 ) from None
+        loss, terms = total(value), (value if isinstance(value, dict) else {})
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share).backward()
         if self.config.grad_clip:
@@ -296,7 +301,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return logits, loss
+        return logits, loss, terms
 
     def _autocast(self):
         dtype = AUTOCAST_DTYPES[self.precision]

@@ -339,18 +339,23 @@ def check_held_out(setup: Setup, student: nn.Module, bounds: tuple[int, int], de
 
 
 def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> None:
-    """``spec``'s loss once on one batch: a finite scalar with a gradient to the student's logits. Options are
-    checked only when a loss is called (label smoothing 2), and a loss of your own may return anything."""
+    """``spec``'s loss once on one batch: a finite scalar (or named scalar terms) with a gradient to the student's
+    logits. Options are checked only when a loss is called (label smoothing 2), and a loss of your own may return
+    anything."""
     named = f"{spec.name}'s loss {losses.name_of(spec.loss)} with options {spec.loss_options or 'none'}"
     try:
-        value = spec.make_loss()(student_logits.detach().requires_grad_(), teacher_logits, y)
+        returned = spec.make_loss()(student_logits.detach().requires_grad_(), teacher_logits, y)
     except (RuntimeError, ValueError, TypeError) as error:
         raise PlanError(f"{named} fails on a batch ({first_line(error)}); fix its options") from None
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise PlanError(
-            f"{named} returned {shape}, not one number; return a scalar tensor (e.g. .mean() over the batch)"
-        )
+    terms = list(returned.values()) if isinstance(returned, dict) and returned else [returned]
+    for value in terms:
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise PlanError(
+                f"{named} returned {shape}, not one number; return a scalar tensor (e.g. .mean() over the batch), "
+                f"or a dict of them by name"
+            )
+    value = losses.total(returned)
     if not value.requires_grad:
         raise PlanError(
             f"{named} returned a value without a gradient to the student's logits; compute it from them "

@@ -1,6 +1,8 @@
 """The training objectives of Born Again Networks (Furlanello et al., 2018, Section 3.2).
 
-Every loss takes ``(student_logits, teacher_logits, labels)`` and returns a scalar mean over the batch.
+Every loss takes ``(student_logits, teacher_logits, labels)`` and returns a scalar mean over the batch, or, when it
+has several terms (BAN+L's teacher and label terms, KD's), a dict of them by name, which :func:`total` sums: the
+engine logs each term per epoch (``train_loss_teacher``, ``train_loss_label``) beside the total ``train_loss``.
 Logits may have any leading shape ``(..., C)`` (an image batch ``(N, C)`` or an unrolled language-model
 batch ``(N, T, V)``); they are flattened to ``(-1, C)`` and computed in float32, so the losses stay
 finite for extreme logits and under bf16 autocast. Teacher outputs never receive gradients.
@@ -23,7 +25,19 @@ from torch import Tensor
 
 from banets.config import UserError, did_you_mean, qualified_name
 
-Loss = Callable[[Tensor, Tensor | None, Tensor], Tensor]
+Terms = dict[str, Tensor]  # a loss's terms by name, which sum to it
+Loss = Callable[[Tensor, Tensor | None, Tensor], Tensor | Terms]
+
+
+def total(value: Tensor | Terms) -> Tensor:
+    """A loss's value: the sum of its terms, in order, when it returns them by name."""
+    if not isinstance(value, dict):
+        return value
+    terms = iter(value.values())
+    result = next(terms)
+    for term in terms:
+        result = result + term
+    return result
 
 
 def _flat(logits: Tensor) -> Tensor:
@@ -57,16 +71,18 @@ def ban(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -
 
 
 def ban_l(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, label_weight: float = 1.0,
-          normalize: bool = False) -> Tensor:
-    """BAN+L: the ``ban`` term plus ``label_weight`` times the label cross-entropy (Table 2, "BAN+L").
+          normalize: bool = False) -> Terms:
+    """BAN+L: the ``ban`` term (``teacher``) plus ``label_weight`` times the label cross-entropy (``label``)
+    (Table 2, "BAN+L").
 
     Its gradient is the sum of two cross-entropies' gradients, about ``1 + label_weight`` times the teacher's at the
-    same learning rate; ``normalize`` divides the sum by ``1 + label_weight``, a weighted mean of the two terms.
+    same learning rate; ``normalize`` divides both terms by ``1 + label_weight``, a weighted mean of the two.
     """
     if not label_weight >= 0:
         raise LossError(f"ban+l takes a label_weight of 0 or more, got {label_weight}")
-    total = ban(student_logits, teacher_logits, labels) + label_weight * ce(student_logits, None, labels)
-    return total / (1.0 + label_weight) if normalize else total
+    scale = 1.0 / (1.0 + label_weight) if normalize else 1.0
+    return {"teacher": scale * ban(student_logits, teacher_logits, labels),
+            "label": scale * label_weight * ce(student_logits, None, labels)}
 
 
 def kd(
@@ -75,10 +91,11 @@ def kd(
     labels: Tensor,
     temperature: float = 4.0,
     label_weight: float = 0.1,
-) -> Tensor:
+) -> Terms:
     """Hinton et al. (2015) distillation, for comparison: softened cross-entropy scaled by ``T**2``.
 
-    ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T)) + label_weight * CE(labels, z)``.
+    ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T))`` (``teacher``) ``+ label_weight * CE(labels, z)``
+    (``label``).
     """
     if not (temperature > 0 and 0.0 <= label_weight <= 1.0):
         raise LossError(
@@ -86,7 +103,7 @@ def kd(
         )
     soft_targets = _teacher_probs(teacher_logits, temperature)
     soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
-    return (1.0 - label_weight) * soft + label_weight * ce(student_logits, None, labels)
+    return {"teacher": (1.0 - label_weight) * soft, "label": label_weight * ce(student_logits, None, labels)}
 
 
 def cwtm_weights(teacher_logits: Tensor | None) -> Tensor:
@@ -142,7 +159,7 @@ def dkpp(
     return _soft_cross_entropy(student_logits, permute_non_argmax(probs, generator))
 
 
-def _with_options(fn: Callable[..., Tensor], name: str) -> Callable[..., Loss]:
+def _with_options(fn: Callable[..., Tensor | Terms], name: str) -> Callable[..., Loss]:
     """A factory binding keyword options to ``fn``; unknown options fail here, before any training."""
 
     def factory(**options) -> Loss:
@@ -167,11 +184,11 @@ class LossError(UserError, ValueError):
 _LOSSES: dict[str, Callable[..., Loss]] = {}
 
 
-def register(name: str, fn: Callable[..., Tensor] | None = None):
-    """Register ``fn`` (``(student_logits, teacher_logits, labels, **options) -> scalar``) under ``name``, so that
-    configs can name it (``ban.loss: name``); usable as ``@losses.register("name")``."""
+def register(name: str, fn: Callable[..., Tensor | Terms] | None = None):
+    """Register ``fn`` (``(student_logits, teacher_logits, labels, **options) -> scalar or terms``) under ``name``,
+    so that configs can name it (``ban.loss: name``); usable as ``@losses.register("name")``."""
 
-    def add(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    def add(loss: Callable[..., Tensor | Terms]) -> Callable[..., Tensor | Terms]:
         wrapped = getattr(_LOSSES.get(name), "__wrapped_loss__", None)
         if name in _LOSSES and qualified_name(wrapped) != qualified_name(loss):  # a cell run again: same function
             raise LossError(f"loss {name!r} is registered twice; choose another name")

@@ -666,34 +666,53 @@ def plot_forest(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -
     return True
 
 
-def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
-    """Validation score per epoch of every trained model, the mean over seeds (the teacher in black)."""
-    metric = group[0].metric
-    curves: dict[str, dict[int, list[float]]] = {}
+Curves = dict[str, tuple[list[int], list[float]]]  # label -> epochs and values
+
+
+def epoch_means(group: list[SeedRun], values: Callable[[dict], dict[str, float]]) -> Curves:
+    """Per curve, its epochs and the mean over seeds of what ``values`` takes from each epoch's record."""
+    points: dict[str, dict[int, list[float]]] = {}
     for run in group:
         for record in run.epochs:
-            if metric.curve_key in record:
-                curves.setdefault(record["model"], {}).setdefault(record["epoch"], []).append(
-                    metric.curve(record[metric.curve_key])
-                )
-    if not curves:
+            for label, value in values(record).items():
+                points.setdefault(label, {}).setdefault(record["epoch"], []).append(value)
+    return {label: (sorted(by_epoch), [statistics.fmean(by_epoch[e]) for e in sorted(by_epoch)])
+            for label, by_epoch in points.items()}
+
+
+def loss_terms(record: dict) -> dict[str, float]:
+    """The training loss terms of an epoch's record (``train_loss_teacher``: ``"BAN+L-1 teacher"``)."""
+    return {f"{record['model']} {key.removeprefix('train_loss_')}": value
+            for key, value in record.items() if key.startswith("train_loss_")}
+
+
+def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
+    """Validation score per epoch of every trained model, the mean over seeds (the teacher in black); beside it,
+    the training loss terms of the models whose loss has several (BAN+L's and KD's teacher and label terms)."""
+    metric = group[0].metric
+    key = metric.curve_key
+    validation = epoch_means(group, lambda r: {r["model"]: metric.curve(r[key])} if key in r else {})
+    if not validation:
         return False
-    fig, ax = _pyplot().subplots(figsize=(6.4, 4.0))
-    for i, (model, by_epoch) in enumerate(curves.items()):
-        epochs = sorted(by_epoch)
-        ax.plot(
-            epochs,
-            [statistics.fmean(by_epoch[e]) for e in epochs],
-            color="black" if model == TEACHER else f"C{i}",
-            linewidth=2 if model == TEACHER else 1.2,
-            label=model,
-        )
+    terms = epoch_means(group, loss_terms)
+    fig, axes = _pyplot().subplots(1, 2 if terms else 1, figsize=(12.0 if terms else 6.4, 4.0), squeeze=False)
+    ax = axes[0][0]
+    for i, (model, (epochs, means)) in enumerate(validation.items()):
+        teacher = model == TEACHER
+        ax.plot(epochs, means, color="black" if teacher else f"C{i}", linewidth=2 if teacher else 1.2, label=model)
     if metric is PERPLEXITY:  # perplexity falls by orders of magnitude: a log axis, labelled in plain numbers
         from matplotlib.ticker import FuncFormatter
 
         ax.set_yscale("log")
         for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_format(FuncFormatter(lambda value, _: f"{value:g}"))
+    if terms:
+        models = list(validation)  # a model's colour in both panels
+        for label, (epochs, means) in terms.items():
+            model, term = label.rsplit(" ", 1)
+            axes[0][1].plot(epochs, means, color=f"C{models.index(model)}", linestyle="--" if term == "label" else "-",
+                            label=label)
+        _decorate(axes[0][1], "the loss terms in training (per example)", "epoch", "training loss term")
     return _save_if_drawn(
         fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch", f"validation {metric.label}"
     )
@@ -703,15 +722,19 @@ def _axis_label(rows: list[dict]) -> str:
     return f"{METRICS[rows[0]['metric']].label} (mean ± SD over seeds)"
 
 
+def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _save_if_drawn(fig, ax, drawn: bool, path: Path, title: str, xlabel: str, ylabel: str) -> bool:
     """Label, title and save the figure when anything was drawn; close it either way."""
     if drawn:
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _decorate(ax, title, xlabel, ylabel)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     _pyplot().close(fig)
