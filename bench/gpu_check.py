@@ -255,7 +255,7 @@ def loss_and_grad(name: str, student: torch.Tensor, teacher: torch.Tensor, label
     takes_generator = "generator" in inspect.signature(losses.get(name)).parameters
     loss = losses.get(name, **({"generator": torch.Generator().manual_seed(1)} if takes_generator else {}))
     logits = student.to(device).requires_grad_(True)
-    value = loss(logits, teacher.to(device), labels.to(device))
+    value = losses.total(loss(logits, teacher.to(device), labels.to(device)))
     (grad,) = torch.autograd.grad(value, logits)
     return value.item(), grad.cpu()
 
