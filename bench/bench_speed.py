@@ -31,6 +31,7 @@ from banets.data.augment import cifar_transform
 from banets.data.batches import TensorBatches
 from banets.engine import TrainConfig, Trainer, autocast_dtype, make_optimizer
 from banets.models import create_model
+from banets.teacher import FrozenTeacher
 
 
 def sync(device: torch.device) -> None:
@@ -91,7 +92,7 @@ def engine_epoch(model: torch.nn.Module, config: TrainConfig, device: torch.devi
                  teacher: torch.nn.Module | None = None) -> Callable[[], None]:
     """One engine epoch over ``data``: with a teacher, a BAN student's epoch; without, the teacher's own."""
     trainer = Trainer(model, losses.get("ban" if teacher is not None else "ce"), config, seed=0, device=device,
-                      teacher=teacher, transform=cifar_transform("cifar10"))
+                      teacher=FrozenTeacher(teacher) if teacher is not None else None, transform=cifar_transform("cifar10"))
     return lambda: trainer.train_epoch(data)
 
 

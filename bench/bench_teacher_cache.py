@@ -13,7 +13,6 @@ Run: OMP_NUM_THREADS=1 python bench/bench_teacher_cache.py [--preset wap_quick] 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
@@ -23,7 +22,7 @@ from banets.config import load_config
 from banets.data.text import BpttBatches
 from banets.engine import Trainer, resolve_device
 from banets.models import create_model
-from banets.teacher_cache import CachedTeacher
+from banets.teacher import FrozenTeacher
 
 
 def timed_epoch(trainer: Trainer, batches: BpttBatches, device: torch.device) -> float:
@@ -51,11 +50,11 @@ def main() -> None:
     tokens = torch.randint(vocab, (batch * (args.batches * bptt + 1),), generator=torch.Generator().manual_seed(0))
     batches = BpttBatches(tokens, batch, bptt)
     torch.manual_seed(0)
-    teacher = create_model(config.model.name, vocab_size=vocab, **config.model.options).eval().requires_grad_(False)
+    teacher = create_model(config.model.name, vocab_size=vocab, **config.model.options)
     trainers = {
         name: Trainer(create_model(config.model.name, vocab_size=vocab, **config.model.options), losses.get("ban+l"),
-                      config.optim, seed=0, device=device, teacher=wrap(copy.deepcopy(teacher)))
-        for name, wrap in (("teacher every step", lambda t: t), ("cached teacher", lambda t: CachedTeacher(t, len(batches), "fp32")))
+                      config.optim, seed=0, device=device, teacher=FrozenTeacher(teacher, cache, len(batches)))
+        for name, cache in (("teacher every step", None), ("cached teacher", "fp32"))
     }
     for trainer in trainers.values():  # warm-up; fills the cache
         trainer.train_epoch(batches)

@@ -56,6 +56,7 @@ from banets.engine import TrainConfig, Trainer, device_precision
 from banets.models import create_model, list_models
 from banets.models.registry import model_parameters
 from banets.runs import RunDirectory
+from banets.teacher import FrozenTeacher
 from banets.teacher_cache import CachedTeacher, free_memory
 
 KILL_AFTER_FIRST_EPOCH = r"""
@@ -212,7 +213,8 @@ def token_rates(sizes: Sizes) -> list[Row]:
     torch.manual_seed(0)
     model = functools.partial(create_model, sizes.lm_model, vocab_size=sizes.lm_vocab, **sizes.lm_options)
     trainers = {"engine": Trainer(model(), losses.get("ce"), config, seed=0, device=device),
-                "distill": Trainer(model(), losses.get("ban"), config, seed=0, device=device, teacher=model())}
+                "distill": Trainer(model(), losses.get("ban"), config, seed=0, device=device,
+                                   teacher=FrozenTeacher(model()))}
     rows = []
     for kind, trainer in trainers.items():
         epoch = functools.partial(trainer.train_epoch, batches)

@@ -5,6 +5,7 @@ import torch
 
 from banets import distributed, losses
 from banets.data.batches import TensorBatches
+from banets.teacher import FrozenTeacher
 from banets.engine import (
     DivergedError,
     TrainConfig,
@@ -223,7 +224,7 @@ def test_a_loss_of_named_terms_logs_each_term_and_their_sum_as_the_loss(blobs, m
     teacher.fit(TensorBatches(*train, batch_size=32))
     torch.manual_seed(1)
     student = Trainer(mlp_fn(), losses.get(loss, **options), TrainConfig(epochs=2, lr=0.1, progress="none"), seed=1,
-                      device=torch.device("cpu"), teacher=teacher.model)
+                      device=torch.device("cpu"), teacher=FrozenTeacher(teacher.model))
     history = student.fit(TensorBatches(*train, batch_size=32, shuffle=True), TensorBatches(*val, batch_size=64))
     for record in history:
         assert record["train_loss_teacher"] > 0 and record["train_loss_label"] > 0

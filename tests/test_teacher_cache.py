@@ -123,3 +123,18 @@ def test_cached_and_uncached_distillation_give_identical_students(monkeypatch):
     for name, uncached in runs[0].models.items():
         cached = runs[1].models[name].state_dict()
         assert all(torch.equal(value, cached[key]) for key, value in uncached.state_dict().items()), name
+
+
+def test_a_frozen_teacher_stays_in_eval_mode_without_gradients_and_is_a_copy():
+    from banets.teacher import FrozenTeacher
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+    teacher = FrozenTeacher(model)
+    teacher.train()  # what a student's training switches on every module it reaches
+    x = torch.randn(16, 4)
+    first, again = teacher(x), teacher(x)
+    assert not teacher.training and torch.equal(first, again)  # dropout off
+    assert not first.requires_grad and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        model[0].weight.zero_()  # the student's later changes to the original do not reach the teacher
+    assert torch.equal(teacher(x), first)

@@ -32,6 +32,7 @@ from banets.config import TrainConfig, UserError
 from banets.data.registry import Batch, DataError, Transform
 from banets.losses import Loss, Terms, total
 from banets.metrics import Predictions
+from banets.teacher import FrozenTeacher
 
 
 class DivergedError(UserError, RuntimeError):
@@ -149,7 +150,7 @@ class Trainer:
         *,
         seed: int,
         device: torch.device,
-        teacher: nn.Module | None = None,
+        teacher: FrozenTeacher | None = None,
         transform: Transform | None = None,
         callbacks: Sequence[Callback] = (),
         name: str = "model",
@@ -162,12 +163,8 @@ class Trainer:
         # Module.to takes memory_format (PyTorch's type stubs omit it)
         self.model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
         self.teacher = (
-            teacher.to(device, memory_format=memory_format).eval()  # type: ignore[call-overload]
-            if teacher is not None
-            else None
+            teacher.to(device, memory_format=memory_format) if teacher is not None else None  # type: ignore[call-overload]
         )
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
         self.loss, self.transform, self.callbacks = loss, transform, list(callbacks)
         # compile the model itself, then wrap it (DistributedDataParallel under torchrun): PyTorch's advice in
         # "Where to apply torch.compile?", as compiling the wrapper traces DDP's hooks and SyncBatchNorm's collectives
@@ -276,10 +273,7 @@ class Trainer:
         the scale (PyTorch's "Automatic Mixed Precision" recipe). Without fp16 the scaler passes everything through.
         """
         with self._autocast():
-            teacher_logits = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(x)
+            teacher_logits = self.teacher(x) if self.teacher is not None else None  # frozen: no gradients
             logits = self.forward(x)
             if teacher_logits is not None and teacher_logits.shape != logits.shape:
                 raise ValueError(

@@ -29,7 +29,7 @@ from banets.engine import Trainer, reset_state
 from banets.ensemble import prefix_ensembles
 from banets.metrics import Predictions
 from banets.models.students import share_frozen
-from banets.teacher_cache import CachedTeacher
+from banets.teacher import FrozenTeacher
 
 ModelFn = Callable[[], nn.Module]
 SEED_STRIDE = 1000  # model i of a plan uses seed + 1000 * i: distinct within a run and across base seeds 0..999
@@ -461,15 +461,11 @@ class Driver:
             share_frozen(model, self.models[spec.teacher], self.ban.share_layers)
         return model
 
-    def frozen_teacher(self, spec: ModelSpec) -> nn.Module | None:
+    def frozen_teacher(self, spec: ModelSpec) -> FrozenTeacher | None:
         if spec.teacher is None:
             return None
-        teacher = copy.deepcopy(self.models[spec.teacher]).eval().requires_grad_(False)
-        return (
-            CachedTeacher(teacher, len(cast(Sized, self.setup.data.train)), self.ban.cache_teacher)
-            if self.ban.cache_teacher
-            else teacher
-        )
+        batches = len(cast(Sized, self.setup.data.train)) if self.ban.cache_teacher else 0
+        return FrozenTeacher(self.models[spec.teacher], self.ban.cache_teacher, batches)
 
     def train(self, spec: ModelSpec, position: str = "") -> nn.Module:
         if spec.role == Role.TEACHER and self.setup.teacher is not None:

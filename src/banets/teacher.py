@@ -1,18 +1,42 @@
-"""A teacher trained elsewhere: its weights from a banets checkpoint, a plain state dict or a ``.safetensors`` file.
+"""The teacher: the one frozen copy a student learns from, and a teacher trained elsewhere.
 
-``model.teacher_checkpoint`` (and ``born_again(teacher=...)`` in Python) replaces training the teacher. The file
-is read without running code (``torch.load(weights_only=True)``, or safetensors) and must fit the teacher's
-architecture exactly: a missing, unexpected or differently shaped tensor is a one-line error naming it.
+:class:`FrozenTeacher` is how every teacher reaches the engine, whether banets trained it (the teacher, or
+generation k-1 teaching generation k), it was given from Python (``born_again(teacher=...)``) or loaded from
+``model.teacher_checkpoint``: a copy of the trained model, in evaluation mode whatever the student's training
+switches, without gradients, and optionally replaying its outputs of the first epoch (``teacher_cache``).
+
+A teacher checkpoint is read without running code (``torch.load(weights_only=True)``, or safetensors) and must fit
+the teacher's architecture exactly: a missing, unexpected or differently shaped tensor is a one-line error naming it.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from banets.config import UserError
+from banets.teacher_cache import CachedTeacher
+
+
+class FrozenTeacher(nn.Module):
+    """A frozen copy of ``model`` that teaches a student (Sec. 3.1): evaluation mode (dropout off, batch-norm
+    statistics fixed) that ``train()`` does not undo, no gradients; ``cache`` (a dtype name of
+    ``teacher_cache.CACHE_DTYPES``) replays the first pass's outputs over ``batches_per_pass`` batches."""
+
+    def __init__(self, model: nn.Module, cache: str | None = None, batches_per_pass: int = 0):
+        super().__init__()
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model = CachedTeacher(frozen, batches_per_pass, cache) if cache else frozen
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(x)
 
 
 class TeacherError(UserError, ValueError):
