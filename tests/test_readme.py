@@ -62,3 +62,28 @@ def test_version_is_one_number_everywhere(capsys):
     assert capsys.readouterr().out.strip() == f"banets {version}"
     assert ROOT.joinpath("LICENSE").read_text().startswith("MIT License")
     assert ROOT.joinpath("src", "banets", "py.typed").exists()
+
+
+def test_modules_import_only_those_after_them_in_the_readmes_layout_table():
+    """Imports run one way (CLI -> experiment -> ... -> config): the README's table is the order."""
+    import ast
+
+    section = ROOT.joinpath("README.md").read_text().split("- Layout, in the order data flow")[1].split("\n\n  `")[0]
+    order = [name.removesuffix(".py").rstrip("/") for row in re.findall(r"^  \| (`.+?) \|", section, re.M)
+             for name in re.findall(r"`([\w/.]+)`", row)]
+    assert order[0] == "cli" and order[-1] == "config"
+    package = ROOT / "src" / "banets"
+    backwards = []
+    for position, module in enumerate(order):
+        files = sorted((package / module).glob("*.py")) if (package / module).is_dir() else [package / f"{module}.py"]
+        for path in files:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("banets."):
+                    imported = node.module.split(".")[1]
+                elif isinstance(node, ast.ImportFrom) and node.module == "banets":
+                    imported = node.names[0].name
+                else:
+                    continue
+                if imported in order and order.index(imported) < position:
+                    backwards.append(f"{path.name} imports {imported}")
+    assert backwards == []

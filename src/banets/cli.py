@@ -19,7 +19,6 @@ from banets import __version__, distributed
 from banets import config as configs
 from banets.data.registry import list_datasets
 from banets.experiment import (
-    REPORT_DIR,
     import_modules,
     recorded_modules,
     report_runs,
@@ -28,7 +27,7 @@ from banets.experiment import (
 )
 from banets.models.registry import describe_models
 from banets.report import summary_table
-from banets.runs import os_error_message
+from banets.runs import REPORT_DIR, os_error_message
 
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 

@@ -231,6 +231,7 @@ class BornAgainConfig(Section):
             )
 
 
+PYTHON = "python"  # data.dataset of a run whose data and model were given from Python (born_again)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+*-]*$")  # a control's or ensemble's label: it names files
 DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 

@@ -20,25 +20,22 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 
-from banets import distributed, losses
+from banets import distributed, preflight
 from banets.config import (
+    PYTHON,
     BornAgainConfig,
-    ConfigError,
     DataConfig,
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
     UserError,
     config_of,
-    first_line,
     from_dict,
-    to_dict,
 )
 from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
-from banets.engine import DivergedError, resolve_device
+from banets.engine import DivergedError
 from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (
     BornAgainResult,
@@ -47,22 +44,16 @@ from banets.generations import (
     ModelFn,
     ReadOnlyStore,
     Setup,
-    build_model,
-    check_plan,
-    first_batch,
     plan_ensembles,
     plan_generations,
     saved_weights_of,
 )
 from banets.models.registry import TIMM, create_model, model_parameters
-from banets.report import SeedRun, check_report_folder, read_run, read_runs, seed_run_of, summarize, write_report
-from banets.runs import RunDirectory, RunError, load_checkpoint
+from banets.preflight import build_model, first_batch
+from banets.report import SeedRun, read_run, read_runs, seed_run_of, summarize, write_report
+from banets.runs import REPORT_DIR, RunDirectory, RunError, config_record, load_checkpoint
 from banets.teacher import load_teacher_weights
 from banets.user_code import SetupError, check_recorded_modules, import_modules
-
-PYTHON = "python"  # data.dataset of a run whose data and model were given from Python
-REPORT_DIR = "report"  # the sub-folder of a run's --out that banets writes reports into
-
 
 # -- from a config: registered datasets and models -------------------------------------------------------
 
@@ -148,33 +139,18 @@ class BornAgainRun:
         )
 
 
-def config_record(config: ExperimentConfig, **changes: Any) -> dict:
-    """``config`` as ``config.yaml`` records it: callables (your losses) by their ``module:function`` name."""
-    ban = replace(
-        config.ban,
-        loss=losses.name_of(config.ban.loss),
-        extra_losses=[losses.name_of(x) for x in config.ban.extra_losses],
-    )
-    return to_dict(replace(config, ban=ban, **changes))
-
-
 def run(config: ExperimentConfig, setup: Setup, out: Path | None = None, resume: bool = False) -> BornAgainRun:
     """Check everything, then train and evaluate every seed of ``config`` on ``setup``, each into ``out/seed-<s>``
     (nothing is written without ``out``). ``resume`` continues the seeds ``out`` already holds."""
-    check_recordable(config)
-    device = available_device(config.device)
+    preflight.check_recordable(config)
+    device = preflight.available_device(config.device)
     distributed.init_from_env(device)
-    if config.data.batch_size % distributed.world_size():
-        raise SetupError(
-            f"data.batch_size={config.data.batch_size} is the global batch and must split evenly over "
-            f"{distributed.world_size()} processes; set a multiple of {distributed.world_size()}"
-        )
-    plan = plan_generations(config.ban, config.seeds[0])
-    check_plan(plan, config.ban, setup, device)
+    preflight.check_batch_split(config.data.batch_size)
+    preflight.check_plan(plan_generations(config.ban, config.seeds[0]), config.ban, setup, device)
     refused = None
     if out is not None and distributed.is_main():
         try:
-            prepare_out(Path(out), config, setup.data, resume)
+            preflight.prepare_out(Path(out), config, setup.data, resume)
         except UserError as error:
             refused = error
     if distributed.any_process(refused is not None):  # every process stops, not only rank 0
@@ -186,89 +162,6 @@ def run(config: ExperimentConfig, setup: Setup, out: Path | None = None, resume:
             config, setup, seed, run_dir, device, label=f"seed {seed} [{i + 1}/{len(config.seeds)}]"
         )
     return BornAgainRun(config, results, setup.data.record(), Path(out) if out is not None else None)
-
-
-def check_recordable(config: ExperimentConfig) -> None:
-    """``config.yaml`` must be able to hold the config: plain numbers, strings, lists and mappings only."""
-    try:
-        yaml.safe_dump(config_record(config))
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"a config value cannot be written to config.yaml ({first_line(error)}); use plain "
-            f"Python numbers, strings, lists and dicts (e.g. float(x) for a NumPy number)"
-        ) from None
-
-
-def available_device(name: str) -> torch.device:
-    """The device ``name`` resolves to, refused with a one-line error when this machine has none of that kind."""
-    kind = name.split(":")[0]
-    present = {
-        "cuda": torch.cuda.is_available,
-        "mps": lambda: torch.backends.mps.is_available(),
-        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
-    }
-    if kind in present and not present[kind]():
-        raise SetupError(
-            f"device={name} but torch {torch.__version__} finds no {kind} device here; use --set device=cpu "
-            f"(or device=auto: a GPU when there is one)"
-        )
-    return resolve_device(name)
-
-
-def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -> None:
-    """Check ``out`` before training: a folder (made if missing) that holds nothing but banets' own seed runs and
-    report; without ``resume`` none of this config's seeds exists yet, with it every existing one can continue;
-    the other seeds it holds are of the same experiment."""
-    option = "out=" if config.data.dataset == PYTHON else "--out"  # as the user named it: born_again(out=) or the CLI
-    check_out_folder(out, option)
-    for seed in config.seeds:
-        run_dir = RunDirectory(out / f"seed-{seed}")
-        if not run_dir.root.exists():
-            continue
-        if not run_dir.exists():
-            raise RunError(
-                f"{run_dir.root} is not a complete run (no config.yaml); move it away, or choose another {option}"
-            )
-        if not resume:
-            run_dir.check_not_failed()  # a failed run is not one to continue
-            how = f"born_again(..., out={str(out)!r}, resume=True)" if option == "out=" else f"`banets resume {out}`"
-            raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another {option}")
-        run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
-    for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
-        number = other.name.removeprefix("seed-")
-        if (other / "config.yaml").exists() and number.isdigit():
-            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(number)]), data.files, resume)
-
-
-def check_out_folder(out: Path, option: str) -> None:
-    """``out`` is a folder this process can write, holding nothing but banets' runs and report (made if missing)."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"{option} {out} is a file; choose a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".banets-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise RunError(
-            f"cannot write into {option} {out} ({error.strerror}); choose a folder you can write to"
-        ) from None
-    foreign = sorted(p.name for p in out.iterdir() if not is_ours(p))
-    if foreign:
-        raise RunError(
-            f"{option} {out} holds files that are not a banets run ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder"
-        )
-    check_report_folder(out / REPORT_DIR)
-
-
-def is_ours(path: Path) -> bool:
-    """A seed run directory, the report folder, or a leftover of an interrupted start (``.seed-*.tmp``)."""
-    if path.name == REPORT_DIR and path.is_dir():
-        return True
-    if path.name.startswith(".seed-") and path.name.endswith(".tmp"):
-        return True
-    return path.name.startswith("seed-") and path.is_dir() and (path / "manifest.json").exists()
 
 
 def run_seed(

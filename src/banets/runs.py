@@ -43,6 +43,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from banets import losses
 from banets.config import ConfigError, ExperimentConfig, UserError, from_dict, read_yaml, to_dict
 from banets.data.registry import Data
 from banets.generations import ModelSpec
@@ -65,8 +67,21 @@ RUNTIME_KEYS = (  # may change on resume (a given teacher is compared with the o
 )
 
 
+REPORT_DIR = "report"  # the sub-folder of an output folder that a run's report goes into
+
+
 class RunError(UserError, RuntimeError):
     """A run directory that cannot be used as asked (another config, another format version, damaged files)."""
+
+
+def config_record(config: ExperimentConfig, **changes: Any) -> dict:
+    """``config`` as ``config.yaml`` records it: callables (your losses) by their ``module:function`` name."""
+    ban = replace(
+        config.ban,
+        loss=losses.name_of(config.ban.loss),
+        extra_losses=[losses.name_of(x) for x in config.ban.extra_losses],
+    )
+    return to_dict(replace(config, ban=ban, **changes))
 
 
 def _umask() -> int:
