@@ -1,11 +1,14 @@
 """Run directories: files, checkpoints, TensorBoard, resume after a crash, refusals of bad input."""
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import banets
 from banets.cli import main
 from banets.config import load_config
 from banets.engine import DivergedError
@@ -310,3 +313,19 @@ def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_train
     assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+X: [teacher, X]}"]) == 1  # a typo: refused,
     assert "ensemble 'T+X' names X" in capsys.readouterr().err
     assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # and not recorded
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_run_directory_written_by_banets_0_2_reports_and_resumes(tmp_path, capsys):
+    """tests/fixtures/run-banets-0.2: the demo (1 epoch, BAN-1, width 4, seed 0) as banets 0.2 wrote it."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run-banets-0.2", run)
+    assert main(["report", str(run)]) == 0
+    assert "BAN-1" in (run / "report" / "report.md").read_text()
+    assert main(["resume", str(run)]) == 0  # finished: nothing to train, the report again
+    assert "every seed is finished" in capsys.readouterr().out
+    assert main(["resume", str(run), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0  # evaluated, not trained
+    assert "T+B" in RunDirectory(run / "seed-0").manifest["ensembles"]
+    assert banets.load(run, "BAN-1")(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

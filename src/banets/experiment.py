@@ -51,7 +51,17 @@ from banets.generations import (
 from banets.models.registry import TIMM, create_model, model_parameters
 from banets.preflight import build_model, first_batch
 from banets.report import SeedRun, read_run, read_runs, seed_run_of, summarize, write_report
-from banets.runs import REPORT_DIR, RunDirectory, RunError, config_record, load_checkpoint
+from banets.runs import (
+    REPORT_DIR,
+    RunDirectory,
+    RunError,
+    config_record,
+    is_seed_dir,
+    load_checkpoint,
+    seed_dir,
+    seed_dirs,
+    seed_of,
+)
 from banets.teacher import load_teacher_weights
 from banets.user_code import SetupError, check_recorded_modules, import_modules
 
@@ -157,7 +167,7 @@ def run(config: ExperimentConfig, setup: Setup, out: Path | None = None, resume:
         raise refused or RunError(f"rank 0 refused --out {out}; its message says why")
     results = {}
     for i, seed in enumerate(config.seeds):
-        run_dir = Path(out) / f"seed-{seed}" if out is not None else None
+        run_dir = seed_dir(Path(out), seed) if out is not None else None
         results[seed] = run_seed(
             config, setup, seed, run_dir, device, label=f"seed {seed} [{i + 1}/{len(config.seeds)}]"
         )
@@ -218,17 +228,6 @@ def run_experiment(config: ExperimentConfig, out: Path | None, resume: bool = Fa
     return run(config, setup_from_config(config), out, resume)
 
 
-def seed_dirs(out: Path) -> list[Path]:
-    if not Path(out).is_dir():
-        raise RunError(f"{out} is not a folder; pass the --out of a run (the folder holding seed-*/)")
-    if (Path(out) / "manifest.json").exists():
-        raise RunError(f"{out} is one seed of a run; pass the run's folder, {Path(out).absolute().parent}")
-    dirs = sorted(p for p in Path(out).glob("seed-*") if p.is_dir() and (p / "config.yaml").exists())
-    if not dirs:
-        raise RunError(f"{out} holds no run (no seed-*/config.yaml); start one with `banets run PRESET --out {out}`")
-    return dirs
-
-
 def recorded_modules(config: ExperimentConfig) -> list[str]:
     """The modules a config imports: ``imports:``, those of its ``module:function`` losses, and timm for ``timm:``
     models (whose options may make it read or download weights)."""
@@ -247,7 +246,7 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequenc
     already) or with ``trust_imports``; a recorded ``data.download`` is off unless ``overrides`` turn it on.
     Returns the seeds that ran."""
     dirs = seed_dirs(out)
-    recorded = {int(d.name.removeprefix("seed-")): d for d in dirs if d.name.removeprefix("seed-").isdigit()}
+    recorded = {seed: d for d in dirs if (seed := seed_of(d)) is not None}
     planned = sorted(set(recorded) | {s for d in dirs for s in RunDirectory(d).manifest.get("run_seeds", [])})
     ran = []
     for seed in planned:
@@ -372,8 +371,8 @@ def load(
     root = Path(run_dir)
     seed_dir = (
         root
-        if (root / "manifest.json").exists()
-        else next((d for d in seed_dirs(root) if seed is None or d.name == f"seed-{seed}"), None)
+        if is_seed_dir(root)
+        else next((d for d in seed_dirs(root) if seed is None or seed_of(d) == seed), None)
     )
     if seed_dir is None:
         raise RunError(f"{root} holds no seed {seed}; its seeds are {', '.join(d.name for d in seed_dirs(root))}")

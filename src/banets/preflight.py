@@ -24,7 +24,16 @@ from banets.engine import reset_state, resolve_device
 from banets.generations import TEACHER, ModelFn, ModelSpec, PlanError, Setup, plan_ensembles, saved_weights_of
 from banets.models.students import share_frozen
 from banets.report import check_report_folder
-from banets.runs import REPORT_DIR, RunDirectory, RunError, config_record
+from banets.runs import (
+    REPORT_DIR,
+    RunDirectory,
+    RunError,
+    config_record,
+    is_seed_dir,
+    is_start_leftover,
+    seed_dir,
+    seed_of,
+)
 from banets.user_code import SetupError
 
 
@@ -85,18 +94,18 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     x, y = model_inputs(setup, setup.data.train, x, device, "training"), y.to(device)
     bounds = label_bounds(setup.data.train, y)
     with torch.no_grad():
-        logits = {
-            what: check_outputs(forward_once(model, x, device, what), y, bounds, what)
+        student_logits, teacher_logits = (
+            check_outputs(forward_once(model, x, device, what), y, bounds, what)
             for model, what in ((student, "the model"), (teacher, "the teacher"))
-        }
+        )
         check_held_out(setup, student, bounds, device)
-    if logits["the model"].shape != logits["the teacher"].shape:
+    if student_logits.shape != teacher_logits.shape:
         raise PlanError(
-            f"the teacher outputs {tuple(logits['the teacher'].shape)} but the students output "
-            f"{tuple(logits['the model'].shape)}; build teacher and students for the same classes and inputs"
+            f"the teacher outputs {tuple(teacher_logits.shape)} but the students output "
+            f"{tuple(student_logits.shape)}; build teacher and students for the same classes and inputs"
         )
     for spec in plan:
-        check_loss(spec, logits["the model"], logits["the teacher"], y)
+        check_loss(spec, student_logits, teacher_logits, y)
     if ban.init_from_teacher and teacher is not student:
         with saved_weights_of(
             TEACHER,
@@ -290,7 +299,7 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
     option = "out=" if config.data.dataset == PYTHON else "--out"  # as the user named it: born_again(out=) or the CLI
     check_out_folder(out, option)
     for seed in config.seeds:
-        run_dir = RunDirectory(out / f"seed-{seed}")
+        run_dir = RunDirectory(seed_dir(out, seed))
         if not run_dir.root.exists():
             continue
         if not run_dir.exists():
@@ -302,10 +311,10 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
             how = f"born_again(..., out={str(out)!r}, resume=True)" if option == "out=" else f"`banets resume {out}`"
             raise RunError(f"{out} already holds seed {seed}; continue it with {how} or choose another {option}")
         run_dir.check_resumable(config_record(config, seeds=[seed]), data.files)
-    for other in sorted(set(out.glob("seed-*")) - {out / f"seed-{seed}" for seed in config.seeds}):
-        number = other.name.removeprefix("seed-")
-        if (other / "config.yaml").exists() and number.isdigit():
-            RunDirectory(other).check_same_experiment(config_record(config, seeds=[int(number)]), data.files, resume)
+    for other in sorted(out.iterdir()):
+        number = seed_of(other)
+        if is_seed_dir(other) and number is not None and number not in config.seeds:
+            RunDirectory(other).check_same_experiment(config_record(config, seeds=[number]), data.files, resume)
 
 
 def check_out_folder(out: Path, option: str) -> None:
@@ -334,6 +343,4 @@ def is_ours(path: Path) -> bool:
     """A seed run directory, the report folder, or a leftover of an interrupted start (``.seed-*.tmp``)."""
     if path.name == REPORT_DIR and path.is_dir():
         return True
-    if path.name.startswith(".seed-") and path.name.endswith(".tmp"):
-        return True
-    return path.name.startswith("seed-") and path.is_dir() and (path / "manifest.json").exists()
+    return is_start_leftover(path) or (is_seed_dir(path) and seed_of(path) is not None)

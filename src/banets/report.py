@@ -35,7 +35,7 @@ import numpy as np
 from banets.config import BornAgainConfig, ExperimentConfig, from_dict, to_dict
 from banets.generations import TEACHER, BornAgainResult, Role, plan_ensembles, plan_generations
 from banets.metrics import Predictions, bootstrap_paired_difference
-from banets.runs import RunDirectory, RunError, atomic_write_text
+from banets.runs import RunDirectory, RunError, atomic_write_text, find_seed_dirs
 
 SPLIT_TITLES = {
     "val": "validation split: compares and selects models",
@@ -163,18 +163,6 @@ def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, da
         metric_key=data_record["metric"],
         ensembles=result.ensembles,
     )
-
-
-def find_seed_dirs(paths: list[Path]) -> list[Path]:
-    """Every seed run directory at or below ``paths`` (a run's ``seed-*`` folders, or the folders themselves)."""
-    found = []
-    for path in map(Path, paths):
-        found += (
-            [path] if (path / "manifest.json").exists() else sorted(p.parent for p in path.glob("**/manifest.json"))
-        )
-    if not found:
-        raise RunError(f"no run directories under {', '.join(map(str, paths))}")
-    return found
 
 
 def read_runs(paths: list[Path]) -> tuple[list[SeedRun], list[str]]:

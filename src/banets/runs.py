@@ -74,6 +74,54 @@ class RunError(UserError, RuntimeError):
     """A run directory that cannot be used as asked (another config, another format version, damaged files)."""
 
 
+SEED_PREFIX = "seed-"  # an output folder holds one seed directory per seed: seed-<s>/
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    """Where seed ``seed`` of the run in output folder ``out`` lives."""
+    return Path(out) / f"{SEED_PREFIX}{seed}"
+
+
+def seed_of(path: Path) -> int | None:
+    """The seed a folder named ``seed-<s>`` holds; None for any other name."""
+    number = path.name.removeprefix(SEED_PREFIX)
+    return int(number) if path.name.startswith(SEED_PREFIX) and number.isdigit() else None
+
+
+def is_seed_dir(path: Path) -> bool:
+    """A seed directory: a folder holding the manifest a run writes, with its config, when it starts."""
+    return path.is_dir() and (path / "manifest.json").is_file()
+
+
+def is_start_leftover(path: Path) -> bool:
+    """What a start interrupted before its seed directory was renamed into place (``.seed-<s>.<random>.tmp``)."""
+    return path.name.startswith(f".{SEED_PREFIX}") and path.name.endswith(".tmp")
+
+
+def seed_dirs(out: Path) -> list[Path]:
+    """The seed directories of the run in output folder ``out``; refused when ``out`` holds none."""
+    if not Path(out).is_dir():
+        raise RunError(f"{out} is not a folder; pass the --out of a run (the folder holding seed-*/)")
+    if is_seed_dir(Path(out)):
+        raise RunError(f"{out} is one seed of a run; pass the run's folder, {Path(out).absolute().parent}")
+    dirs = sorted(p for p in Path(out).glob(f"{SEED_PREFIX}*") if is_seed_dir(p) and seed_of(p) is not None)
+    if not dirs:
+        raise RunError(f"{out} holds no run (no seed-*/config.yaml); start one with `banets run PRESET --out {out}`")
+    return dirs
+
+
+def find_seed_dirs(paths: list[Path]) -> list[Path]:
+    """Every seed directory at or below ``paths`` (output folders, folders of them, or seed directories)."""
+    found = []
+    for path in map(Path, paths):
+        found += [path] if is_seed_dir(path) else sorted(p.parent for p in path.glob("**/manifest.json"))
+    if not found:
+        raise RunError(f"no run directories under {', '.join(map(str, paths))}")
+    return found
+
+
+
+
 def config_record(config: ExperimentConfig, **changes: Any) -> dict:
     """``config`` as ``config.yaml`` records it: callables (your losses) by their ``module:function`` name."""
     ban = replace(
