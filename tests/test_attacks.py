@@ -22,10 +22,9 @@ import yaml
 import banets
 from banets.cli import main
 from banets.runs import sha256_of
+from tiny import LM, TINY, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY = ["--set", "optim.epochs=1", "--set", "optim.progress=none", "--set", "ban.generations=1", "--set", "ban.extra_losses=[]",
-        "--set", "ban.controls={}", "--set", "model.options.width=4", "--seeds", "0"]
 PAYLOAD = "from pathlib import Path\nPath({marker!r}).write_text('ran')\n\ndef loss(s, t, y):\n    return s.sum()\n"
 
 
@@ -59,10 +58,6 @@ def rewrite(seed_dir: Path, config_edit=None, manifest_edit=None) -> None:
     if manifest_edit is not None:
         manifest_edit(manifest)
     (seed_dir / "manifest.json").write_text(json.dumps(manifest))
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
 def one_line_error(capsys, *parts: str) -> str:
@@ -434,10 +429,7 @@ def test_a_damaged_vocabulary_is_named_as_damaged_not_as_other_data(tmp_path, ca
     corpus.mkdir()
     for split in ("train", "valid", "test"):
         (corpus / f"c.{split}.txt").write_text(" ".join(f"w{i % 37}" for i in range(300)) + "\n")
-    lm = ["--set", "model.options={embed_dim: 8, hidden_dim: 8, num_layers: 1, dropout: 0.0, init_range: 0.1}",
-          "--set", "data.batch_size=4", "--set", "data.eval_batch_size=4", "--set", "data.bptt=5", "--set", "optim.epochs=1",
-          "--set", "ban.generations=1", "--set", "ban.extra_losses=[]", "--set", "optim.progress=none", "--seeds", "0"]
-    assert main(["run", "wap_quick", *lm, "--data-dir", str(corpus), "--out", str(tmp_path / "o")]) == 0
+    assert main(["run", "wap_quick", *LM, "--data-dir", str(corpus), "--out", str(tmp_path / "o")]) == 0
     vocab = tmp_path / "o" / "seed-0" / "vocab.json"
     vocab.write_text(vocab.read_text().replace("w1", "w9"))
     (tmp_path / "o" / "seed-0" / "results.json").unlink()

@@ -19,18 +19,9 @@ import torch
 
 from banets.cli import main
 from banets.runs import RunDirectory, save_checkpoint, sha256_of
+from tiny import LM, TINY, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY = ["--set", "optim.epochs=1", "--set", "optim.progress=none", "--set", "ban.generations=1", "--set", "ban.extra_losses=[]",
-        "--set", "ban.controls={}", "--set", "model.options.width=4", "--seeds", "0"]
-LM = ["--set", "model.options={embed_dim: 8, hidden_dim: 8, num_layers: 1, dropout: 0.0, init_range: 0.1}",
-      "--set", "data.batch_size=4", "--set", "data.eval_batch_size=4", "--set", "data.bptt=5", "--set", "optim.epochs=1",
-      "--set", "ban.generations=1", "--set", "ban.extra_losses=[]", "--set", "optim.progress=none", "--seeds", "0"]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file below ``root`` and its sha256."""
-    return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def write_corpus(folder: Path, words: int = 400, encoding: str = "utf-8", text: str | None = None) -> Path:
