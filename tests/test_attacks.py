@@ -458,3 +458,20 @@ def test_tensorboard_that_cannot_write_is_turned_off_with_a_warning_not_the_run(
         log.log("teacher", {"epoch": 0, "train_loss": 1.0})
     assert log.off
     log.log("teacher", {"epoch": 1, "train_loss": 1.0})  # silent from now on
+
+
+def test_a_plain_module_given_to_the_engine_as_teacher_is_frozen_like_any(blobs, mlp_fn):
+    from banets import losses
+    from banets.engine import TrainConfig, Trainer
+    from banets.teacher import FrozenTeacher
+
+    teacher = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 4))
+    before = teacher[1].running_mean.clone()
+    trainer = Trainer(mlp_fn(), losses.get("ban"), TrainConfig(epochs=1, progress="none"), seed=0,
+                      device=torch.device("cpu"), teacher=teacher)
+    trainer.fit([blobs[0]])
+    assert isinstance(trainer.teacher, FrozenTeacher) and not trainer.teacher.training
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert torch.equal(teacher[1].running_mean, before)  # the given module is untouched: the teacher is a copy
+    with pytest.raises(banets.config.UserError, match="a loss returned no terms"):
+        losses.total({})

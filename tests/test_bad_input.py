@@ -72,7 +72,7 @@ def edit_manifest(run: Path, edit) -> None:
 
 def truncate_older_config(run: Path) -> None:
     """A run made before manifests recorded the config's digest, whose config.yaml lost its end."""
-    edit_manifest(run, lambda m: m.pop("config_sha256"))
+    edit_manifest(run, lambda m: (m.pop("config_sha256"), m.update(format_version=1)))
     (run / "seed-0" / "config.yaml").write_text("name: demo\nseeds: [0]\n")
 
 

@@ -182,6 +182,7 @@ def test_a_run_made_before_manifests_recorded_ensembles_takes_them_from_its_conf
     run = RunDirectory(seed_dir)
     config = run.config()
     del run.manifest["ensembles"], run.manifest["config_sha256"]  # as old manifests were
+    run.manifest["format_version"] = 1
     run._write_manifest()
     config["ban"] = {"generations": 2}
     (seed_dir / "config.yaml").write_text(__import__("yaml").safe_dump(config))

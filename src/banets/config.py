@@ -175,7 +175,7 @@ class ModelConfig(Section):
     options: dict = field(default_factory=dict)  # keyword arguments of create_model
     teacher_name: str | None = None  # a teacher of another architecture (default: same as the students)
     teacher_options: dict = field(default_factory=dict)
-    teacher_checkpoint: str | None = None
+    teacher_checkpoint: str | None = None  # a trained teacher (banets checkpoint, state dict or .safetensors)
 
     def validate(self) -> None:
         self.check(
@@ -200,13 +200,10 @@ class BornAgainConfig(Section):
     controls: dict = field(default_factory=dict)  # students without a teacher: label -> ce options
     init_from_teacher: bool = False  # generation 1 starts from the teacher's weights
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
-    ensembles: dict = field(
-        default_factory=dict
-    )  # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
-    cache_teacher: str | None = None
-    share_layers: list[str] = field(
-        default_factory=list
-    )  # teacher's modules copied and frozen, e.g. [conv1, classifier]
+    # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
+    ensembles: dict = field(default_factory=dict)
+    cache_teacher: str | None = None  # reuse the teacher's logits across epochs (data that repeat): auto|fp32|bf16|fp16
+    share_layers: list[str] = field(default_factory=list)  # teacher modules copied and frozen: [conv1, classifier]
 
     def validate(self) -> None:
         self.check(self.generations >= 0, "generations", "0 or more")

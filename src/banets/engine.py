@@ -150,7 +150,7 @@ class Trainer:
         *,
         seed: int,
         device: torch.device,
-        teacher: FrozenTeacher | None = None,
+        teacher: nn.Module | None = None,
         transform: Transform | None = None,
         callbacks: Sequence[Callback] = (),
         name: str = "model",
@@ -162,6 +162,8 @@ class Trainer:
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         # Module.to takes memory_format (PyTorch's type stubs omit it)
         self.model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
+        if teacher is not None and not isinstance(teacher, FrozenTeacher):
+            teacher = FrozenTeacher(teacher)  # a module given as it is: frozen like every teacher
         self.teacher = (
             teacher.to(device, memory_format=memory_format) if teacher is not None else None  # type: ignore[call-overload]
         )
@@ -445,13 +447,16 @@ def predict_batches(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
-            # -inf may mask a class; the logits are gathered, so every process stops at the same batch
-            if any((z.isnan() | z.isposinf()).any() for z in logits):
+            log_probs, labels = [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
+            # NaN or +inf logits, or a row of -inf, make the label's log-probability NaN or -inf (a -inf that masks
+            # another class does not): checking it costs one value per row, not a pass over all classes. The logits
+            # were gathered, so every process stops at the same batch.
+            if not all(torch.isfinite(lp.gather(1, labels[:, None])).all() for lp in log_probs):
                 raise DataError(
                     f"batch {index} of the {split} data gives NaN or +inf outputs: its inputs hold NaN or inf "
                     f"(clean or drop those examples, or give a transform that does), or the model's weights do"
                 )
-            yield [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
+            yield log_probs, labels
 
 
 def evaluate(

@@ -228,13 +228,17 @@ def run_experiment(config: ExperimentConfig, out: Path | None, resume: bool = Fa
     return run(config, setup_from_config(config), out, resume)
 
 
-def recorded_modules(config: ExperimentConfig) -> list[str]:
-    """The modules a config imports: ``imports:``, those of its ``module:function`` losses, and timm for ``timm:``
-    models (whose options may make it read or download weights)."""
-    named = [loss for loss in (config.ban.loss, *config.ban.extra_losses) if isinstance(loss, str) and ":" in loss]
+def model_modules(config: ExperimentConfig) -> list[str]:
+    """The modules building a config's models imports: ``imports:``, and timm for ``timm:`` models (whose options
+    may make it read or download weights)."""
     models = [config.model.name, config.model.teacher_name or ""]
-    return [*config.imports, *(loss.partition(":")[0] for loss in named),
-            *(["timm"] if any(name.startswith(TIMM) for name in models) else [])]
+    return [*config.imports, *(["timm"] if any(name.startswith(TIMM) for name in models) else [])]
+
+
+def recorded_modules(config: ExperimentConfig) -> list[str]:
+    """The modules a config imports: those of its models and of its ``module:function`` losses."""
+    named = [loss for loss in (config.ban.loss, *config.ban.extra_losses) if isinstance(loss, str) and ":" in loss]
+    return [*model_modules(config), *(loss.partition(":")[0] for loss in named)]
 
 
 def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequence[str] = (),
@@ -395,7 +399,7 @@ def load(
         ) from None
     if model_fn is None:
         if not trust_code:
-            check_recorded_modules(config.imports, root, sys.modules,
+            check_recorded_modules(model_modules(config), root, sys.modules,
                                    "import {name} yourself before calling load, or pass trust_code=True")
         model_fn = recorded_factory(config, directory, teacher=entry.get("role") == "teacher")
     model = build_model(model_fn, "model_fn")

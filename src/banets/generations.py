@@ -148,7 +148,7 @@ def plan_ensembles(plan: list[ModelSpec], ban: BornAgainConfig) -> dict[str, lis
     return ensembles
 
 
-# -- checks before the first epoch ------------------------------------------------------------------------
+# -- what a plan trains on ----------------------------------------------------------------------------------
 
 
 @dataclass

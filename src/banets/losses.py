@@ -33,6 +33,8 @@ def total(value: Tensor | Terms) -> Tensor:
     """A loss's value: the sum of its terms, in order, when it returns them by name."""
     if not isinstance(value, dict):
         return value
+    if not value:
+        raise LossError("a loss returned no terms; return a scalar tensor, or a dict of named scalar terms")
     terms = iter(value.values())
     result = next(terms)
     for term in terms:

@@ -9,7 +9,7 @@ the problem and the fix, and none trains or writes anything.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from pathlib import Path
 
 import torch
@@ -226,7 +226,7 @@ def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what
             f"{what} has {logits.shape[-1]} outputs but the labels range over [{low}, {high}]; "
             f"build it with at least {high + 1} classes (labels are 0 .. classes - 1)"
         )
-    if not torch.isfinite(logits).all():
+    if logits.float().log_softmax(-1).isnan().any():  # NaN, +inf or a row of -inf (-inf masking a class is fine)
         raise PlanError(
             f"{what} outputs NaN or inf on the first batch; check its weights (a damaged or diverged "
             f"checkpoint?) and the inputs"
@@ -279,6 +279,9 @@ def check_replayable(setup: Setup, device: torch.device) -> None:
     """``ban.cache_teacher`` replays the teacher's outputs of the first epoch: the training batches must come in
     the same order and unaugmented every epoch (a language model's BPTT batches), which shuffled or augmented
     data do not."""
+    if not isinstance(setup.data.train, Sized):
+        raise PlanError("ban.cache_teacher needs training data of a known number of batches (tensors, a Dataset or a "
+                        "DataLoader over one), not a stream; set ban.cache_teacher=null")
     first, again = (to_batch(next(iter(setup.data.train)))[0] for _ in range(2))
     same = first.shape == again.shape and torch.equal(first, again)
     if same and setup.data.transform is not None:

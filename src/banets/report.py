@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from banets.config import BornAgainConfig, ExperimentConfig, from_dict, to_dict
-from banets.generations import TEACHER, BornAgainResult, Role, plan_ensembles, plan_generations
+from banets.config import ExperimentConfig, to_dict
+from banets.generations import TEACHER, BornAgainResult, Role
 from banets.metrics import Predictions, bootstrap_paired_difference
 from banets.runs import RunDirectory, RunError, atomic_write_text, find_seed_dirs
 
@@ -63,11 +63,6 @@ ERROR = Metric("error", "error %", "Δ error vs teacher, points [95% CI]", Predi
 PERPLEXITY = Metric("perplexity", "perplexity", "Δ NLL vs teacher, nats/token [95% CI]", Predictions.perplexity,
                     lambda p: p.nll.double().numpy(), "val_nll", lambda v: math.exp(min(v, 50.0)))
 METRICS = {m.key: m for m in (ERROR, PERPLEXITY)}
-
-
-def metric_for(dataset: str) -> Metric:
-    """Perplexity for language models (the paper's Table 6), top-1 error for classifiers (Tables 1-5)."""
-    return PERPLEXITY if dataset == "text" else ERROR
 
 
 @dataclass
@@ -111,17 +106,12 @@ def architecture_of(model: dict) -> str:
     return f"{teacher} → {model['name']}" if teacher and teacher != model["name"] else model["name"]
 
 
-def bootstrap_block(data: dict) -> int:
-    """The bootstrap block of runs made before manifests recorded it: a BPTT segment for text, else one example."""
-    return data.get("bptt", 1) if data.get("dataset") == "text" else 1
-
-
 def read_run(seed_dir: Path) -> SeedRun:
     """A finished seed directory; an unfinished one raises :class:`RunError`."""
     run = RunDirectory(seed_dir)
     run.check_not_failed()
     config = run.config()
-    splits = [p.stem for p in sorted((Path(seed_dir) / "predictions").glob("*.pt"))]
+    splits = sorted(run.manifest["predictions"])
     if not splits:
         raise RunError(
             f"{seed_dir} has no predictions yet (unfinished run); finish it with `banets resume "
@@ -136,17 +126,11 @@ def read_run(seed_dir: Path) -> SeedRun:
         models=run.manifest.get("models", {}),
         epochs=run.epochs(),
         path=Path(seed_dir),
-        block=run.manifest.get("bootstrap_block") or bootstrap_block(config["data"]),
-        metric_key=run.manifest.get("metric") or metric_for(config["data"]["dataset"]).key,
-        ensembles=run.manifest["ensembles"] if "ensembles" in run.manifest else planned_ensembles(config),
+        block=run.manifest["bootstrap_block"],
+        metric_key=run.manifest["metric"],
+        ensembles=run.manifest["ensembles"],
         recipe=run.recipe(),
     )
-
-
-def planned_ensembles(config: dict) -> dict[str, list[str]]:
-    """The ensembles a run's config plans: the record of runs made before manifests held them."""
-    ban = from_dict(BornAgainConfig, config.get("ban", {}), "ban.")
-    return plan_ensembles(plan_generations(ban), ban)
 
 
 def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, data_record: dict) -> SeedRun:
@@ -697,8 +681,8 @@ def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
     if terms:
         models = list(validation)  # a model's colour in both panels
         for label, (epochs, means) in terms.items():
-            model, term = label.rsplit(" ", 1)
-            axes[0][1].plot(epochs, means, color=f"C{models.index(model)}", linestyle="--" if term == "label" else "-",
+            colour = next((i for i, model in enumerate(models) if label.startswith(f"{model} ")), len(models))
+            axes[0][1].plot(epochs, means, color=f"C{colour}", linestyle="--" if label.endswith(" label") else "-",
                             label=label)
         _decorate(axes[0][1], "the loss terms in training (per example)", "epoch", "training loss term")
     return _save_if_drawn(

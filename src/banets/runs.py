@@ -52,12 +52,13 @@ import torch.nn as nn
 import yaml
 
 from banets import losses
-from banets.config import ConfigError, ExperimentConfig, UserError, from_dict, read_yaml, to_dict
+from banets.config import BornAgainConfig, ConfigError, ExperimentConfig, UserError, from_dict, read_yaml, to_dict
 from banets.data.registry import Data
-from banets.generations import ModelSpec
+from banets.generations import ModelSpec, plan_ensembles, plan_generations
 from banets.metrics import Predictions
+from banets.models.registry import RENAMED
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: banets 0.3, every record below in every manifest; 1: banets 0.2 and before (see upgrade)
 KEEP_EPOCH_CHECKPOINTS = 2
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")  # predictions/<split>.pt
 TEACHER_CHECKPOINT = "model.teacher_checkpoint"
@@ -106,7 +107,7 @@ def seed_dirs(out: Path) -> list[Path]:
         raise RunError(f"{out} is one seed of a run; pass the run's folder, {Path(out).absolute().parent}")
     dirs = sorted(p for p in Path(out).glob(f"{SEED_PREFIX}*") if is_seed_dir(p) and seed_of(p) is not None)
     if not dirs:
-        raise RunError(f"{out} holds no run (no seed-*/config.yaml); start one with `banets run PRESET --out {out}`")
+        raise RunError(f"{out} holds no run (no seed-*/manifest.json); start one with `banets run PRESET --out {out}`")
     return dirs
 
 
@@ -325,7 +326,7 @@ class RunDirectory:
                 f"{self.manifest_path} is not a banets manifest ({problem}); restore it, or start a new run with "
                 f"another --out"
             )
-        return manifest
+        return upgrade(manifest, self.root) if manifest.get("format_version") == 1 else manifest
 
     # -- creation and compatibility --------------------------------------------------------------------
 
@@ -359,6 +360,7 @@ class RunDirectory:
                 "run_seeds": list(run_seeds),
                 "models": {},
                 "ensembles": {},
+                "predictions": {},
             }
             atomic_write_text(staging / "manifest.json", json.dumps(self.manifest, indent=2))
             os.rename(staging, self.root)
@@ -368,12 +370,7 @@ class RunDirectory:
 
     def check_resumable(self, config: dict, files: dict[str, str] | None = None) -> None:
         """Check that this run can continue with ``config`` and data that record ``files``; tidy crash leftovers."""
-        if not self.manifest:
-            what = "is empty" if self.manifest_path.exists() else "is missing"
-            raise RunError(
-                f"{self.manifest_path} {what}; {self.root} is not a complete banets run, so start a new run with "
-                f"another --out"
-            )
+        self._check_complete()
         self._check_compatible(config)
         self.check_not_failed()
         differing = self.data_differences(files or {})
@@ -400,15 +397,11 @@ class RunDirectory:
     def data_differences(self, files: dict[str, str]) -> list[str]:
         """The data files whose recorded text differs from ``files``' or that are missing; a file the run did not
         record when it started (made before banets recorded it, e.g. a text corpus' digests) is not compared."""
-        recorded = self.manifest.get("data_files")  # None: a run made before the manifest listed them
+        recorded = self.manifest["data_files"]
         return [
             name
             for name, text in files.items()
-            if (
-                self.data_file(name) != text
-                if (self.root / name).exists()
-                else recorded is not None and name in recorded
-            )
+            if (self.data_file(name) != text if (self.root / name).exists() else name in recorded)
         ]
 
     def data_file(self, name: str) -> str:
@@ -442,7 +435,8 @@ class RunDirectory:
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunError(
-                f"{self.root} was written by run format {version}, this banets writes {FORMAT_VERSION}; start a new run"
+                f"{self.root} was written by run format {version}, this banets reads formats 1 and {FORMAT_VERSION}; "
+                f"resume it with the banets that wrote it, or start a new run"
             )
         changed = self.config_differences(config)
         if changed:
@@ -473,11 +467,20 @@ class RunDirectory:
             for tmp in self.root.glob("**/.*.tmp"):
                 shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
+    def _check_complete(self) -> None:
+        if not self.manifest:
+            what = "is empty" if self.manifest_path.exists() else "is missing"
+            raise RunError(
+                f"{self.manifest_path} {what}; {self.root} is not a complete banets run, so start a new run with "
+                f"another --out"
+            )
+
     def config(self) -> dict:
         """``config.yaml``, refused when it is not the one the run wrote (edited or damaged)."""
+        self._check_complete()
         path = self.root / "config.yaml"
         recorded = {self.manifest.get(k) for k in ("config_sha256", "config_sha256_before")} - {None}
-        if recorded and _digest(path.read_text(encoding="utf-8", errors="replace")) not in recorded:
+        if _digest(path.read_text(encoding="utf-8", errors="replace")) not in recorded:
             raise RunError(
                 f"{path} is not the one the run wrote (edited or damaged); undo the edit or restore it (a resume "
                 f"changes runtime keys with --set, not in this file), or start a new run"
@@ -521,9 +524,8 @@ class RunDirectory:
         return self.root / "weights" / f"{name}.safetensors"
 
     def _weights_intact(self, name: str, entry: dict) -> bool:
-        """The weights file as written; for runs made before manifests recorded its sha256, present."""
-        path = self._weights_path(name)
-        return matches(path, entry["weights_sha256"]) if "weights_sha256" in entry else path.is_file()
+        """The weights file as written."""
+        return matches(self._weights_path(name), entry.get("weights_sha256"))
 
     # -- the driver's Store ----------------------------------------------------------------------------
 
@@ -658,11 +660,9 @@ class RunDirectory:
         self._write_manifest()
 
     def load_predictions(self, split: str) -> dict[str, Predictions]:
-        """The per-example predictions saved for ``split``, verified by their recorded sha256 (runs made before
-        manifests recorded it are read unverified)."""
+        """The per-example predictions saved for ``split``, verified by their recorded sha256."""
         path = self.root / "predictions" / f"{split}.pt"
-        sha = self.manifest.get("predictions", {}).get(split)
-        if sha is not None and not matches(path, sha):
+        if not matches(path, self.manifest["predictions"].get(split)):
             raise RunError(
                 f"{path} is damaged (it does not match its recorded sha256); `banets resume {self.root.parent}` "
                 f"evaluates the saved models again"
@@ -671,14 +671,10 @@ class RunDirectory:
         return {name: Predictions(**fields) for name, fields in saved.items()}
 
     def _predictions_intact(self) -> bool:
-        """Every split's predictions as written; for runs made before manifests recorded their sha256, present."""
-        recorded = self.manifest.get("predictions")
-        if recorded is None:  # every split results.json scores
-            splits = (
-                json.loads((self.root / "results.json").read_text()) if (self.root / "results.json").exists() else {}
-            )
-            return bool(splits) and all((self.root / "predictions" / f"{split}.pt").is_file() for split in splits)
-        return all(matches(self.root / "predictions" / f"{split}.pt", sha) for split, sha in recorded.items())
+        """Every split's predictions as written."""
+        recorded = self.manifest["predictions"]
+        folder = self.root / "predictions"
+        return bool(recorded) and all(matches(folder / f"{split}.pt", sha) for split, sha in recorded.items())
 
     def save_results(self, results: dict) -> None:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
@@ -711,6 +707,36 @@ class RunDirectory:
     def _write_manifest(self) -> None:
         if not self.read_only:
             atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
+
+
+def upgrade(manifest: dict, root: Path) -> dict:
+    """A manifest of format 1 (banets 0.2 and before) as format 2. What an older release did not record is derived
+    from the run's files as they are now, so taken on trust, as that release read them unverified: the config's
+    digest, the report's metric and bootstrap block, the ensembles its config plans, the data files' digests, each
+    finished model's weights digest and the predictions' digests. Only the data options of the models of the
+    oldest runs cannot be derived: loading one of them needs the model (``load(..., model_fn=)``)."""
+    config_text = (root / "config.yaml").read_text(encoding="utf-8", errors="replace")
+    config = read_yaml(root / "config.yaml")
+    data = config.get("data", {})
+    text_data = data.get("dataset") == "text"
+    upgraded = {"config_sha256": _digest(config_text), "metric": "perplexity" if text_data else "error",
+                "bootstrap_block": data.get("bptt", 1) if text_data else 1, "data_files": [],
+                **manifest, "format_version": FORMAT_VERSION}
+    if "ensembles" not in upgraded:
+        ban = from_dict(BornAgainConfig, config.get("ban", {}), "ban.")
+        upgraded["ensembles"] = plan_ensembles(plan_generations(ban), ban)
+    present = [name for name in upgraded["data_files"] if (root / name).is_file()]
+    upgraded.setdefault("data_sha256", {name: _digest((root / name).read_text(encoding="utf-8", errors="replace"))
+                                        for name in present})
+    for name, entry in upgraded.get("models", {}).items():
+        weights = root / "weights" / f"{name}.safetensors"
+        if entry.get("status") == "done" and "weights_sha256" not in entry and weights.is_file():
+            entry["weights_sha256"] = sha256_of(weights)
+    if "predictions" not in upgraded:
+        results = json.loads((root / "results.json").read_text()) if (root / "results.json").is_file() else {}
+        files = {split: root / "predictions" / f"{split}.pt" for split in results}
+        upgraded["predictions"] = {split: sha256_of(f) if f.is_file() else "missing" for split, f in files.items()}
+    return upgraded
 
 
 def first_link(root: Path) -> Path | None:
@@ -790,8 +816,12 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def with_defaults(config: dict) -> dict:
-    """``config`` with every key of the current schema, so a run saved before a key existed compares by its default."""
+    """``config`` with every key of the current schema, so a run saved before a key existed compares by its default,
+    and its models by their current names (``registry.RENAMED``)."""
     try:
-        return to_dict(from_dict(ExperimentConfig, config))
+        values = to_dict(from_dict(ExperimentConfig, config))
     except ConfigError as error:
         raise RunError(f"the run's config.yaml does not fit this banets ({error}); start a new run") from None
+    for key in ("name", "teacher_name"):
+        values["model"][key] = RENAMED.get(values["model"][key], values["model"][key])
+    return values

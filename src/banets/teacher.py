@@ -28,8 +28,11 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, cache: str | None = None, batches_per_pass: int = 0):
         super().__init__()
+        if cache and batches_per_pass < 1:
+            raise ValueError("a cached teacher needs the number of batches of a pass (batches_per_pass)")
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = CachedTeacher(frozen, batches_per_pass, cache) if cache else frozen
+        self.eval()
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)
