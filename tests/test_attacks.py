@@ -475,3 +475,24 @@ def test_a_plain_module_given_to_the_engine_as_teacher_is_frozen_like_any(blobs,
     assert torch.equal(teacher[1].running_mean, before)  # the given module is untouched: the teacher is a copy
     with pytest.raises(banets.config.UserError, match="a loss returned no terms"):
         losses.total({})
+
+
+def test_a_negative_label_given_from_python_is_named_as_such(blobs, mlp_fn, tiny_config):
+    (x, y), val, _ = blobs
+    y = y.clone()
+    y[3] = -1
+    with pytest.raises(banets.config.UserError, match=r"the labels include -1; class labels are 0 .. classes - 1"):
+        banets.born_again(mlp_fn, (x, y), val, optim=tiny_config, ban=banets.BornAgainConfig(generations=1))
+
+
+def test_a_cached_teacher_on_a_stream_of_batches_is_refused_before_training(blobs, mlp_fn, tiny_config, tmp_path):
+    (x, y), val, _ = blobs
+
+    class Stream:  # batches that can be read again, but of no known number
+        def __iter__(self):
+            return iter([(x[:128], y[:128]), (x[128:], y[128:])])
+
+    with pytest.raises(banets.config.UserError, match=r"ban.cache_teacher needs training data of a known number"):
+        banets.born_again(mlp_fn, Stream(), val, optim=tiny_config, out=tmp_path / "o",
+                          ban=banets.BornAgainConfig(generations=1, cache_teacher="fp32"))
+    assert not (tmp_path / "o").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sized
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -279,9 +280,11 @@ def check_replayable(setup: Setup, device: torch.device) -> None:
     """``ban.cache_teacher`` replays the teacher's outputs of the first epoch: the training batches must come in
     the same order and unaugmented every epoch (a language model's BPTT batches), which shuffled or augmented
     data do not."""
-    if not isinstance(setup.data.train, Sized):
+    try:
+        len(cast(Sized, setup.data.train))  # a wrapper of batches has __len__, which asks the batches it wraps
+    except TypeError:
         raise PlanError("ban.cache_teacher needs training data of a known number of batches (tensors, a Dataset or a "
-                        "DataLoader over one), not a stream; set ban.cache_teacher=null")
+                        "DataLoader over one), not a stream; set ban.cache_teacher=null") from None
     first, again = (to_batch(next(iter(setup.data.train)))[0] for _ in range(2))
     same = first.shape == again.shape and torch.equal(first, again)
     if same and setup.data.transform is not None:
