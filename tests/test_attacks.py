@@ -21,7 +21,7 @@ import yaml
 
 import banets
 from banets.cli import main
-from banets.runs import sha256_of
+from banets.runs import RunDirectory, sha256_of
 from tiny import LM, TINY, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -496,3 +496,21 @@ def test_a_cached_teacher_on_a_stream_of_batches_is_refused_before_training(blob
         banets.born_again(mlp_fn, Stream(), val, optim=tiny_config, out=tmp_path / "o",
                           ban=banets.BornAgainConfig(generations=1, cache_teacher="fp32"))
     assert not (tmp_path / "o").exists()
+
+
+def test_an_old_format_run_names_no_file_outside_itself_either(run, tmp_path, capsys):
+    """Format 1 runs are upgraded from their files: what the upgrade reads comes from the run, so it is checked too."""
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"not the run's")
+
+    def as_format_1(manifest):
+        manifest.update(format_version=1)
+        del manifest["predictions"]
+
+    rewrite(run / "seed-0", manifest_edit=as_format_1)
+    (run / "seed-0" / "results.json").write_text(json.dumps({"../../outside": {}, "val": {}}))
+    directory = RunDirectory(run / "seed-0")
+    assert list(directory.manifest["predictions"]) == ["val"]  # the split naming a file outside is not read
+    rewrite(run / "seed-0", manifest_edit=lambda m: m.update(models={"../../outside": {"status": "done"}}))
+    assert main(["resume", str(run)]) == 1
+    one_line_error(capsys, "its models are named ['../../outside'], not as banets names them")

@@ -52,7 +52,16 @@ import torch.nn as nn
 import yaml
 
 from banets import losses
-from banets.config import BornAgainConfig, ConfigError, ExperimentConfig, UserError, from_dict, read_yaml, to_dict
+from banets.config import (
+    MODEL_NAME,
+    BornAgainConfig,
+    ConfigError,
+    ExperimentConfig,
+    UserError,
+    from_dict,
+    read_yaml,
+    to_dict,
+)
 from banets.data.registry import Data
 from banets.generations import ModelSpec, plan_ensembles, plan_generations
 from banets.metrics import Predictions
@@ -733,10 +742,18 @@ def upgrade(manifest: dict, root: Path) -> dict:
         if entry.get("status") == "done" and "weights_sha256" not in entry and weights.is_file():
             entry["weights_sha256"] = sha256_of(weights)
     if "predictions" not in upgraded:
-        results = json.loads((root / "results.json").read_text()) if (root / "results.json").is_file() else {}
-        files = {split: root / "predictions" / f"{split}.pt" for split in results}
+        files = {split: root / "predictions" / f"{split}.pt" for split in scored_splits(root / "results.json")}
         upgraded["predictions"] = {split: sha256_of(f) if f.is_file() else "missing" for split, f in files.items()}
     return upgraded
+
+
+def scored_splits(results: Path) -> list[str]:
+    """The splits a ``results.json`` scores (none when it is missing or not a mapping of plain split names)."""
+    try:
+        scored = json.loads(results.read_text()) if results.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    return [split for split in scored if SPLIT_NAME.match(split)] if isinstance(scored, dict) else []
 
 
 def first_link(root: Path) -> Path | None:
@@ -782,6 +799,8 @@ def manifest_problem(manifest: Any) -> str:
     models = manifest.get("models", {})
     if not isinstance(models, dict) or not all(isinstance(e, dict) for e in models.values()):
         return "its models are not a mapping of entries"
+    if not all(MODEL_NAME.match(name) for name in models):  # a model's name names its files
+        return f"its models are named {sorted(models)[:3]}, not as banets names them (teacher, BAN-1, ...)"
     for name, entry in models.items():
         if entry.get("status") == "done" and not all(isinstance(entry.get(k), str) for k in ("checkpoint", "sha256")):
             return f"the finished {name} names no checkpoint and sha256"

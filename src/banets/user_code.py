@@ -52,7 +52,7 @@ def import_modules(names: Sequence[str]) -> None:
         except SystemExit as error:  # sys.exit() at import would end banets without a word
             raise SetupError(
                 f"importing {name!r} called sys.exit({error.code!r}) at {failed_line(error, name)}; a module "
-                f"given with --import must not exit when imported"
+                f"banets imports must not exit when imported"
             ) from None
         except Exception as error:  # the user's module failed while it ran: say where, not banets' traceback
             raise SetupError(
