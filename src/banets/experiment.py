@@ -10,7 +10,6 @@ and evaluates; rank 0 alone writes.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from collections.abc import Sequence
@@ -57,7 +56,6 @@ from banets.runs import (
     RunError,
     config_record,
     is_seed_dir,
-    load_checkpoint,
     seed_dir,
     seed_dirs,
     seed_of,
@@ -251,7 +249,7 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequenc
     Returns the seeds that ran."""
     dirs = seed_dirs(out)
     recorded = {seed: d for d in dirs if (seed := seed_of(d)) is not None}
-    planned = sorted(set(recorded) | {s for d in dirs for s in RunDirectory(d).manifest.get("run_seeds", [])})
+    planned = sorted(set(recorded) | {s for d in dirs for s in RunDirectory(d).run_seeds})
     ran = []
     for seed in planned:
         saved = RunDirectory(recorded.get(seed, dirs[0])).config()  # verified: the config the run wrote
@@ -384,19 +382,7 @@ def load(
         raise RunError(f"{seed_dir} has no config.yaml; it is not a complete banets run")
     directory = RunDirectory(seed_dir)
     config = from_dict(ExperimentConfig, directory.config())  # verified: the config the run wrote
-    entry = directory.manifest.get("models", {}).get(name)
-    if entry is None or entry.get("status") != "done":
-        finished = [n for n, e in directory.manifest.get("models", {}).items() if e.get("status") == "done"]
-        raise RunError(
-            f"{seed_dir} has no finished model {name!r}; its finished models are {', '.join(finished) or 'none'}"
-        )
-    try:
-        state = load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])
-    except RunError as error:
-        raise RunError(
-            f"{error}; resuming the run (`banets resume {seed_dir.parent}`, or born_again(..., resume=True) for "
-            f"a run made from Python) trains {name} again from its recorded seed"
-        ) from None
+    entry, state = directory.finished_state(name)
     if model_fn is None:
         if not trust_code:
             check_recorded_modules(model_modules(config), root, sys.modules,
@@ -414,15 +400,8 @@ def recorded_factory(config: ExperimentConfig, directory: RunDirectory, teacher:
         raise RunError(
             f"{directory.root} was made from Python with its own model; pass it: load(..., model_fn=lambda: MyNet())"
         )
-    if "model_options" not in directory.manifest:
-        raise RunError(
-            f"{directory.root} was made by a banets that did not record its models' data options; pass the "
-            f"model: load(..., model_fn=lambda: create_model(NAME, num_classes=..., ...))"
-        )
+    options = directory.model_options()
     import_modules(config.imports)
-    options = dict(directory.manifest["model_options"])
-    for option, file in directory.manifest.get("options_in_files", {}).items():
-        options[option] = json.loads(directory.data_file(file))[option]
     if teacher and config.model.teacher_name:
         return model_factory(config.model.teacher_name, config.model.teacher_options, options)
     return model_factory(config.model.name, config.model.options, options)

@@ -111,7 +111,7 @@ def read_run(seed_dir: Path) -> SeedRun:
     run = RunDirectory(seed_dir)
     run.check_not_failed()
     config = run.config()
-    splits = sorted(run.manifest["predictions"])
+    splits = run.splits
     if not splits:
         raise RunError(
             f"{seed_dir} has no predictions yet (unfinished run); finish it with `banets resume "
@@ -123,12 +123,12 @@ def read_run(seed_dir: Path) -> SeedRun:
         dataset=config["data"]["dataset"],
         seed=config["seeds"][0],
         predictions={split: run.load_predictions(split) for split in splits},
-        models=run.manifest.get("models", {}),
+        models=run.models,
         epochs=run.epochs(),
         path=Path(seed_dir),
-        block=run.manifest["bootstrap_block"],
-        metric_key=run.manifest["metric"],
-        ensembles=run.manifest["ensembles"],
+        metric_key=run.scoring[0],
+        block=run.scoring[1],
+        ensembles=run.ensembles,
         recipe=run.recipe(),
     )
 

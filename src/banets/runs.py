@@ -512,6 +512,61 @@ class RunDirectory:
         given = {"given teacher's weights": teacher} if config.get(TEACHER_CHECKPOINT) else {}
         return {**kept, **given, **{f"data file {name}": _digest(self.data_file(name)) for name in names}}
 
+    # -- what the run recorded, for reports and load --------------------------------------------------------
+
+    @property
+    def models(self) -> dict[str, dict]:
+        """Each model's entry: role, generation, seed, loss, teacher, status, checkpoint, final metrics."""
+        return self.manifest.get("models", {})
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """Every seed of the run this directory is one of (a resume starts those an interruption never reached)."""
+        return self.manifest.get("run_seeds", [])
+
+    @property
+    def scoring(self) -> tuple[str, int]:
+        """How the report scores the models: the metric (error or perplexity) and the bootstrap block."""
+        return self.manifest["metric"], self.manifest["bootstrap_block"]
+
+    @property
+    def ensembles(self) -> dict[str, list[str]]:
+        """Every ensemble evaluated, by label, with its members."""
+        return self.manifest["ensembles"]
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits whose predictions are saved."""
+        return sorted(self.manifest["predictions"])
+
+    def finished_state(self, name: str) -> tuple[dict, dict]:
+        """Model ``name``'s entry and its final checkpoint, verified; refused when it is not finished."""
+        entry = self.models.get(name)
+        if entry is None or entry.get("status") != "done":
+            finished = [n for n, e in self.models.items() if e.get("status") == "done"]
+            raise RunError(
+                f"{self.root} has no finished model {name!r}; its finished models are {', '.join(finished) or 'none'}"
+            )
+        try:
+            return entry, load_checkpoint(self.root / entry["checkpoint"], entry["sha256"])
+        except RunError as error:
+            raise RunError(
+                f"{error}; resuming the run (`banets resume {self.root.parent}`, or born_again(..., resume=True) for "
+                f"a run made from Python) trains {name} again from its recorded seed"
+            ) from None
+
+    def model_options(self) -> dict[str, Any]:
+        """The options the data gave the models (``num_classes``, a vocabulary's words, ...), to build them again."""
+        if "model_options" not in self.manifest:
+            raise RunError(
+                f"{self.root} was made by a banets that did not record its models' data options; pass the "
+                f"model: load(..., model_fn=lambda: create_model(NAME, num_classes=..., ...))"
+            )
+        options = dict(self.manifest["model_options"])
+        for option, file in self.manifest.get("options_in_files", {}).items():
+            options[option] = json.loads(self.data_file(file))[option]
+        return options
+
     def is_finished(self, models: list[str], ensembles: dict[str, list[str]]) -> bool:
         """Whether every one of ``models`` is done with an intact checkpoint, the predictions are saved and
         ``ensembles`` are the recorded ones: then a resume has nothing to do."""
