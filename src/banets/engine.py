@@ -128,7 +128,8 @@ class EpochTotals:
         finite = torch.isfinite(loss)
         self.loss_sum += torch.where(finite, loss * y.numel(), 0.0)
         for name, term in terms.items():
-            self.term_sums[name] = self.term_sums.get(name, 0.0) + torch.where(finite, term * y.numel(), 0.0)
+            term_sum = self.term_sums.setdefault(name, torch.zeros_like(self.loss_sum))
+            term_sum += torch.where(finite, term * y.numel(), 0.0)  # in place, like loss_sum
         self.errors += torch.where(finite, (logits.argmax(-1) != y).sum(), 0)
         self.rows += finite * y.numel()
         self.nonfinite_run = torch.where(finite, 0, self.nonfinite_run + 1)
