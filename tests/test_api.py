@@ -132,7 +132,7 @@ def refusals(model_fn, data):
                                         "labelled with letters, digits and _ . + * - (they name files)"),
         "a control option out of range": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
                                                              ban=BornAgainConfig(controls={"LS": {"label_smoothing": 2}})),
-                                          "LS's loss ce with options {'label_smoothing': 2} fails on a batch"),
+                                          "LS's loss ce with options {'label_smoothing': 2}: label_smoothing must be between 0 and 1, got 2"),
         "a list of single examples": (lambda: born_again(model_fn, list(zip(x.numpy(), y.numpy())), val, optim=ONE_EPOCH),
                                       "this looks like a list of single examples"),
         "a NumPy number in loss options": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,

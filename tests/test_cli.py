@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from banets.cli import main
+from tiny import tiny
 
-QUICK = ["--set", "optim.epochs=2", "--set", "ban.generations=2", "--set", "model.options.width=4", "--set", "optim.progress=none"]
+QUICK = tiny(epochs=2, generations=2, seeds=None, extra_losses=True, controls=True)
 
 
 def test_demo_prints_one_compact_table_a_legend_and_verdicts(capsys, tmp_path):

@@ -17,9 +17,9 @@ import torch
 
 from banets.cli import main
 from banets.runs import RunDirectory, load_checkpoint, sha256_of
+from tiny import tiny
 
-RUN = ["run", "demo", "--seeds", "0", "--set", "optim.epochs=3", "--set", "ban.generations=2", "--set", "ban.extra_losses=[]",
-       "--set", "model.options.width=4", "--set", "optim.progress=none"]
+RUN = ["run", "demo", *tiny(epochs=3, generations=2, controls=True)]
 STEPS_PER_EPOCH = 17  # 1077 training digits in batches of 64
 
 WRAPPER = r"""

@@ -20,10 +20,9 @@ from banets.data.text import BpttBatches, Vocabulary, load_corpus
 from banets.experiment import model_factory, run_experiment
 from banets.models import create_model
 from banets.runs import RunDirectory, RunError, load_checkpoint
+from tiny import tiny_lm
 
-SHRINK = ["--set", "model.options={embed_dim: 16, hidden_dim: 16, num_layers: 1, dropout: 0.0, init_range: 0.1}",
-          "--set", "data.batch_size=8", "--set", "data.bptt=10", "--set", "optim.epochs=2",
-          "--set", "ban.generations=1", "--set", "ban.extra_losses=[]", "--set", "optim.progress=none"]
+SHRINK = tiny_lm(size=16, epochs=2, batch_size=8, bptt=10)
 
 
 def write_markov_text(folder: Path, seed: int = 0) -> None:

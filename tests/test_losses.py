@@ -171,6 +171,27 @@ def test_get_rejects_unknown_names_and_options():
         losses.get("no_such_module:focal")
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("ce", {"label_smoothing": 2}, "label_smoothing must be between 0 and 1, got 2"),
+    ("ban+l", {"label_weight": -1}, "ban\\+l takes a label_weight of 0 or more, got -1"),
+    ("kd", {"temperature": 0}, "kd takes a temperature above 0 and a label_weight in \\[0, 1\\], got 0 and 0.1"),
+    ("kd", {"temperature": "hot"}, "loss 'kd' takes numbers for its options"),
+])
+def test_options_out_of_range_fail_when_bound_not_per_step(name, options, message):
+    with pytest.raises(losses.LossError, match=message):
+        losses.get(name, **options)
+
+
+def test_bound_options_are_checked_once_not_per_step(batch, monkeypatch):
+    student, teacher, labels = batch
+    checked = []
+    monkeypatch.setitem(losses._OPTION_CHECKS, losses.kd, lambda **options: checked.append(options))
+    loss = losses.get("kd", temperature=2.0)
+    for _ in range(3):
+        assert torch.isfinite(losses.total(loss(student, teacher, labels)))
+    assert checked == [{"temperature": 2.0, "label_weight": 0.1}]
+
+
 def test_distillation_losses_need_a_teacher(batch):
     student, _, labels = batch
     with pytest.raises(ValueError, match="teacher"):

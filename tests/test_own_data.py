@@ -23,10 +23,11 @@ from banets.cli import main
 from banets.config import DataConfig, UserError
 from banets.data.registry import DataError, build_dataset
 from banets.runs import RunDirectory
+from tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUICK = ["--set", "optim.epochs=1", "--set", "optim.progress=none", "--set", "ban.generations=1", "--seeds", "0"]
+QUICK = tiny(width=None, extra_losses=True, controls=True)
 
 
 def write_images(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6, size=(20, 14)) -> Path:
@@ -113,7 +114,7 @@ def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere
     torch.save({"x": torch.randn(40, 3, generator=gen), "y": torch.randint(0, 2, (40,), generator=gen)}, tmp_path / "e.pt")
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*"))
     assert main(["run", "demo", "--set", "data={dataset: tensors, val_size: 10}", "--set", "model={name: mlp}",
-                 "--data-dir", str(tmp_path / "e.pt"), "--out", str(tmp_path / "o"), *QUICK[:-1], "1"]) == 1
+                 "--data-dir", str(tmp_path / "e.pt"), "--out", str(tmp_path / "o"), *tiny(width=None, extra_losses=True, controls=True, seeds="1")]) == 1
     err = capsys.readouterr().err
     assert "holds seed-0 of another data (data.json differs); a new seed must repeat its experiment" in err
     assert len(err.splitlines()) == 1 and sorted(p.relative_to(tmp_path) for p in (tmp_path / "o").rglob("*")) == before
@@ -321,7 +322,7 @@ def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_for_every_seed_b
     torch.save(banets.load(digits_run, "BAN-1").state_dict(), tmp_path / "other.pt")
     monkeypatch.chdir(tmp_path)
     assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
-                 "--set", "model.teacher_checkpoint=t.pt", "--out", "student", *QUICK[:-1], "0,1"]) == 0
+                 "--set", "model.teacher_checkpoint=t.pt", "--out", "student", *tiny(width=None, extra_losses=True, controls=True, seeds="0,1")]) == 0
     out = tmp_path / "student"
     assert RunDirectory(out / "seed-0").config()["model"]["teacher_checkpoint"] == str(tmp_path / "t.pt")
     (tmp_path / "t.pt").rename(tmp_path / "moved.pt")
@@ -332,7 +333,7 @@ def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_for_every_seed_b
     assert "differs from the one this run was started with" in capsys.readouterr().err
     assert main(["resume", str(out), *ensembles, "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 0
     assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
-                 "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}", "--out", str(out), *QUICK[:-1], "2"]) == 1
+                 "--set", f"model.teacher_checkpoint={tmp_path / 'other.pt'}", "--out", str(out), *tiny(width=None, extra_losses=True, controls=True, seeds="2")]) == 1
     assert "holds seed-0 of another config (differs in model.teacher_checkpoint" in capsys.readouterr().err  # a new seed
     assert main(["resume", str(digits_run), "--set", f"model.teacher_checkpoint={tmp_path / 'moved.pt'}"]) == 1
     assert "differs in model.teacher_checkpoint: model.teacher_checkpoint was None" in capsys.readouterr().err

@@ -15,9 +15,10 @@ from banets.engine import DivergedError
 from banets.experiment import resume_experiment, run_experiment
 from banets.generations import ModelSpec
 from banets.runs import RunDirectory, RunError, TensorBoardLog, load_checkpoint, save_checkpoint, sha256_of
+from tiny import as_cli, tiny_settings
 
-QUICK = ["optim.epochs=3", "ban.generations=2", "ban.extra_losses=[]", "model.options.width=4", "optim.progress=none"]
-CLI_QUICK = [arg for setting in QUICK for arg in ("--set", setting)]
+QUICK = tiny_settings(epochs=3, generations=2, controls=True)
+CLI_QUICK = as_cli(QUICK, seeds=None)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only spins on shared cores

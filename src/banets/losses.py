@@ -59,8 +59,6 @@ def _soft_cross_entropy(student_logits: Tensor, target_probs: Tensor) -> Tensor:
 
 def ce(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Label cross-entropy, the teacher's ERM objective (Eq. 1); ``label_smoothing`` gives the control run."""
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise LossError(f"label_smoothing must be between 0 and 1, got {label_smoothing}")
     return F.cross_entropy(_flat(student_logits), labels.reshape(-1), label_smoothing=label_smoothing)
 
 
@@ -80,8 +78,6 @@ def ban_l(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor,
     Its gradient is the sum of two cross-entropies' gradients, about ``1 + label_weight`` times the teacher's at the
     same learning rate; ``normalize`` divides both terms by ``1 + label_weight``, a weighted mean of the two.
     """
-    if not label_weight >= 0:
-        raise LossError(f"ban+l takes a label_weight of 0 or more, got {label_weight}")
     scale = 1.0 / (1.0 + label_weight) if normalize else 1.0
     return {"teacher": scale * ban(student_logits, teacher_logits, labels),
             "label": scale * label_weight * ce(student_logits, None, labels)}
@@ -99,10 +95,6 @@ def kd(
     ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T))`` (``teacher``) ``+ label_weight * CE(labels, z)``
     (``label``).
     """
-    if not (temperature > 0 and 0.0 <= label_weight <= 1.0):
-        raise LossError(
-            f"kd takes a temperature above 0 and a label_weight in [0, 1], got {temperature} and {label_weight}"
-        )
     soft_targets = _teacher_probs(teacher_logits, temperature)
     soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
     return {"teacher": (1.0 - label_weight) * soft, "label": label_weight * ce(student_logits, None, labels)}
@@ -161,22 +153,54 @@ def dkpp(
     return _soft_cross_entropy(student_logits, permute_non_argmax(probs, generator))
 
 
+def _check_ce(label_smoothing: float) -> None:
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise LossError(f"label_smoothing must be between 0 and 1, got {label_smoothing}")
+
+
+def _check_ban_l(label_weight: float, normalize: bool) -> None:
+    if not label_weight >= 0:
+        raise LossError(f"ban+l takes a label_weight of 0 or more, got {label_weight}")
+
+
+def _check_kd(temperature: float, label_weight: float) -> None:
+    if not (temperature > 0 and 0.0 <= label_weight <= 1.0):
+        raise LossError(
+            f"kd takes a temperature above 0 and a label_weight in [0, 1], got {temperature} and {label_weight}"
+        )
+
+
+# The built-in losses' option ranges, checked once when the options are bound, not on every training step.
+_OPTION_CHECKS: dict[Callable, Callable[..., None]] = {ce: _check_ce, ban_l: _check_ban_l, kd: _check_kd}
+
+
 def _with_options(fn: Callable[..., Tensor | Terms], name: str) -> Callable[..., Loss]:
-    """A factory binding keyword options to ``fn``; unknown options fail here, before any training."""
+    """A factory binding keyword options to ``fn``; unknown options and, for the built-in losses, options out of
+    range fail here, before any training."""
 
     def factory(**options) -> Loss:
         try:
-            inspect.signature(fn).bind(None, None, None, **options)
+            bound = inspect.signature(fn).bind(None, None, None, **options)
         except TypeError as error:
             takes = list(inspect.signature(fn).parameters)[3:]
             raise LossError(
                 f"loss {name!r} takes (student_logits, teacher_logits, labels) and the options "
                 f"{', '.join(takes) or 'none'}: {error}"
             ) from None
+        if fn in _OPTION_CHECKS:
+            bound.apply_defaults()
+            _check_values(name, _OPTION_CHECKS[fn], dict(list(bound.arguments.items())[3:]))
         return functools.partial(fn, **options) if options else fn
 
     factory.__wrapped_loss__ = fn  # type: ignore[attr-defined]
     return factory
+
+
+def _check_values(name: str, check: Callable[..., None], options: dict) -> None:
+    try:
+        check(**options)
+    except TypeError:  # an option of the wrong type, e.g. a temperature of "hot"
+        raise LossError(f"loss {name!r} takes numbers for its options, got {options}") from None
 
 
 class LossError(UserError, ValueError):

@@ -80,7 +80,10 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     range, finite values), what each loss returns, the shared layers, the ensembles and the teacher cache.
     Raises a one-line error naming the problem and the fix; trains nothing."""
     for spec in plan:
-        spec.make_loss()
+        try:
+            spec.make_loss()
+        except losses.LossError as error:
+            raise PlanError(f"{loss_named(spec)}: {error}") from None
     plan_ensembles(plan, ban)
     if setup.data.val is None:
         raise PlanError(
@@ -249,11 +252,14 @@ def check_held_out(setup: Setup, student: nn.Module, bounds: tuple[int, int], de
             )
 
 
+def loss_named(spec: ModelSpec) -> str:
+    return f"{spec.name}'s loss {losses.name_of(spec.loss)} with options {spec.loss_options or 'none'}"
+
+
 def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> None:
     """``spec``'s loss once on one batch: a finite scalar (or named scalar terms) with a gradient to the student's
-    logits. Options are checked only when a loss is called (label smoothing 2), and a loss of your own may return
-    anything."""
-    named = f"{spec.name}'s loss {losses.name_of(spec.loss)} with options {spec.loss_options or 'none'}"
+    logits: a loss of your own may fail on a batch, or return anything."""
+    named = loss_named(spec)
     try:
         returned = spec.make_loss()(student_logits.detach().requires_grad_(), teacher_logits, y)
     except (RuntimeError, ValueError, TypeError) as error:
