@@ -55,7 +55,7 @@ from banets.data.text import BpttBatches
 from banets.engine import TrainConfig, Trainer, device_precision
 from banets.models import create_model, list_models
 from banets.models.registry import model_parameters
-from banets.runs import RunDirectory
+from banets.runs import SeedDirectory
 from banets.teacher import FrozenTeacher
 from banets.teacher_cache import CachedTeacher, free_memory
 
@@ -64,13 +64,13 @@ import os, signal, sys
 import banets.runs
 from banets.cli import main
 
-save = banets.runs.RunDirectory.on_epoch_end
+save = banets.runs.SeedDirectory.on_epoch_end
 
 def on_epoch_end(self, *args):
     save(self, *args)
     os.kill(os.getpid(), signal.SIGKILL)  # between epochs: the first epoch's checkpoint is written
 
-banets.runs.RunDirectory.on_epoch_end = on_epoch_end
+banets.runs.SeedDirectory.on_epoch_end = on_epoch_end
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -298,7 +298,7 @@ def tail(result: subprocess.CompletedProcess) -> str:
 
 def epoch_rows(seed_dir: Path, sizes: Sizes) -> list[Row]:
     """One row per model and epoch from the run directory: every model finished, with its wall-clock epoch time."""
-    directory = RunDirectory(seed_dir)
+    directory = SeedDirectory(seed_dir)
     models = directory.manifest["models"]
     rows = [Row("4 end to end", "models finished", all(m["status"] == "done" for m in models.values()),
                 ", ".join(f"{name}: {m['status']}" for name, m in models.items()))]

@@ -14,7 +14,7 @@ import banets
 from banets import BornAgainConfig, TrainConfig, born_again, create_model, losses
 from banets.config import UserError
 from banets.engine import Trainer
-from banets.runs import RunDirectory
+from banets.runs import SeedDirectory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ONE_EPOCH = TrainConfig(epochs=1, progress="none")
@@ -197,7 +197,7 @@ def test_a_callable_loss_goes_where_a_loss_name_does(model_fn, data, tmp_path):
     ban = BornAgainConfig(generations=1, loss=counting, loss_options={"gamma": 1.0}, extra_losses=[focal])
     run = born_again(model_fn, *data, ban=ban, optim=ONE_EPOCH, out=tmp_path / "run")
     assert list(run.models) == ["teacher", "COUNTING-1", "FOCAL"] and calls and set(calls) == {1.0}
-    config = RunDirectory(tmp_path / "run" / "seed-0").config()
+    config = SeedDirectory(tmp_path / "run" / "seed-0").config()
     assert config["ban"]["loss"].endswith(":test_a_callable_loss_goes_where_a_loss_name_does.<locals>.counting")
     assert config["ban"]["extra_losses"] == ["test_api:focal"]
     with pytest.raises(UserError, match="takes \\(student_logits, teacher_logits, labels\\)"):
@@ -224,7 +224,7 @@ def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, 
     optim = TrainConfig(epochs=2, progress="none")
     straight = born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "straight")
     calls = {"n": 0}
-    on_epoch_end = RunDirectory.on_epoch_end
+    on_epoch_end = SeedDirectory.on_epoch_end
 
     def crash(self, spec, trainer, record):
         on_epoch_end(self, spec, trainer, record)
@@ -232,11 +232,11 @@ def test_a_python_run_resumes_from_python_and_reports_and_loads(model_fn, data, 
         if calls["n"] == 3:  # BAN-1, epoch 1
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(RunDirectory, "on_epoch_end", crash)
+    monkeypatch.setattr(SeedDirectory, "on_epoch_end", crash)
     with pytest.raises(KeyboardInterrupt):
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
     assert f"interrupted; continue with born_again(..., out='{tmp_path / 'crashed'}', resume=True)" in capsys.readouterr().err
-    monkeypatch.setattr(RunDirectory, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(SeedDirectory, "on_epoch_end", on_epoch_end)
     with pytest.raises(UserError, match=r"already holds seed 0; continue it with born_again\(\.\.\., out='.*crashed', resume=True\)"):
         born_again(model_fn, *data, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "crashed")
     assert main(["resume", str(tmp_path / "crashed")]) == 1  # unfinished, and the CLI cannot rebuild your model
@@ -278,7 +278,7 @@ def test_a_language_model_from_python_is_bootstrapped_by_rows(tmp_path):
     data = (tokens[:, :-1], tokens[:, 1:])  # next-token prediction over rows of 8 steps
     lm = lambda: torch.nn.Sequential(torch.nn.Embedding(12, 8), torch.nn.Linear(8, 12))  # noqa: E731
     run = born_again(lm, data, data, ban=BornAgainConfig(generations=1), optim=ONE_EPOCH, batch_size=8, out=tmp_path / "lm")
-    manifest = RunDirectory(tmp_path / "lm" / "seed-0").manifest
+    manifest = SeedDirectory(tmp_path / "lm" / "seed-0").manifest
     assert (manifest["metric"], manifest["bootstrap_block"]) == ("perplexity", 8)
     assert run.rows("val")[0]["metric"] == "perplexity"
 

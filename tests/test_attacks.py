@@ -21,7 +21,7 @@ import yaml
 
 import banets
 from banets.cli import main
-from banets.runs import RunDirectory, sha256_of
+from banets.runs import SeedDirectory, sha256_of
 from tiny import LM, TINY, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,7 +89,7 @@ def test_resume_imports_no_module_the_run_names(run, tmp_path, monkeypatch, caps
     rewrite(run / "seed-0", config_edit=lambda c: c.update(imports=[name]))
     before = snapshot(run)
     assert main(["resume", str(run)]) == 1
-    one_line_error(capsys, f"records the module {name!r}; banets imports no code that a run directory names: if you "
+    one_line_error(capsys, f"records the module {name!r}; banets imports no code that an output folder names: if you "
                            f"trust it, give it again with --import {name}, or pass --trust-imports")
     assert not marker.exists() and name not in sys.modules
     assert snapshot(run) == before
@@ -509,7 +509,7 @@ def test_an_old_format_run_names_no_file_outside_itself_either(run, tmp_path, ca
 
     rewrite(run / "seed-0", manifest_edit=as_format_1)
     (run / "seed-0" / "results.json").write_text(json.dumps({"../../outside": {}, "val": {}}))
-    directory = RunDirectory(run / "seed-0")
+    directory = SeedDirectory(run / "seed-0")
     assert list(directory.manifest["predictions"]) == ["val"]  # the split naming a file outside is not read
     rewrite(run / "seed-0", manifest_edit=lambda m: m.update(models={"../../outside": {"status": "done"}}))
     assert main(["resume", str(run)]) == 1

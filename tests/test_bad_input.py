@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from banets.cli import main
-from banets.runs import RunDirectory, save_checkpoint, sha256_of
+from banets.runs import SeedDirectory, save_checkpoint, sha256_of
 from tiny import LM, TINY, snapshot, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +88,7 @@ def foreign_checkpoint(run: Path) -> None:
     seed_dir = run / "seed-0"
     path = seed_dir / "checkpoints" / "BAN-1.pt"
     state = {"model": create_model("small_cnn", in_channels=1, width=8).state_dict(), "history": [{}]}
-    run_dir = RunDirectory(seed_dir)
+    run_dir = SeedDirectory(seed_dir)
     run_dir.manifest["models"]["BAN-1"]["sha256"] = save_checkpoint(path, state)
     run_dir._write_manifest()
 
@@ -104,7 +104,7 @@ def tampered_checkpoint(run: Path) -> None:
     seed_dir = run / "seed-0"
     path = seed_dir / "checkpoints" / "BAN-1.pt"
     torch.save({"model": Exploit()}, path, pickle_module=pickle)
-    run_dir = RunDirectory(seed_dir)
+    run_dir = SeedDirectory(seed_dir)
     run_dir.manifest["models"]["BAN-1"]["sha256"] = sha256_of(path)
     run_dir._write_manifest()
 
@@ -199,7 +199,7 @@ CASES = {
                                           "model.teacher_options must be given with model.teacher_name", None, None),
     "digits without validation": (["run", "demo", "--set", "data.val_size=0"], "digits needs a validation split", None, None),
     "resume nothing": (["resume", "/nonexistent/run"], "is not a folder; pass the --out of a run", None, None),
-    "report nothing": (["report", "/nonexistent/run"], "no run directories under /nonexistent/run", None, None),
+    "report nothing": (["report", "/nonexistent/run"], "no seed directories under /nonexistent/run", None, None),
 }
 
 
@@ -256,18 +256,18 @@ def test_a_kill_after_the_final_checkpoint_recovers_that_model_instead_of_retrai
     config = load_config("demo", ["optim.epochs=2", "optim.progress=none", "ban.generations=1", "ban.extra_losses=[]",
                                   "ban.controls={}", "model.options.width=4", "seeds=[0]"])
     run_experiment(config, tmp_path / "straight")
-    record = RunDirectory._record_finished
+    record = SeedDirectory._record_finished
 
     def killed(self, spec, path, sha, history):
         if spec.name == "BAN-1":
             raise KeyboardInterrupt  # the checkpoint is written, the manifest never learns it
         record(self, spec, path, sha, history)
 
-    monkeypatch.setattr(RunDirectory, "_record_finished", killed)
+    monkeypatch.setattr(SeedDirectory, "_record_finished", killed)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "killed")
-    monkeypatch.setattr(RunDirectory, "_record_finished", record)
-    assert RunDirectory(tmp_path / "killed" / "seed-0").manifest["models"]["BAN-1"]["status"] == "running"
+    monkeypatch.setattr(SeedDirectory, "_record_finished", record)
+    assert SeedDirectory(tmp_path / "killed" / "seed-0").manifest["models"]["BAN-1"]["status"] == "running"
     trained = []
     from banets.engine import Trainer
 
@@ -311,7 +311,7 @@ def test_an_interrupt_says_how_to_continue_and_exits_130(tmp_path):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err
     assert f"banets: interrupted; continue with `banets resume {tmp_path / 'o'}`" in err
-    teacher = RunDirectory(tmp_path / "o" / "seed-0").manifest["models"]["teacher"]
+    teacher = SeedDirectory(tmp_path / "o" / "seed-0").manifest["models"]["teacher"]
     assert teacher["status"] == "running" and teacher["epoch_checkpoints"]  # what the resume continues from
 
 
@@ -357,12 +357,12 @@ def test_a_corrupt_final_checkpoint_left_by_a_killed_retraining_is_not_taken_as_
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # a flipped byte torch does not notice
     path.write_bytes(bytes(data))
-    directory = RunDirectory(seed_dir)
+    directory = SeedDirectory(seed_dir)
     directory.manifest["models"]["BAN-1"]["status"] = "running"  # its retraining was killed
     directory._write_manifest()
     from banets.generations import ModelSpec
 
-    assert RunDirectory(seed_dir)._recover_final(ModelSpec("BAN-1", "generation"), directory.manifest["models"]["BAN-1"]) is None
+    assert SeedDirectory(seed_dir)._recover_final(ModelSpec("BAN-1", "generation"), directory.manifest["models"]["BAN-1"]) is None
 
 
 def test_a_kill_between_recording_ensembles_and_config_yaml_still_resumes(world, tmp_path, monkeypatch):
@@ -378,10 +378,10 @@ def test_a_kill_between_recording_ensembles_and_config_yaml_still_resumes(world,
 
     monkeypatch.setattr(runs, "atomic_write_text", killed_at_config)
     assert main(["resume", str(run), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 130  # killed there
-    assert "T+B" in RunDirectory(run / "seed-0").manifest["ensembles"]  # the manifest was written, config.yaml was not
+    assert "T+B" in SeedDirectory(run / "seed-0").manifest["ensembles"]  # the manifest was written, config.yaml was not
     monkeypatch.setattr(runs, "atomic_write_text", write)
     assert main(["resume", str(run), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0
-    assert RunDirectory(run / "seed-0").config()["ban"]["ensembles"] == {"T+B": ["teacher", "BAN-1"]}
+    assert SeedDirectory(run / "seed-0").config()["ban"]["ensembles"] == {"T+B": ["teacher", "BAN-1"]}
 
 
 def test_a_report_index_that_points_outside_its_folder_is_refused(world, tmp_path, capsys):

@@ -49,7 +49,7 @@ def test_run_then_report_merges_run_directories(tmp_path, capsys):
         (["run", "demo", "--set", "ban.ensembles={T+CE: [teacher, CEE]}"], "ensemble 'T+CE' names CEE; the trained models are teacher"),
         (["run", "demo", "--set", "ban.ensembles={BAN-1: [teacher, CE]}"], "ensemble name 'BAN-1' is already taken"),
         (["resume", "/nonexistent/run"], "/nonexistent/run is not a folder; pass the --out of a run"),
-        (["report", "/nonexistent/run"], "no run directories"),
+        (["report", "/nonexistent/run"], "no seed directories"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(argv, message, capsys, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from banets import distributed
 from banets.config import UserError, load_config
 from banets.experiment import run_experiment
-from banets.runs import RunDirectory, load_checkpoint
+from banets.runs import SeedDirectory, load_checkpoint
 
 TINY = """\
 name: tiny
@@ -54,8 +54,8 @@ def refuse_writes(event, args):
 if os.environ["RANK"] != "0":
     sys.addaudithook(refuse_writes)
 elif "CRASH_AFTER_EPOCHS" in os.environ:
-    from banets.runs import RunDirectory
-    original, calls = RunDirectory.on_epoch_end, []
+    from banets.runs import SeedDirectory
+    original, calls = SeedDirectory.on_epoch_end, []
 
     def crash(self, spec, trainer, record):
         original(self, spec, trainer, record)
@@ -63,7 +63,7 @@ elif "CRASH_AFTER_EPOCHS" in os.environ:
         if len(calls) == int(os.environ["CRASH_AFTER_EPOCHS"]):
             raise RuntimeError("simulated kill")
 
-    RunDirectory.on_epoch_end = crash
+    SeedDirectory.on_epoch_end = crash
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -82,7 +82,7 @@ def files(root):
 
 
 def weights(seed_dir, name):
-    entry = RunDirectory(seed_dir).manifest["models"][name]
+    entry = SeedDirectory(seed_dir).manifest["models"][name]
     return load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])["model"]
 
 
@@ -93,7 +93,7 @@ def test_torchrun_matches_one_process_resumes_and_only_rank_0_writes(tmp_path):
 
     killed = torchrun(tmp_path, "run", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "dist"), CRASH_AFTER_EPOCHS="3")
     assert killed.returncode != 0 and "simulated kill" in killed.stderr, killed.stderr[-3000:]
-    models = RunDirectory(tmp_path / "dist" / "seed-0").manifest["models"]
+    models = SeedDirectory(tmp_path / "dist" / "seed-0").manifest["models"]
     assert (models["teacher"]["status"], models["BAN-1"]["status"], models["BAN-1"]["epoch"]) == ("done", "running", 1)
 
     resumed = torchrun(tmp_path, "resume", str(tmp_path / "dist"))
@@ -109,7 +109,7 @@ def test_torchrun_matches_one_process_resumes_and_only_rank_0_writes(tmp_path):
         for key in theirs:
             torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
     for split, rows in (("val", 360), ("test", 360), ("train", 1077)):
-        ours, theirs = RunDirectory(dist).load_predictions(split), RunDirectory(single).load_predictions(split)
+        ours, theirs = SeedDirectory(dist).load_predictions(split), SeedDirectory(single).load_predictions(split)
         for name in ("teacher", "BAN-1"):
             assert len(ours[name].labels) == rows
             assert torch.equal(ours[name].labels, theirs[name].labels)  # every example once, in order

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from banets.cli import main
-from banets.runs import RunDirectory, load_checkpoint, sha256_of
+from banets.runs import SeedDirectory, load_checkpoint, sha256_of
 from tiny import tiny
 
 RUN = ["run", "demo", *tiny(epochs=3, generations=2, controls=True)]
@@ -45,12 +45,12 @@ if mode == "step":  # before the at-th optimisation step of the run
         return step(self, *args)
     banets.engine.Trainer._step = _step
 elif mode == "finished":  # right after the at-th model is finished and saved
-    finished = banets.runs.RunDirectory.on_finished
+    finished = banets.runs.SeedDirectory.on_finished
     def on_finished(self, *args):
         finished(self, *args)
         if due():
             die()
-    banets.runs.RunDirectory.on_finished = on_finished
+    banets.runs.SeedDirectory.on_finished = on_finished
 elif mode == "write":  # half-way through writing the at-th checkpoint file
     write = banets.runs.atomic_write_bytes
     def atomic_write_bytes(path, data):
@@ -95,7 +95,7 @@ def runs(tmp_path_factory):
 
 
 def assert_killed_where_intended(root):
-    models = {name: RunDirectory(root / name / "seed-0").manifest["models"] for name in KILLS}
+    models = {name: SeedDirectory(root / name / "seed-0").manifest["models"] for name in KILLS}
     assert models["mid-epoch"]["BAN-1"]["status"] == "running" and models["mid-epoch"]["BAN-1"]["epoch"] == 1
     assert models["between-generations"]["BAN-1"]["status"] == "done" and "BAN-2" not in models["between-generations"]
     assert models["epoch-checkpoint-write"]["BAN-1"]["epoch"] == 1
@@ -106,7 +106,7 @@ def assert_killed_where_intended(root):
 
 def final_weights(seed_dir):
     return {name: load_checkpoint(seed_dir / e["checkpoint"], e["sha256"])["model"]
-            for name, e in RunDirectory(seed_dir).manifest["models"].items()}
+            for name, e in SeedDirectory(seed_dir).manifest["models"].items()}
 
 
 def untimed(records: list[dict]) -> list[dict]:
@@ -125,7 +125,7 @@ def test_resume_after_sigkill_is_bitwise_the_uninterrupted_run(runs, kill):
         assert all(torch.equal(state[k], got[name][k]) for k in state), name
     results = [json.loads((d / "results.json").read_text()) for d in (resumed, straight)]
     assert {k: untimed(v) for k, v in results[0].items()} == {k: untimed(v) for k, v in results[1].items()}
-    assert untimed(RunDirectory(resumed).epochs()) == untimed(RunDirectory(straight).epochs())  # redone epochs replace the lost ones
+    assert untimed(SeedDirectory(resumed).epochs()) == untimed(SeedDirectory(straight).epochs())  # redone epochs replace the lost ones
     for folder in ("checkpoints", "weights", "predictions"):  # the files themselves, byte for byte
         digests = [{p.name: sha256_of(p) for p in (d / folder).iterdir()} for d in (resumed, straight)]
         assert digests[0] == digests[1], folder

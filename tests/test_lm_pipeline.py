@@ -19,7 +19,7 @@ from banets.config import load_config
 from banets.data.text import BpttBatches, Vocabulary, load_corpus
 from banets.experiment import model_factory, run_experiment
 from banets.models import create_model
-from banets.runs import RunDirectory, RunError, load_checkpoint
+from banets.runs import SeedDirectory, RunError, load_checkpoint
 from tiny import tiny_lm
 
 SHRINK = tiny_lm(size=16, epochs=2, batch_size=8, bptt=10)
@@ -53,7 +53,7 @@ def lm_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def load_model(seed_dir: Path, name: str, vocab: Vocabulary) -> torch.nn.Module:
-    run = RunDirectory(seed_dir)
+    run = SeedDirectory(seed_dir)
     entry, config = run.manifest["models"][name], run.config()
     model = create_model(config["model"]["name"], vocab_size=len(vocab), **config["model"]["options"])
     model.load_state_dict(load_checkpoint(seed_dir / entry["checkpoint"], entry["sha256"])["model"])
@@ -67,7 +67,7 @@ def test_run_directory_holds_the_vocabulary_models_and_finite_perplexities(lm_ru
     manifest = json.loads((seed_dir / "manifest.json").read_text())
     assert {name: e["status"] for name, e in manifest["models"].items()} == {"teacher": "done", "BAN+L-1": "done"}
     assert manifest["models"]["BAN+L-1"]["loss"] == "ban+l" and manifest["models"]["BAN+L-1"]["teacher"] == "teacher"
-    run = RunDirectory(seed_dir)
+    run = SeedDirectory(seed_dir)
     for split in ("val", "test"):
         predictions = run.load_predictions(split)
         assert set(predictions) == {"teacher", "BAN+L-1"}
@@ -87,7 +87,7 @@ def test_teacher_validation_perplexity_falls_over_epochs(lm_run) -> None:
 def test_resume_reuses_the_saved_vocabulary(lm_run, capsys) -> None:
     corpus, seed_dir = lm_run
     saved = (seed_dir / "vocab.json").read_text(encoding="utf-8")
-    before = {name: p.perplexity() for name, p in RunDirectory(seed_dir).load_predictions("test").items()}
+    before = {name: p.perplexity() for name, p in SeedDirectory(seed_dir).load_predictions("test").items()}
     train = corpus / "tiny.train.txt"
     original = train.read_text(encoding="utf-8")
     train.write_text(original + "Zzzz yyyy xxxx.\n" * 50, encoding="utf-8")  # a rebuilt vocabulary would differ
@@ -97,7 +97,7 @@ def test_resume_reuses_the_saved_vocabulary(lm_run, capsys) -> None:
         train.write_text(original, encoding="utf-8")
     capsys.readouterr()
     assert (seed_dir / "vocab.json").read_text(encoding="utf-8") == saved
-    after = {name: p.perplexity() for name, p in RunDirectory(seed_dir).load_predictions("test").items()}
+    after = {name: p.perplexity() for name, p in SeedDirectory(seed_dir).load_predictions("test").items()}
     assert after == pytest.approx(before, rel=1e-6)
 
 

@@ -22,7 +22,7 @@ import banets
 from banets.cli import main
 from banets.config import DataConfig, UserError
 from banets.data.registry import DataError, build_dataset
-from banets.runs import RunDirectory
+from banets.runs import SeedDirectory
 from tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_imagefolder_runs_through_the_cli_and_records_its_split(tmp_path, capsys
     seed_dir = tmp_path / "out" / "seed-0"
     recorded = json.loads((seed_dir / "imagefolder.json").read_text())
     assert recorded["classes"] == ["cat", "dog", "owl"] and len(recorded["val_files"]) == 5
-    assert RunDirectory(seed_dir).manifest["model_options"] == {"num_classes": 3, "in_channels": 3}
+    assert SeedDirectory(seed_dir).manifest["model_options"] == {"num_classes": 3, "in_channels": 3}
     data = build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "pets"), val_size=5, image_size=12))
     x, y = next(iter(data.train))
     assert x.dtype == torch.uint8 and x.shape[1:] == (3, 12, 12) and set(y.tolist()) <= {0, 1, 2}
@@ -108,7 +108,7 @@ def test_a_relative_data_dir_is_recorded_absolute_so_resume_works_from_elsewhere
     monkeypatch.chdir(tmp_path)
     assert main(["run", "demo", "--set", "data={dataset: tensors, val_size: 10}", "--set", "model={name: mlp}",
                  "--data-dir", "d.pt", "--out", "o", *QUICK]) == 0
-    assert RunDirectory(tmp_path / "o" / "seed-0").config()["data"]["path"] == str(tmp_path / "d.pt")
+    assert SeedDirectory(tmp_path / "o" / "seed-0").config()["data"]["path"] == str(tmp_path / "d.pt")
     monkeypatch.chdir(tmp_path.parent)
     assert main(["resume", str(tmp_path / "o"), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0
     torch.save({"x": torch.randn(40, 3, generator=gen), "y": torch.randint(0, 2, (40,), generator=gen)}, tmp_path / "e.pt")
@@ -134,7 +134,7 @@ def test_tensors_files_pt_and_npz_with_separate_validation(tmp_path, capsys):
     assert main(args) == 0
     predictions = torch.load(tmp_path / "out" / "seed-0" / "predictions" / "val.pt", weights_only=True)["teacher"]
     assert torch.equal(predictions["labels"], y[60:])  # the separate file is the validation split, in order
-    manifest = RunDirectory(tmp_path / "out" / "seed-0").manifest
+    manifest = SeedDirectory(tmp_path / "out" / "seed-0").manifest
     assert manifest["model_options"] == {"num_classes": 3, "in_features": 6}
     carved = build_dataset(DataConfig(dataset="tensors", path=str(tmp_path / "train.pt"), val_size=10))
     assert sum(len(b[1]) for b in carved.val) == 10 and sum(len(b[1]) for b in carved.train) == 50 and carved.test is None
@@ -216,7 +216,7 @@ def test_import_makes_a_users_model_dataset_and_loss_usable_by_name(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "\nHINGE_BAN-1  gen 1, hinge_ban, mar" in done.stdout  # the summary table names it in full
-    config = RunDirectory(tmp_path / "out" / "seed-0").config()
+    config = SeedDirectory(tmp_path / "out" / "seed-0").config()
     assert config["model"]["name"] == "two_layer" and config["ban"]["loss"] == "hinge_ban"
     assert json.loads((tmp_path / "out" / "seed-0" / "manifest.json").read_text())["models"]["HINGE_BAN-1"]["status"] == "done"
     listed = subprocess.run([sys.executable, "-m", "banets", "models", "two*", "--import", "mine"], cwd=tmp_path,
@@ -310,7 +310,7 @@ def test_a_trained_teacher_replaces_training_the_teacher(digits_run, tmp_path, f
     out = tmp_path / "student"
     assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
                  "--set", f"model.teacher_checkpoint={path}", "--out", str(out), *QUICK]) == 0
-    entry = RunDirectory(out / "seed-0").manifest["models"]["teacher"]
+    entry = SeedDirectory(out / "seed-0").manifest["models"]["teacher"]
     assert entry["epoch"] == 0 and not [line for line in (out / "seed-0" / "metrics.jsonl").read_text().splitlines()
                                          if '"teacher"' in line]  # not trained
     given, original = banets.load(out, "teacher").state_dict(), banets.load(digits_run, "teacher").state_dict()
@@ -324,7 +324,7 @@ def test_a_teacher_checkpoint_is_recorded_absolute_and_may_move_for_every_seed_b
     assert main(["run", "demo", "--set", "model.options.width=4", "--set", "ban.extra_losses=[]", "--set", "ban.controls={}",
                  "--set", "model.teacher_checkpoint=t.pt", "--out", "student", *tiny(width=None, extra_losses=True, controls=True, seeds="0,1")]) == 0
     out = tmp_path / "student"
-    assert RunDirectory(out / "seed-0").config()["model"]["teacher_checkpoint"] == str(tmp_path / "t.pt")
+    assert SeedDirectory(out / "seed-0").config()["model"]["teacher_checkpoint"] == str(tmp_path / "t.pt")
     (tmp_path / "t.pt").rename(tmp_path / "moved.pt")
     monkeypatch.chdir(tmp_path.parent)
     ensembles = ["--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]

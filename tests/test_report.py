@@ -13,7 +13,7 @@ from banets.data.registry import Data
 from banets.generations import ModelSpec
 from banets.metrics import Predictions
 from banets.report import read_run, read_runs, summarize, wide_rows, write_report
-from banets.runs import RunDirectory, RunError
+from banets.runs import SeedDirectory, RunError
 
 EXAMPLES = 100
 PLAN = [ModelSpec("teacher", "teacher", generation=0), ModelSpec("BAN-1", "generation", "ban", teacher="teacher", generation=1),
@@ -31,7 +31,7 @@ def predictions(wrong: int, nll: float = 0.5) -> Predictions:
 
 def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", nll=0.5, splits=("val", "test", "train")):
     """A finished seed directory whose models get ``wrong[model]`` errors out of 100 on every split."""
-    run = RunDirectory(root / f"seed-{seed}")
+    run = SeedDirectory(root / f"seed-{seed}")
     data = {"dataset": dataset, "bptt": 7}  # bptt is read for text only
     run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}},
               Data([], [], metric="perplexity" if dataset == "text" else "error", block=7 if dataset == "text" else 1), [seed])
@@ -127,7 +127,7 @@ def test_each_paired_difference_is_bootstrapped_once_for_the_report_and_the_prin
 
 def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
     fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5})
-    RunDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1], "data": {"dataset": "digits"},
+    SeedDirectory(tmp_path / "seed-1").start({"name": "demo", "seeds": [1], "data": {"dataset": "digits"},
                                              "model": {"name": "small_cnn"}}, Data([], []), [1])
     runs, skipped = read_runs([tmp_path])
     assert [r.seed for r in runs] == [0] and "seed-1 has no predictions yet" in skipped[0]
@@ -137,7 +137,7 @@ def test_unfinished_runs_are_skipped_with_a_note(tmp_path):
 
 
 def test_metrics_jsonl_keeps_the_last_line_per_model_and_epoch(tmp_path):
-    run = RunDirectory(tmp_path)
+    run = SeedDirectory(tmp_path)
     lines = [{"model": "teacher", "epoch": 1, "train_loss": 2.0}, {"model": "teacher", "epoch": 2, "train_loss": 1.5},
              {"model": "teacher", "epoch": 2, "train_loss": 1.4}, {"model": "BAN-1", "epoch": 1, "train_loss": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"model": "BAN-1", "ep')
@@ -163,7 +163,7 @@ def test_a_seed_reported_twice_is_refused(tmp_path):
 def test_training_minutes_sum_each_models_epochs_and_skip_untimed_runs(tmp_path):
     runs = []
     for seed, (teacher_seconds, ban_seconds) in enumerate(((60.0, 90.0), (120.0, 150.0))):
-        run = RunDirectory(fake_run(tmp_path, seed, {"teacher": 10, "BAN-1": 5, "Ens*2": 5}))
+        run = SeedDirectory(fake_run(tmp_path, seed, {"teacher": 10, "BAN-1": 5, "Ens*2": 5}))
         for epoch, seconds in enumerate((teacher_seconds / 2, teacher_seconds / 2), 1):
             run._append_jsonl("metrics.jsonl", {"model": "teacher", "epoch": epoch, "seconds": seconds})
         run._append_jsonl("metrics.jsonl", {"model": "BAN-1", "epoch": 1, "seconds": ban_seconds})
@@ -179,7 +179,7 @@ def test_training_minutes_sum_each_models_epochs_and_skip_untimed_runs(tmp_path)
 
 def test_a_run_made_before_manifests_recorded_ensembles_takes_them_from_its_config(tmp_path):
     seed_dir = fake_run(tmp_path, 0, {"teacher": 10, "BAN-1": 5, "BAN-2": 5, "Ens*2": 4})
-    run = RunDirectory(seed_dir)
+    run = SeedDirectory(seed_dir)
     config = run.config()
     del run.manifest["ensembles"], run.manifest["config_sha256"]  # as old manifests were
     run.manifest["format_version"] = 1

@@ -14,7 +14,7 @@ from banets.config import load_config
 from banets.engine import DivergedError
 from banets.experiment import resume_experiment, run_experiment
 from banets.generations import ModelSpec
-from banets.runs import RunDirectory, RunError, TensorBoardLog, load_checkpoint, save_checkpoint, sha256_of
+from banets.runs import SeedDirectory, RunError, TensorBoardLog, load_checkpoint, save_checkpoint, sha256_of
 from tiny import as_cli, tiny_settings
 
 QUICK = tiny_settings(epochs=3, generations=2, controls=True)
@@ -32,7 +32,7 @@ def quick_config(*extra, controls=False):
 
 
 def checkpoint(run_dir, name):
-    entry = RunDirectory(run_dir).manifest["models"][name]
+    entry = SeedDirectory(run_dir).manifest["models"][name]
     return load_checkpoint(run_dir / entry["checkpoint"], entry["sha256"])
 
 
@@ -47,7 +47,7 @@ def same_weights(a, b):
 def crash_after_epochs(monkeypatch, epochs):
     """Make the ``epochs``-th end of epoch of the run raise, as a crash right after its checkpoint would."""
     calls = {"n": 0}
-    original = RunDirectory.on_epoch_end
+    original = SeedDirectory.on_epoch_end
 
     def on_epoch_end(self, spec, trainer, record):
         original(self, spec, trainer, record)
@@ -55,7 +55,7 @@ def crash_after_epochs(monkeypatch, epochs):
         if calls["n"] == epochs:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(RunDirectory, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(SeedDirectory, "on_epoch_end", on_epoch_end)
     return original
 
 
@@ -116,8 +116,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     original = crash_after_epochs(monkeypatch, 5)  # BAN-1, epoch 2 of 3
     with pytest.raises(KeyboardInterrupt):
         run_experiment(quick_config(), tmp_path / "crashed")
-    monkeypatch.setattr(RunDirectory, "on_epoch_end", original)
-    manifest = RunDirectory(tmp_path / "crashed" / "seed-0").manifest["models"]
+    monkeypatch.setattr(SeedDirectory, "on_epoch_end", original)
+    manifest = SeedDirectory(tmp_path / "crashed" / "seed-0").manifest["models"]
     assert manifest["teacher"]["status"] == "done" and manifest["BAN-1"]["status"] == "running"
 
     resume_experiment(tmp_path / "crashed")
@@ -143,7 +143,7 @@ def test_progress_skips_a_truncated_newest_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(quick_config(), tmp_path)
     seed_dir = tmp_path / "seed-0"
-    run = RunDirectory(seed_dir)
+    run = SeedDirectory(seed_dir)
     newest = run.manifest["models"]["teacher"]["epoch_checkpoints"][-1]
     (seed_dir / newest["path"]).write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="skipping checkpoint"):
@@ -155,15 +155,15 @@ def test_a_corrupt_final_checkpoint_is_retrained_to_the_same_weights(tmp_path):
     run_experiment(quick_config(), tmp_path)
     seed_dir = tmp_path / "seed-0"
     before = {name: weights(seed_dir, name) for name in ("teacher", "BAN-1", "BAN-2")}
-    ban2_sha = RunDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"]
+    ban2_sha = SeedDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"]
     path = seed_dir / "checkpoints" / "BAN-1.pt"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.warns(UserWarning, match="BAN-1: .*sha256.*training BAN-1 again from its seed"):
         resume_experiment(tmp_path)
-    entry = RunDirectory(seed_dir).manifest["models"]["BAN-1"]
+    entry = SeedDirectory(seed_dir).manifest["models"]["BAN-1"]
     assert entry["status"] == "done" and sha256_of(path) == entry["sha256"]
     assert all(same_weights(before[name], weights(seed_dir, name)) for name in before)
-    assert RunDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"] == ban2_sha  # the model it taught is kept
+    assert SeedDirectory(seed_dir).manifest["models"]["BAN-2"]["sha256"] == ban2_sha  # the model it taught is kept
 
 
 def test_a_damaged_or_missing_weights_file_is_written_again_from_its_checkpoint_on_resume(tmp_path):
@@ -181,7 +181,7 @@ def test_a_damaged_or_missing_weights_file_is_written_again_from_its_checkpoint_
     assert teacher.read_bytes() == good
     assert same_weights(load_file(ban1), weights(seed_dir, "BAN-1"))
     assert {p.name: p.stat().st_mtime_ns for p in (seed_dir / "checkpoints").iterdir()} == checkpoints  # nothing retrained
-    manifest = RunDirectory(seed_dir).manifest["models"]
+    manifest = SeedDirectory(seed_dir).manifest["models"]
     assert all(manifest[m]["weights_sha256"] == sha256_of(seed_dir / "weights" / f"{m}.safetensors") for m in manifest)
 
 
@@ -198,7 +198,7 @@ def test_a_seed_added_beside_others_must_repeat_their_experiment(tmp_path, capsy
 
 def test_a_run_made_before_weights_and_predictions_were_digested_is_still_finished(tmp_path):
     run_experiment(quick_config("seeds=[0]"), tmp_path)
-    run = RunDirectory(tmp_path / "seed-0")
+    run = SeedDirectory(tmp_path / "seed-0")
     del run.manifest["predictions"]
     for entry in run.manifest["models"].values():
         del entry["weights_sha256"]
@@ -209,7 +209,7 @@ def test_a_run_made_before_weights_and_predictions_were_digested_is_still_finish
 
 def test_config_differences_name_nested_option_keys_of_any_type(tmp_path):
     run_experiment(quick_config("seeds=[0]"), tmp_path)
-    run = RunDirectory(tmp_path / "seed-0")
+    run = SeedDirectory(tmp_path / "seed-0")
     changed = {**run.config(), "ban": {**run.config()["ban"], "loss_options": {"class_weights": {0: 1.0, 1: 2.0}}}}
     assert list(run.config_differences(changed)) == ["ban.loss_options.class_weights.0", "ban.loss_options.class_weights.1"]
 
@@ -254,7 +254,7 @@ def test_divergence_marks_the_model_failed_and_keeps_the_good_checkpoints(tmp_pa
         run_experiment(quick_config(), tmp_path)
     monkeypatch.undo()
     seed_dir = tmp_path / "seed-0"
-    models = RunDirectory(seed_dir).manifest["models"]
+    models = SeedDirectory(seed_dir).manifest["models"]
     assert models["BAN-1"]["status"] == "failed" and "lower the learning rate" in models["BAN-1"]["error"]
     (kept,) = models["BAN-1"]["epoch_checkpoints"]  # the last good epoch
     assert kept["epoch"] == 1 and sha256_of(seed_dir / kept["path"]) == kept["sha256"]
@@ -291,7 +291,7 @@ def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     saved = yaml.safe_load(config_path.read_text())
     del saved["ban"]["share_layers"]  # as written by a banets that did not know the key yet (nor config digests)
     config_path.write_text(yaml.safe_dump(saved))
-    run = RunDirectory(tmp_path / "seed-0")
+    run = SeedDirectory(tmp_path / "seed-0")
     del run.manifest["config_sha256"]
     run.manifest["format_version"] = 1
     run._write_manifest()
@@ -309,13 +309,13 @@ def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_train
     results = json.loads((seed_dir / "results.json").read_text())
     rows = {r["model"]: r for r in results["val"]}
     assert rows["T+CE"]["loss"] == "ensemble" and {"teacher", "CE", "Ens*2"} <= set(rows)
-    assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # the run records it
+    assert SeedDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # the run records it
     assert {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()} == before  # nothing retrained
     assert (seed_dir / "metrics.jsonl").read_text() == epochs
     assert "\nT+CE      mean of teacher, CE" in capsys.readouterr().out
     assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+X: [teacher, X]}"]) == 1  # a typo: refused,
     assert "ensemble 'T+X' names X" in capsys.readouterr().err
-    assert RunDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # and not recorded
+    assert SeedDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # and not recorded
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -330,5 +330,5 @@ def test_a_run_directory_written_by_banets_0_2_reports_and_resumes(tmp_path, cap
     assert main(["resume", str(run)]) == 0  # finished: nothing to train, the report again
     assert "every seed is finished" in capsys.readouterr().out
     assert main(["resume", str(run), "--set", "ban.ensembles={T+B: [teacher, BAN-1]}"]) == 0  # evaluated, not trained
-    assert "T+B" in RunDirectory(run / "seed-0").manifest["ensembles"]
+    assert "T+B" in SeedDirectory(run / "seed-0").manifest["ensembles"]
     assert banets.load(run, "BAN-1")(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

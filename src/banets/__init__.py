@@ -1,7 +1,7 @@
 """banets: Born Again Neural Networks (Furlanello et al., ICML 2018) as a library.
 
 The public API: ``born_again`` trains a teacher and its born-again generations on your model and data (or
-``banets run`` on a preset: the same path); ``load`` returns a trained model from a run directory;
+``banets run`` on a preset: the same path); ``load`` returns a trained model from an output folder;
 ``create_model``, ``list_models`` and ``register_model`` reach the model registry; ``BornAgainConfig`` and
 ``TrainConfig`` are the plan and the training recipe; ``losses.register`` adds a loss by name.
 """

@@ -63,7 +63,7 @@ def print_report(paths: list[Path], folder: Path, where: str = "") -> None:
 def report_and_print(out: Path, demo: bool = False) -> None:
     """The report of the run in ``out``, into ``out/report``; under torchrun, rank 0 alone reports."""
     if distributed.is_main():
-        print_report([out], out / REPORT_DIR, "" if demo else f"; run directory: {out}")
+        print_report([out], out / REPORT_DIR, "" if demo else f"; output folder: {out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -74,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     started = time.time()
     if distributed.is_main():
         print(
-            f"banets demo: digits, a small CNN, {len(config.seeds)} seed(s); run directory {out} (--out to "
+            f"banets demo: digits, a small CNN, {len(config.seeds)} seed(s); output folder {out} (--out to "
             "choose another)"
         )
     run_experiment(config, out)
@@ -82,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if distributed.is_main():
         print(
             f"demo finished in {time.time() - started:.0f} s ({len(config.seeds)} seed(s), device {config.device}); "
-            f"run directory {out}"
+            f"output folder {out}"
         )
 
 
@@ -143,7 +143,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=0.05")
     parser.add_argument("--seeds", type=parse_seeds, help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--data-dir", help="local dataset folder, archive or file")
-    parser.add_argument("--out", help="run directory")
+    parser.add_argument("--out", help="output folder: one seed directory per seed, and the report")
     add_import_argument(parser)
 
 
@@ -178,7 +178,7 @@ def make_parser() -> argparse.ArgumentParser:
         "(evaluated from the saved models); a run with a failed model is refused: start "
         "a new run with the fix.",
     )
-    resume.add_argument("dir", help="the run directory (the --out of `banets run`)")
+    resume.add_argument("dir", help="the output folder (the --out of `banets run`)")
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="a runtime key, e.g. device=cuda")
     resume.add_argument("--data-dir", help="where the dataset is now")
     add_import_argument(resume)
@@ -186,11 +186,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--trust-imports",
         action="store_true",
         help="import the modules the run's config.yaml names even when they are neither installed nor "
-        "given with --import (only for a run directory you trust: importing runs its code)",
+        "given with --import (only for an output folder you trust: importing runs its code)",
     )
     resume.set_defaults(func=cmd_resume)
-    report = commands.add_parser("report", help="tables and plots from one or more run directories")
-    report.add_argument("dirs", nargs="+", help="run directories, or folders holding them")
+    report = commands.add_parser("report", help="tables and plots from one or more output folders")
+    report.add_argument("dirs", nargs="+", help="output folders, seed directories, or folders holding them")
     report.add_argument("--out", help=f"where to write report.md, its plots, CSV and JSON (default: DIR/{REPORT_DIR})")
     report.set_defaults(func=cmd_report)
     presets = commands.add_parser("presets", help="list the presets with their expected cost")

@@ -31,7 +31,7 @@ MAX_SEED = 2**31 - 1
 
 
 class UserError(Exception):
-    """A problem with what the user gave (a config, data, a model, a run directory), not a bug in banets: the
+    """A problem with what the user gave (a config, data, a model, an output folder), not a bug in banets: the
     command line prints its one-line message, which names the problem and the fix, and exits with status 1."""
 
 

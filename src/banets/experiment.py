@@ -4,7 +4,7 @@
 the Python API :func:`born_again` builds one from what you pass (a model factory, tensors, a Dataset or a
 DataLoader). Both then go through :func:`run`: everything checkable is checked before anything is written
 (config values, data, losses, one batch through the models, the output folder), then each seed trains into
-its own run directory ``out/seed-<s>`` (or into memory without ``out``). Under torchrun every process trains
+its own seed directory ``out/seed-<s>`` (or into memory without ``out``). Under torchrun every process trains
 and evaluates; rank 0 alone writes.
 """
 
@@ -52,8 +52,8 @@ from banets.preflight import build_model, first_batch
 from banets.report import SeedRun, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import (
     REPORT_DIR,
-    RunDirectory,
     RunError,
+    SeedDirectory,
     config_record,
     is_seed_dir,
     seed_dir,
@@ -178,8 +178,8 @@ def run_seed(
     """Train and evaluate one seed's plan, into ``run_dir`` when given; what the directory holds is not redone."""
     main = distributed.is_main()
     with distributed.main_first():  # rank 0 creates the directory, then the others read it
-        store = RunDirectory(run_dir, read_only=not main) if run_dir is not None else MemoryStore()
-        if main and isinstance(store, RunDirectory) and not store.exists():
+        store = SeedDirectory(run_dir, read_only=not main) if run_dir is not None else MemoryStore()
+        if main and isinstance(store, SeedDirectory) and not store.exists():
             store.start(config_record(config, seeds=[seed]), setup.data, config.seeds)
     plan = plan_generations(config.ban, seed)
     ensembles = plan_ensembles(plan, config.ban)
@@ -187,7 +187,7 @@ def run_seed(
     try:
         models = driver.run(plan)
     except DivergedError as error:
-        if main and isinstance(store, RunDirectory):
+        if main and isinstance(store, SeedDirectory):
             store.mark_failed(error.model, str(error))
         raise
     splits = {
@@ -201,13 +201,13 @@ def run_seed(
         if data is not None
     }
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
-    if main and isinstance(store, RunDirectory):
+    if main and isinstance(store, SeedDirectory):
         save_result(store, config, result)
     return result
 
 
-def save_result(store: RunDirectory, config: ExperimentConfig, result: BornAgainResult) -> None:
-    """Predictions and ensembles into the run directory, then ``results.json``: the report's rows of this seed,
+def save_result(store: SeedDirectory, config: ExperimentConfig, result: BornAgainResult) -> None:
+    """Predictions and ensembles into the seed directory, then ``results.json``: the report's rows of this seed,
     computed from what the directory now holds. ``results.json`` goes first and comes back last, so a kill in
     between leaves a run that a resume evaluates again."""
     (store.root / "results.json").unlink(missing_ok=True)
@@ -249,10 +249,10 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequenc
     Returns the seeds that ran."""
     dirs = seed_dirs(out)
     recorded = {seed: d for d in dirs if (seed := seed_of(d)) is not None}
-    planned = sorted(set(recorded) | {s for d in dirs for s in RunDirectory(d).run_seeds})
+    planned = sorted(set(recorded) | {s for d in dirs for s in SeedDirectory(d).run_seeds})
     ran = []
     for seed in planned:
-        saved = RunDirectory(recorded.get(seed, dirs[0])).config()  # verified: the config the run wrote
+        saved = SeedDirectory(recorded.get(seed, dirs[0])).config()  # verified: the config the run wrote
         config = config_of(saved, ["data.download=false", *overrides])  # a run's word fetches nothing
         if config.seeds != config_of(saved).seeds:
             raise RunError(
@@ -261,7 +261,7 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequenc
             )
         config = replace(config, seeds=[seed])
         if seed in recorded:
-            directory = RunDirectory(recorded[seed], read_only=not distributed.is_main())
+            directory = SeedDirectory(recorded[seed], read_only=not distributed.is_main())
             directory.check_resumable(config_record(config))  # the overrides change runtime keys only
             plan = plan_generations(config.ban, seed)
             if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
@@ -305,8 +305,8 @@ def born_again(
     losses, controls, ensembles; :class:`~banets.config.BornAgainConfig`), ``optim`` the training recipe
     (:class:`~banets.config.TrainConfig`: 10 epochs by default). Everything is checked before the first epoch.
 
-    With ``out``, each seed trains into ``out/seed-<s>``, the run directory ``banets run`` writes, and the report goes
-    to ``out/report/report.md``; ``resume=True`` continues a run that was interrupted. Without ``out`` nothing is
+    With ``out``, each seed trains into its seed directory ``out/seed-<s>``, as ``banets run`` does, and the report
+    goes to ``out/report/report.md``; ``resume=True`` continues a run that was interrupted. Without ``out`` nothing is
     written.
     """
     optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
@@ -380,7 +380,7 @@ def load(
         raise RunError(f"{root} holds no seed {seed}; its seeds are {', '.join(d.name for d in seed_dirs(root))}")
     if not (seed_dir / "config.yaml").is_file():
         raise RunError(f"{seed_dir} has no config.yaml; it is not a complete banets run")
-    directory = RunDirectory(seed_dir)
+    directory = SeedDirectory(seed_dir)
     config = from_dict(ExperimentConfig, directory.config())  # verified: the config the run wrote
     entry, state = directory.finished_state(name)
     if model_fn is None:
@@ -394,7 +394,7 @@ def load(
     return model.eval()
 
 
-def recorded_factory(config: ExperimentConfig, directory: RunDirectory, teacher: bool) -> ModelFn:
+def recorded_factory(config: ExperimentConfig, directory: SeedDirectory, teacher: bool) -> ModelFn:
     """The factory of a run's students (or of its teacher, when it has another architecture), from its records."""
     if config.data.dataset == PYTHON:
         raise RunError(

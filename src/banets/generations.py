@@ -165,7 +165,7 @@ class Setup:
 
 
 class Store(Protocol):
-    """Where a driver keeps its models: in memory by default, a run directory for resumable runs."""
+    """Where a driver keeps its models: in memory by default, a seed directory for resumable runs."""
 
     def finished(self, spec: ModelSpec) -> dict | None: ...  # a finished model's state dict
     def progress(self, spec: ModelSpec) -> dict | None: ...  # a Trainer state to resume from
@@ -292,7 +292,7 @@ class Driver:
 
 
 RUN_OF_ANOTHER_ARCHITECTURE = (
-    "the run directory holds another architecture's checkpoint: resume with the config it was "
+    "the seed directory holds another architecture's checkpoint: resume with the config it was "
     "made with, or start a new run"
 )
 

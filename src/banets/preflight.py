@@ -27,8 +27,8 @@ from banets.models.students import share_frozen
 from banets.report import check_report_folder
 from banets.runs import (
     REPORT_DIR,
-    RunDirectory,
     RunError,
+    SeedDirectory,
     config_record,
     is_seed_dir,
     is_start_leftover,
@@ -311,7 +311,7 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
     option = "out=" if config.data.dataset == PYTHON else "--out"  # as the user named it: born_again(out=) or the CLI
     check_out_folder(out, option)
     for seed in config.seeds:
-        run_dir = RunDirectory(seed_dir(out, seed))
+        run_dir = SeedDirectory(seed_dir(out, seed))
         if not run_dir.root.exists():
             continue
         if not run_dir.exists():
@@ -326,7 +326,7 @@ def prepare_out(out: Path, config: ExperimentConfig, data: Data, resume: bool) -
     for other in sorted(out.iterdir()):
         number = seed_of(other)
         if is_seed_dir(other) and number is not None and number not in config.seeds:
-            RunDirectory(other).check_same_experiment(config_record(config, seeds=[number]), data.files, resume)
+            SeedDirectory(other).check_same_experiment(config_record(config, seeds=[number]), data.files, resume)
 
 
 def check_out_folder(out: Path, option: str) -> None:
@@ -352,7 +352,7 @@ def check_out_folder(out: Path, option: str) -> None:
 
 
 def is_ours(path: Path) -> bool:
-    """A seed run directory, the report folder, or a leftover of an interrupted start (``.seed-*.tmp``)."""
+    """A seed directory, the report folder, or a leftover of an interrupted start (``.seed-*.tmp``)."""
     if path.name == REPORT_DIR and path.is_dir():
         return True
     return is_start_leftover(path) or (is_seed_dir(path) and seed_of(path) is not None)

@@ -35,7 +35,7 @@ import numpy as np
 from banets.config import ExperimentConfig, to_dict
 from banets.generations import TEACHER, BornAgainResult, Role
 from banets.metrics import Predictions, bootstrap_paired_difference
-from banets.runs import RunDirectory, RunError, atomic_write_text, find_seed_dirs
+from banets.runs import RunError, SeedDirectory, atomic_write_text, find_seed_dirs
 
 SPLIT_TITLES = {
     "val": "validation split: compares and selects models",
@@ -67,7 +67,7 @@ METRICS = {m.key: m for m in (ERROR, PERPLEXITY)}
 
 @dataclass
 class SeedRun:
-    """One seed of one experiment, as read back from its run directory (or taken from a run in memory)."""
+    """One seed of one experiment, as read back from its seed directory (or taken from a run in memory)."""
 
     experiment: str  # the config's name
     architecture: str  # the students' model (and the teacher's, when it differs)
@@ -76,12 +76,12 @@ class SeedRun:
     predictions: dict[str, dict[str, Predictions]]  # split -> model -> predictions
     models: dict[str, dict]  # the manifest's entries: role, generation, loss, teacher, ...
     epochs: list[dict]  # metrics.jsonl, the last record per model and epoch
-    path: Path = Path()  # the seed's run directory
+    path: Path = Path()  # the seed directory
     block: int = 1  # consecutive examples resampled together by the bootstrap (a BPTT segment of a text)
     metric_key: str = "error"
     ensembles: dict[str, list[str]] = field(default_factory=dict)  # label -> members
     deltas: dict[tuple, tuple[float, float, float] | None] = field(default_factory=dict, repr=False, compare=False)
-    recipe: dict = field(default_factory=dict, repr=False, compare=False)  # RunDirectory.recipe(): seeds share it
+    recipe: dict = field(default_factory=dict, repr=False, compare=False)  # SeedDirectory.recipe(): seeds share it
     apart: str = ""  # why this run is reported apart from the runs of its name (another config or data)
 
     @property
@@ -108,7 +108,7 @@ def architecture_of(model: dict) -> str:
 
 def read_run(seed_dir: Path) -> SeedRun:
     """A finished seed directory; an unfinished one raises :class:`RunError`."""
-    run = RunDirectory(seed_dir)
+    run = SeedDirectory(seed_dir)
     run.check_not_failed()
     config = run.config()
     splits = run.splits
@@ -134,7 +134,7 @@ def read_run(seed_dir: Path) -> SeedRun:
 
 
 def seed_run_of(config: ExperimentConfig, seed: int, result: BornAgainResult, data_record: dict) -> SeedRun:
-    """A seed's result in memory, as :func:`read_run` would read it back from its run directory (but untimed)."""
+    """A seed's result in memory, as :func:`read_run` would read it back from its seed directory (but untimed)."""
     return SeedRun(
         experiment=config.name,
         architecture=architecture_of(to_dict(config)["model"]),

@@ -81,7 +81,8 @@ REPORT_DIR = "report"  # the sub-folder of an output folder that a run's report 
 
 
 class RunError(UserError, RuntimeError):
-    """A run directory that cannot be used as asked (another config, another format version, damaged files)."""
+    """An output folder or seed directory that cannot be used as asked (another config, another format version,
+    damaged files)."""
 
 
 SEED_PREFIX = "seed-"  # an output folder holds one seed directory per seed: seed-<s>/
@@ -126,7 +127,7 @@ def find_seed_dirs(paths: list[Path]) -> list[Path]:
     for path in map(Path, paths):
         found += [path] if is_seed_dir(path) else sorted(p.parent for p in path.glob("**/manifest.json"))
     if not found:
-        raise RunError(f"no run directories under {', '.join(map(str, paths))}")
+        raise RunError(f"no seed directories under {', '.join(map(str, paths))}")
     return found
 
 
@@ -305,8 +306,8 @@ class TensorBoardLog:
         return self.writers[model]
 
 
-class RunDirectory:
-    """A run directory (one seed); implements the driver's ``Store`` so that training resumes from it."""
+class SeedDirectory:
+    """A seed directory (one seed of a run); implements the driver's ``Store`` so that training resumes from it."""
 
     def __init__(self, root: str | Path, read_only: bool = False):
         self.root = Path(root)

@@ -1,7 +1,7 @@
 """The one place banets imports your code: modules named with ``--import`` or ``imports:``, and the modules of
 ``module:function`` losses.
 
-A run directory is data. Its ``config.yaml`` records the modules the run imported, but whoever wrote the folder
+An output folder is data. Its ``config.yaml`` records the modules the run imported, but whoever wrote the folder
 wrote that list too (and the digest beside it), so ``banets resume`` and :func:`banets.load` import a recorded
 module only when you vouch for it: you gave it again (``--import``, or imported it yourself before calling
 ``load``), or you said to trust the run (``--trust-imports``, ``trust_code=True``). ``banets report`` imports
@@ -26,7 +26,7 @@ class SetupError(UserError, ValueError):
 
 
 class UntrustedCodeError(SetupError):
-    """A run directory names a module that banets will not import without the user's word."""
+    """An output folder names a module that banets will not import without the user's word."""
 
 
 def import_modules(names: Sequence[str]) -> None:
@@ -75,10 +75,10 @@ def failed_line(error: BaseException, module: str) -> str:
 
 
 def check_recorded_modules(names: Iterable[str], run_folder: Path, vouched: Collection[str], how_to_vouch: str) -> None:
-    """Refuse the first of ``names`` (modules a run directory records) that the user has not vouched for by
+    """Refuse the first of ``names`` (modules an output folder records) that the user has not vouched for by
     naming it in ``vouched``. Nothing is imported to find out: an installed module may act when imported (a
     ``__main__``), so being installed is no vouching. ``how_to_vouch`` is the hint, with ``{name}``."""
     for name in names:
         if name not in vouched:
-            raise UntrustedCodeError(f"{run_folder} records the module {name!r}; banets imports no code that a run "
-                                     f"directory names: if you trust it, {how_to_vouch.format(name=name)}")
+            raise UntrustedCodeError(f"{run_folder} records the module {name!r}; banets imports no code that an "
+                                     f"output folder names: if you trust it, {how_to_vouch.format(name=name)}")

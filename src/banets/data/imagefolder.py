@@ -6,7 +6,7 @@ names in sorted order (``torchvision.datasets.ImageFolder``'s convention). Each 
 resized so its shorter side is ``data.image_size`` and center-cropped to a square, and kept as uint8; the
 batched pad-crop-flip of ``augment`` then runs on the training device, as for CIFAR. Without ``val/``,
 ``data.val_size`` images are carved from the training images by a seeded permutation (``data.split_seed``);
-the class list and the validation files are recorded in the run directory (``imagefolder.json``), so a
+the class list and the validation files are recorded in each seed directory (``imagefolder.json``), so a
 resumed run refuses a folder that changed.
 """
 

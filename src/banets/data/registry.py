@@ -32,7 +32,7 @@ class Data:
     """Everything the driver needs from a dataset.
 
     ``model_options`` are derived from the data and given to registered models that take them (num_classes,
-    in_channels, vocab_size); ``files`` are written into each run directory when it starts and compared on
+    in_channels, vocab_size); ``files`` are written into each seed directory when it starts and compared on
     resume (e.g. a text corpus' vocabulary, digests of the data), so a resumed run cannot silently use other data;
     ``metric`` is how the report scores models: ``error`` (classifiers) or ``perplexity`` (language models);
     ``block`` how many consecutive examples its bootstrap resamples together (a BPTT segment of a text);
