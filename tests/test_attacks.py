@@ -415,13 +415,13 @@ def test_a_dataset_builder_returning_none_is_named(tmp_path, capsys):
 def test_a_decompression_bomb_names_the_file_and_the_limit(tmp_path, monkeypatch):
     from PIL import Image
 
-    from banets.data.imagefolder import read_image
+    from banets.data.stream import center_box, decode
     from banets.data.registry import DataError
 
     Image.new("RGB", (64, 64)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: more than twice the limit
     with pytest.raises(DataError, match=r"bomb.png has more pixels than PIL.Image.MAX_IMAGE_PIXELS \(1,000\)"):
-        read_image(tmp_path / "bomb.png", 32)
+        decode(tmp_path / "bomb.png", 32, center_box)
 
 
 def test_a_damaged_vocabulary_is_named_as_damaged_not_as_other_data(tmp_path, capsys):

@@ -64,13 +64,14 @@ def test_imagefolder_runs_through_the_cli_and_records_its_split(tmp_path, capsys
     assert recorded["classes"] == ["cat", "dog", "owl"] and len(recorded["val_files"]) == 5
     assert SeedDirectory(seed_dir).manifest["model_options"] == {"num_classes": 3, "in_channels": 3}
     data = build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "pets"), val_size=5, image_size=12))
-    x, y = next(iter(data.train))
-    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 12, 12) and set(y.tolist()) <= {0, 1, 2}
+    x, y, rows = next(iter(data.train))  # a streamed training batch: this process's rows and the global batch's
+    assert x.dtype == torch.uint8 and x.shape[1:] == (3, 12, 12) and set(y.tolist()) <= {0, 1, 2} and rows == len(y)
     (tmp_path / "pets" / "owl" / "new.png").write_bytes((tmp_path / "pets" / "owl" / "0.png").read_bytes())
     assert main(["resume", str(tmp_path / "out")]) == 0  # finished: the folder is not read again
     (tmp_path / "pets" / "cat" / "broken.jpg").write_bytes(b"not an image")
+    streamed = build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "pets"), val_size=5, workers=1))
     with pytest.raises(DataError, match=r"cannot read image .*broken.jpg \(UnidentifiedImageError\); remove or replace"):
-        build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "pets"), val_size=5))
+        list(streamed.train_eval), list(streamed.val)  # read in a worker, raised here
 
 
 def test_imagefolder_with_train_val_test_folders(tmp_path):

@@ -146,7 +146,7 @@ class DataConfig(Section):
     train_subset: int | None = None  # train on the first N training examples (text: the first N tokens)
     batch_size: int = 128
     eval_batch_size: int = 500
-    augment: bool = True  # pad-crop-flip for images
+    augment: bool = True  # images: pad-crop-flip (32 px or less), else random-resized crop and flip
     normalize: bool = False  # per-channel mean/std; the paper omits it (Section 4)
     max_vocab: int | None = 10000  # text: vocabulary cap
     tokenizer: str = "whitespace"  # text: whitespace (pre-tokenised, PTB) | words (raw text)
@@ -154,6 +154,7 @@ class DataConfig(Section):
     image_size: int = 32  # imagefolder: images are resized (shorter side) and center-cropped to this size
     val_path: str | None = None  # tensors: a separate validation file (else carved from the training file)
     test_path: str | None = None  # tensors: a separate test file
+    workers: int | None = None  # imagefolder: DataLoader worker processes (null: the cores per process less one)
 
     def validate(self) -> None:
         for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):
@@ -161,6 +162,7 @@ class DataConfig(Section):
         self.check(self.val_size >= 0, "val_size", "0 or more")
         self.check(0 <= self.split_seed <= MAX_SEED, "split_seed", f"an integer in [0, {MAX_SEED}]")
         self.check(self.train_subset is None or self.train_subset >= 1, "train_subset", "a positive integer or null")
+        self.check(self.workers is None or self.workers >= 0, "workers", "0 or more, or null")
         self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab",
                    "3 or more (it counts <unk> and <eos>) or null")
         self.check_choice("tokenizer", TOKENIZERS)

@@ -51,6 +51,11 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
+def local_world_size() -> int:
+    """How many processes torchrun started on this machine (1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def is_main() -> bool:
     """Rank 0: the process that writes files and prints."""
     return rank() == 0
@@ -133,17 +138,20 @@ def reseed_per_process(seed: int) -> None:
         torch.manual_seed(seed * 1009 + rank())
 
 
-def split_batch(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
+def split_batch(x: Tensor, y: Tensor, global_rows: int | None = None) -> tuple[Tensor, Tensor, float]:
     """This process's rows of a global training batch, and its share: the factor on its mean loss that
-    makes DDP's average of the processes' gradients the gradient of the global batch's mean loss."""
+    makes DDP's average of the processes' gradients the gradient of the global batch's mean loss. With
+    ``global_rows``, ``x`` and ``y`` are already this process's rows (streamed data reads only its own)."""
     world = world_size()
     if world == 1:
         return x, y, 1.0
-    if len(y) < world:
+    if (global_rows or len(y)) < world:
         raise ValueError(
             f"a training batch of {len(y)} rows cannot be split over {world} processes; "
             f"use a batch size whose last batch has at least {world} rows, or drop the last batch"
         )
+    if global_rows is not None:
+        return x, y, world * len(y) / global_rows
     rows = shard(len(y))
     return x[rows], y[rows], world * y[rows].numel() / y.numel()
 

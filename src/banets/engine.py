@@ -234,7 +234,8 @@ class Trainer:
             if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
                 distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
             x, y = self._inputs(batch, augment_rng, train=True)
-            x, y, share = distributed.split_batch(x, y)
+            # a streamed batch is (x, y, global rows): this process's rows only, already augmented
+            x, y, share = distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)
             logits, loss, terms = self._step(x, y, share)
             totals.add(loss.detach(), logits.detach(), y, {name: term.detach() for name, term in terms.items()})
             if step % 25 == 0:

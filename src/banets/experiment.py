@@ -72,9 +72,8 @@ def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if accepted is not None and unknown:
         raise SetupError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
-    takes = (
-        accepted if accepted is not None else {"num_classes", "in_channels"}
-    )  # timm: any option, these from the data
+    # a timm model takes any option; from the data it is given these
+    takes = accepted if accepted is not None else {"num_classes", "in_channels"}
     derived = {k: v for k, v in data_options.items() if k in takes and k not in options}
     return lambda: create_model(name, **derived, **options)
 
@@ -323,9 +322,8 @@ def born_again(
     if labels.dim() > 1:  # sequences: a language model, scored by perplexity; its bootstrap resamples whole rows
         data.metric, data.block = "perplexity", labels.shape[-1]
     architecture = type(build_model(model_fn, "model_fn")).__name__
-    seed_list = (
-        [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds
-    )  # else refused
+    # seeds that are neither an int nor a sequence stay as they are, for the config's check to refuse
+    seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds
     config = ExperimentConfig(
         name=name,
         seeds=seed_list,

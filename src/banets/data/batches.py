@@ -126,9 +126,8 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
         if len(data[0]) != len(data[1]):
             raise DataError(f"{what}: x has {len(data[0])} rows but y has {len(data[1])}; give one label per example")
         x, y = map(as_tensor, data)
-        return TensorBatches(
-            x, y.long() if are_class_labels(y) else y, batch_size=batch_size, shuffle=shuffle
-        )  # int8 -> int64
+        labels = y.long() if are_class_labels(y) else y  # int8 to int64, as cross-entropy takes them
+        return TensorBatches(x, labels, batch_size=batch_size, shuffle=shuffle)
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle))
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):

@@ -1,30 +1,33 @@
-"""The ``imagefolder`` dataset: a folder of class sub-folders of images, read once with Pillow into memory.
+"""The ``imagefolder`` dataset: a folder of class sub-folders of images, streamed from disk.
 
 ``data.path`` holds either ``train/`` (and optionally ``val/`` and ``test/``) with one sub-folder per class,
 or the class sub-folders themselves (then every image is a training image). Class names are the sub-folder
-names in sorted order (``torchvision.datasets.ImageFolder``'s convention). Each image is converted to RGB,
-resized so its shorter side is ``data.image_size`` and center-cropped to a square, and kept as uint8; the
-batched pad-crop-flip of ``augment`` then runs on the training device, as for CIFAR. Without ``val/``,
-``data.val_size`` images are carved from the training images by a seeded permutation (``data.split_seed``);
-the class list and the validation files are recorded in each seed directory (``imagefolder.json``), so a
-resumed run refuses a folder that changed.
+names in sorted order (``torchvision.datasets.ImageFolder``'s convention). Files are listed at start-up and read,
+decoded and augmented batch by batch in ``data.workers`` DataLoader workers (:mod:`banets.data.stream`): only
+batches live in memory. Without ``val/``, ``data.val_size`` images are carved from the training images by a
+seeded permutation (``data.split_seed``). What a resume compares, recorded in each seed directory, is read from
+the file system, not the images: the class list, the validation files, and per split a digest of every file's
+path, size and modification time (``data.json``), so a folder that changed is refused without reading it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from banets.config import DataConfig
 from banets.data.augment import ImageTransform, Stats
-from banets.data.batches import TensorBatches, checked_split, data_record, take_subset
+from banets.data.batches import checked_split
 from banets.data.registry import Data, DataError, register_dataset
+from banets.data.stream import VIEWS, ImageFiles, StreamBatches, default_workers
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+Examples = tuple[list[Path], list[int]]  # image files and their class indices
+STATS_SAMPLE = 256  # images whose center views estimate the channel statistics, with data.normalize
 
 
 SPLITS = ("train", "val", "test")
@@ -69,35 +72,6 @@ def image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """``path`` as RGB uint8 ``(3, size, size)``: shorter side resized to ``size``, then center-cropped."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as file:
-            rgb = file.convert("RGB")
-            scale = size / min(rgb.size)
-            width, height = max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale))
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-            left, top = (width - size) // 2, (height - size) // 2
-            pixels = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except Image.DecompressionBombError:
-        raise DataError(
-            f"image {path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
-            f"a guard against decompression bombs; shrink or remove it, or, if you trust it, raise "
-            f"PIL.Image.MAX_IMAGE_PIXELS in a module you --import"
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"cannot read image {path} ({type(error).__name__}); remove or replace the file") from None
-    return pixels.transpose(2, 0, 1)
-
-
-def read_split(root: Path, classes: list[str], size: int) -> tuple[tuple[Tensor, Tensor], list[Path]]:
-    files, labels = image_files(root, classes)
-    images = torch.from_numpy(np.stack([read_image(f, size) for f in files]))
-    return (images, torch.tensor(labels, dtype=torch.long)), files
-
-
 def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
     if (root / split).is_dir() and class_folders(root / split) != classes:
         raise DataError(
@@ -105,18 +79,55 @@ def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
         )
 
 
-def channel_stats(images: Tensor) -> tuple[Stats, Stats]:
-    """The per-channel mean and std of RGB images ``(N, 3, H, W)``, pixels scaled to [0, 1]."""
-    pixels = images.float().div(255.0).transpose(0, 1).reshape(3, -1)
-    (r, g, b), (r_sd, g_sd, b_sd) = pixels.mean(1).tolist(), pixels.std(1).tolist()
+def listing_digest(root: Path, files: list[Path]) -> str:
+    """A sha256 of each file's path below ``root``, size and modification time: what a resume compares, read
+    from the file system without opening the images."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def channel_stats(images: ImageFiles) -> tuple[Stats, Stats]:
+    """The per-channel mean and std, pixels scaled to [0, 1], of the center views of up to ``STATS_SAMPLE``
+    training images spread evenly over the list."""
+    picks = np.linspace(0, len(images) - 1, min(STATS_SAMPLE, len(images))).round().astype(int)
+    pixels = torch.from_numpy(np.stack([images.view(0, int(i)) for i in picks])).float().div(255.0)
+    channels = pixels.reshape(-1, 3)
+    (r, g, b), (r_sd, g_sd, b_sd) = channels.mean(0).tolist(), channels.std(0).tolist()
     return (r, g, b), (r_sd, g_sd, b_sd)
 
 
-@register_dataset(
-    "imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize", "image_size"}
-)
+def pick(files: list[Path], labels: list[int], rows: list[int]) -> Examples:
+    return [files[i] for i in rows], [labels[i] for i in rows]
+
+
+def split_files(root: Path, train_root: Path, classes: list[str], cfg: DataConfig) -> dict[str, Examples]:
+    """Each split's files and labels: ``val/`` and ``test/`` when present, else validation carved from training."""
+    train_files, train_labels = image_files(train_root, classes)
+    splits = {}
+    if (root / "val").is_dir():
+        splits["val"] = image_files(root / "val", classes)
+    else:
+        train_idx, val_idx = checked_split(len(train_files), cfg.val_size, cfg.split_seed, str(train_root))
+        splits["val"] = pick(train_files, train_labels, val_idx.tolist())
+        train_files, train_labels = pick(train_files, train_labels, train_idx.tolist())
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train_files):
+            raise DataError(f"data.train_subset={cfg.train_subset} is more than the {len(train_files)} training "
+                            f"images; lower it or remove it")
+        train_files, train_labels = train_files[: cfg.train_subset], train_labels[: cfg.train_subset]
+    splits["train"] = (train_files, train_labels)
+    if (root / "test").is_dir():
+        splits["test"] = image_files(root / "test", classes)
+    return splits
+
+
+@register_dataset("imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize",
+                                          "image_size", "workers"})
 def imagefolder_data(cfg: DataConfig) -> Data:
-    """Your images: a folder of class sub-folders (or train/, val/, test/ of them), resized and center-cropped."""
+    """Your images: a folder of class sub-folders (or train/, val/, test/ of them), streamed from disk."""
     if cfg.path is None:
         raise DataError("imagefolder: no folder given; pass --data-dir DIR holding class sub-folders")
     if not Path(cfg.path).is_dir():
@@ -126,23 +137,26 @@ def imagefolder_data(cfg: DataConfig) -> Data:
     classes = class_folders(train_root)
     for split in SPLITS[1:]:
         check_same_classes(root, split, classes)
-    train, train_files = read_split(train_root, classes, cfg.image_size)
-    if (root / "val").is_dir():
-        val, val_files = read_split(root / "val", classes, cfg.image_size)
-    else:
-        train_idx, val_idx = checked_split(len(train[1]), cfg.val_size, cfg.split_seed, str(train_root))
-        val, val_files = (train[0][val_idx], train[1][val_idx]), [train_files[i] for i in val_idx.tolist()]
-        train = (train[0][train_idx], train[1][train_idx])
-    test = read_split(root / "test", classes, cfg.image_size)[0] if (root / "test").is_dir() else None
-    train = take_subset(train, cfg.train_subset, "training images")
-    mean, std = channel_stats(train[0])
-    record = {"classes": classes, "val_files": [str(f.relative_to(root)) for f in val_files]}
+    splits = split_files(root, train_root, classes, cfg)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+
+    def batches(split: str, train: bool, batch_size: int) -> StreamBatches:
+        images = ImageFiles(*splits[split], size=cfg.image_size, train=train, augment=cfg.augment)
+        return StreamBatches(images, batch_size, shuffle=train, workers=workers)
+
+    record: dict = {"classes": classes, "val_files": [str(f.relative_to(root)) for f in splits["val"][0]],
+                    "views": VIEWS}
+    mean = std = None
+    if cfg.normalize:
+        mean, std = channel_stats(ImageFiles(*splits["train"], size=cfg.image_size, train=False, augment=False))
+        record.update(mean=mean, std=std)
+    listing = {split: listing_digest(root, files) for split, (files, _) in splits.items()}
     return Data(
-        train=TensorBatches(*train, batch_size=cfg.batch_size, shuffle=True),
-        val=TensorBatches(*val, batch_size=cfg.eval_batch_size),
-        test=TensorBatches(*test, batch_size=cfg.eval_batch_size) if test is not None else None,
-        train_eval=TensorBatches(*train, batch_size=cfg.eval_batch_size),
-        transform=ImageTransform(augment=cfg.augment, normalize=cfg.normalize, mean=mean, std=std),
+        train=batches("train", True, cfg.batch_size),
+        val=batches("val", False, cfg.eval_batch_size),
+        test=batches("test", False, cfg.eval_batch_size) if "test" in splits else None,
+        train_eval=batches("train", False, cfg.eval_batch_size),
+        transform=ImageTransform(augment=False, normalize=cfg.normalize, mean=mean, std=std),
         model_options={"num_classes": len(classes), "in_channels": 3},
-        files={"imagefolder.json": json.dumps(record, indent=1), **data_record(train=train, val=val, test=test)},
+        files={"imagefolder.json": json.dumps(record, indent=1), "data.json": json.dumps(listing, indent=1)},
     )
