@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,11 +51,39 @@ def link_folder(source: Path, root: Path, count: int) -> None:
     (root / "done").touch()
 
 
+def rss_mb(pid: int | str, field: str = "VmRSS") -> float:
+    """``field`` of /proc/PID/status in MB (VmRSS: resident now; VmHWM: the peak, which exec resets, unlike
+    getrusage's ru_maxrss, which a child inherits from the process that started it)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith(field + ":"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+class WorkerPeak(threading.Thread):
+    """Samples the resident memory of this process's child processes (the DataLoader workers) every 50 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.running = 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            for children in Path("/proc/self/task").glob("*/children"):
+                for pid in children.read_text().split():
+                    self.peak = max(self.peak, rss_mb(pid))
+            time.sleep(0.05)
+
+
 def measure_epoch(folder: str, workers: int, image_size: int, batch_size: int) -> dict:
     """In this process: start-up (listing, split, record) and one training epoch through the loader."""
     from banets.config import DataConfig
     from banets.data.registry import build_dataset
 
+    sampler = WorkerPeak()
+    sampler.start()
     start = time.perf_counter()
     data = build_dataset(DataConfig(dataset="imagefolder", path=folder, val_size=1000, image_size=image_size,
                                     batch_size=batch_size, workers=workers))
@@ -64,13 +92,9 @@ def measure_epoch(folder: str, workers: int, image_size: int, batch_size: int) -
     for batch in data.train:
         images += len(batch[1])
     epoch = time.perf_counter() - start
-    del data  # ends the persistent workers, so that their peak RSS is counted below
-    import gc
-
-    gc.collect()
+    sampler.running = False
     return {"startup_s": startup, "images": images, "epoch_s": epoch, "images_per_s": images / epoch,
-            "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "rss_main_mb": rss_mb("self", "VmHWM"), "rss_worker_mb": sampler.peak}
 
 
 def resnet20_step_rate(image_size: int, batch_size: int) -> float:

@@ -17,52 +17,10 @@ import torch
 
 from banets.cli import main
 from banets.runs import SeedDirectory, load_checkpoint, sha256_of
-from tiny import tiny
+from tiny import KILL_AT, tiny
 
 RUN = ["run", "demo", *tiny(epochs=3, generations=2, controls=True)]
 STEPS_PER_EPOCH = 17  # 1077 training digits in batches of 64
-
-WRAPPER = r"""
-import os, signal, sys, tempfile
-import banets.engine, banets.runs
-from banets.cli import main
-
-mode, at = sys.argv[1], int(sys.argv[2])
-calls = [0]
-
-def due():
-    calls[0] += 1
-    return calls[0] == at
-
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
-
-if mode == "step":  # before the at-th optimisation step of the run
-    step = banets.engine.Trainer._step
-    def _step(self, *args):
-        if due():
-            die()
-        return step(self, *args)
-    banets.engine.Trainer._step = _step
-elif mode == "finished":  # right after the at-th model is finished and saved
-    finished = banets.runs.SeedDirectory.on_finished
-    def on_finished(self, *args):
-        finished(self, *args)
-        if due():
-            die()
-    banets.runs.SeedDirectory.on_finished = on_finished
-elif mode == "write":  # half-way through writing the at-th checkpoint file
-    write = banets.runs.atomic_write_bytes
-    def atomic_write_bytes(path, data):
-        if path.suffix == ".pt" and due():
-            fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.write(fd, data[: len(data) // 2])
-            os.fsync(fd)
-            die()
-        write(path, data)
-    banets.runs.atomic_write_bytes = atomic_write_bytes
-sys.exit(main(sys.argv[3:]))
-"""
 
 KILLS = {
     "mid-epoch": ("step", 3 * STEPS_PER_EPOCH + STEPS_PER_EPOCH + 8),  # BAN-1, epoch 2, step 8
@@ -79,7 +37,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    children = {name: subprocess.Popen([sys.executable, "-c", WRAPPER, mode, str(at), *RUN, "--out", str(root / name)],
+    children = {name: subprocess.Popen([sys.executable, "-c", KILL_AT, mode, str(at), *RUN, "--out", str(root / name)],
                                        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True)
                 for name, (mode, at) in KILLS.items()}

@@ -45,6 +45,51 @@ TINY = tiny()
 LM = tiny_lm() + ["--set", "data.eval_batch_size=4"]
 
 
+# A command run under ``python -c KILL_AT MODE N ARGS...``, SIGKILLed at the N-th event of MODE: "step" (before the N-th
+# optimisation step), "finished" (right after the N-th model is saved), "write" (half-way through the N-th .pt file).
+KILL_AT = r"""
+import os, signal, sys, tempfile
+import banets.engine, banets.runs
+from banets.cli import main
+
+mode, at = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+def due():
+    calls[0] += 1
+    return calls[0] == at
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if mode == "step":  # before the at-th optimisation step of the run
+    step = banets.engine.Trainer._step
+    def _step(self, *args):
+        if due():
+            die()
+        return step(self, *args)
+    banets.engine.Trainer._step = _step
+elif mode == "finished":  # right after the at-th model is finished and saved
+    finished = banets.runs.SeedDirectory.on_finished
+    def on_finished(self, *args):
+        finished(self, *args)
+        if due():
+            die()
+    banets.runs.SeedDirectory.on_finished = on_finished
+elif mode == "write":  # half-way through writing the at-th checkpoint file
+    write = banets.runs.atomic_write_bytes
+    def atomic_write_bytes(path, data):
+        if path.suffix == ".pt" and due():
+            fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.write(fd, data[: len(data) // 2])
+            os.fsync(fd)
+            die()
+        write(path, data)
+    banets.runs.atomic_write_bytes = atomic_write_bytes
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every file below ``root`` (links left out) and its sha256."""
     return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}

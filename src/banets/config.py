@@ -116,9 +116,12 @@ class TrainConfig(Section):
     channels_last: bool = False
     compile: bool = False
     progress: str = "model"  # model | epoch | none
+    checkpoint_every: int | str | None = None  # inside an epoch too: every N steps (500) or minutes ("30min")
 
     def validate(self) -> None:
         self.check(self.epochs >= 1, "epochs", "a positive number of epochs")
+        self.check(self.checkpoint_every is None or checkpoint_interval(self.checkpoint_every) is not None,
+                   "checkpoint_every", "a number of steps (e.g. 500) or of minutes (e.g. '30min'), or null")
         self.check(0 < self.lr < math.inf, "lr", "a positive finite number")
         self.check(0 <= self.momentum < 1, "momentum", "in [0, 1)")
         self.check(0 <= self.weight_decay < math.inf, "weight_decay", "0 or more, finite")
@@ -130,6 +133,14 @@ class TrainConfig(Section):
         self.check_choice("schedule", SCHEDULES)
         self.check_choice("precision", PRECISIONS)
         self.check_choice("progress", PROGRESS)
+
+
+def checkpoint_interval(every: int | str) -> tuple[str, float] | None:
+    """``optim.checkpoint_every`` as ``("steps", n)`` or ``("seconds", s)``; None if it is neither."""
+    if isinstance(every, int):
+        return ("steps", every) if every >= 1 else None
+    minutes = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*min\s*", every)
+    return ("seconds", 60 * float(minutes[1])) if minutes and float(minutes[1]) > 0 else None
 
 
 @dataclass

@@ -15,10 +15,11 @@ the scale), as PyTorch's automatic mixed precision recipe does. The scaler's sta
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -30,6 +31,14 @@ from tqdm.auto import tqdm
 from banets import distributed
 from banets.config import TrainConfig, UserError
 from banets.data.registry import Batch, DataError, Transform
+from banets.epoch_position import (
+    CheckpointClock,
+    batches_from,
+    carried_states,
+    generator_states,
+    load_carried_states,
+    load_generator_states,
+)
 from banets.losses import Loss, Terms, total
 from banets.metrics import Predictions
 from banets.teacher import FrozenTeacher
@@ -139,6 +148,24 @@ class EpochTotals:
     def sum_over_processes(self) -> None:
         distributed.sum_over_processes(self.loss_sum, self.errors, self.rows, *self.term_sums.values())
 
+    def saved(self) -> dict[str, Tensor]:
+        """The sums so far over every process, for a mid-epoch checkpoint (the processes' own are kept)."""
+        sums = {"loss_sum": self.loss_sum, "errors": self.errors, "rows": self.rows,
+                **{f"term_{name}": value for name, value in self.term_sums.items()}}
+        summed = distributed.sum_over_processes(*(value.clone() for value in sums.values()))
+        watch = {"nonfinite_run": self.nonfinite_run, "longest_nonfinite_run": self.longest_nonfinite_run,
+                 "last_nonfinite": self.last_nonfinite}
+        return {**dict(zip(sums, (value.cpu() for value in summed))), **{k: v.cpu() for k, v in watch.items()}}
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Tensor], device: torch.device) -> EpochTotals:
+        """The totals of :meth:`saved`: the sums on rank 0 (they are summed over the processes at the epoch's end)."""
+        summed_later = not distributed.is_main()
+        values = {k: torch.zeros_like(v, device=device) if summed_later and k.endswith(("sum", "errors", "rows"))
+                  or summed_later and k.startswith("term_") else v.to(device) for k, v in saved.items()}
+        terms = {k.removeprefix("term_"): v for k, v in values.items() if k.startswith("term_")}
+        return cls(**{k: v for k, v in values.items() if not k.startswith("term_")}, term_sums=terms)
+
 
 class Trainer:
     """Trains one model; ``fit`` runs the remaining epochs, ``state_dict`` captures everything to resume."""
@@ -154,6 +181,7 @@ class Trainer:
         teacher: nn.Module | None = None,
         transform: Transform | None = None,
         callbacks: Sequence[Callback] = (),
+        on_checkpoint: Callable[[Trainer], None] | None = None,
         name: str = "model",
         label: str = "",
     ):
@@ -169,6 +197,9 @@ class Trainer:
             teacher.to(device, memory_format=memory_format) if teacher is not None else None  # type: ignore[call-overload]
         )
         self.loss, self.transform, self.callbacks = loss, transform, list(callbacks)
+        self.on_checkpoint = on_checkpoint  # writes a checkpoint inside an epoch (optim.checkpoint_every)
+        self.resume_at: dict | None = None  # the position a mid-epoch checkpoint left this epoch at
+        self.position: dict | None = None  # while an epoch runs and a checkpoint is written: where it stands
         # compile the model itself, then wrap it (DistributedDataParallel under torchrun): PyTorch's advice in
         # "Where to apply torch.compile?", as compiling the wrapper traces DDP's hooks and SyncBatchNorm's collectives
         compiled = typing.cast(nn.Module, torch.compile(self.model)) if config.compile else self.model
@@ -217,22 +248,32 @@ class Trainer:
         torch.manual_seed(epoch_seed(self.seed, self.epoch))
         augment_rng = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch))
         self.model.train()
+        resume_at, self.resume_at = self.resume_at, None
+        first = resume_at["step"] if resume_at else 0
         for model in (self.model, self.teacher):
             if model is not None:
                 reset_state(model)
-        totals = EpochTotals.zeros(self.nonfinite_run)
+        if resume_at is not None and self.teacher is not None and self.teacher.cached:
+            self._teach_again(train_data, first, augment_rng)
+            load_carried_states(resume_at["carried"], self.model)
+        elif resume_at is not None:
+            load_carried_states(resume_at["carried"], self.model, self.teacher)
+        totals = EpochTotals.from_saved(resume_at["totals"], self.device) if resume_at else EpochTotals.zeros(
+            self.nonfinite_run)
         steps = tqdm(
-            train_data,
+            batches_from(train_data, first),
             desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}",
             leave=False,
             disable=None if self.config.progress == "epoch" else True,
             dynamic_ncols=True,
         )
-        batches = 0
-        for step, batch in enumerate(steps):
+        clock, batches = CheckpointClock(self.config.checkpoint_every), first
+        for step, batch in enumerate(steps, start=first):
             batches += 1
             if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
                 distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
+            elif step == first:  # resumed inside the epoch: the generators as they were after the previous step
+                load_generator_states(resume_at["generators"], augment_rng)  # type: ignore[index]
             x, y = self._inputs(batch, augment_rng, train=True)
             # a streamed batch is (x, y, global rows): this process's rows only, already augmented
             x, y, share = distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)
@@ -241,6 +282,8 @@ class Trainer:
             if step % 25 == 0:
                 self._check_finite(totals, step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
+            if self.on_checkpoint is not None and clock.due(step + 1):
+                self._write_position(step + 1, totals, augment_rng)
         totals.sum_over_processes()
         if batches == 0:
             raise DataError(
@@ -259,6 +302,17 @@ class Trainer:
             **{f"train_loss_{name}": term.item() / rows for name, term in totals.term_sums.items()},
             "train_error": 100.0 * totals.errors.item() / rows,
         }
+
+    def _teach_again(self, train_data: Iterable[Batch], steps: int, augment_rng: torch.Generator) -> None:
+        """A cached teacher resumed inside an epoch lost its stored outputs with the killed process: it runs again
+        over the epoch's first ``steps`` batches, which stores them and brings a stateful teacher (a language model)
+        to the state it had at the checkpoint. The generators are then reseeded as at the epoch's start."""
+        assert self.teacher is not None
+        with torch.no_grad(), self._autocast():
+            for batch in itertools.islice(train_data, steps):
+                x, y = self._inputs(batch, augment_rng, train=True)
+                self.teacher(distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)[0])
+        torch.manual_seed(epoch_seed(self.seed, self.epoch))
 
     def _inputs(self, batch: Batch, rng: torch.Generator, train: bool) -> tuple[Tensor, Tensor]:
         x, y = (t.to(self.device, non_blocking=True) for t in batch[:2])
@@ -347,7 +401,16 @@ class Trainer:
 
     # -- resume ----------------------------------------------------------------------------------------
 
+    def _write_position(self, step: int, totals: EpochTotals, augment_rng: torch.Generator) -> None:
+        """A checkpoint inside the epoch, after ``step`` steps (``on_checkpoint`` writes ``state_dict()``)."""
+        self.position = {"step": step, "generators": generator_states(augment_rng), "totals": totals.saved(),
+                         "carried": carried_states(self.model, self.teacher)}
+        assert self.on_checkpoint is not None
+        self.on_checkpoint(self)
+        self.position = None
+
     def state_dict(self) -> dict:
+        """Everything to resume from: at an epoch's end, or with ``position`` inside the epoch ``epoch``."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -355,6 +418,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),  # fp16's loss scale and growth tracker ({} without fp16)
             "epoch": self.epoch,
             "history": self.history,
+            **({"position": self.position} if self.position is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -366,6 +430,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+        self.resume_at = state.get("position")
 
 
 def format_record(name: str, record: dict) -> str:

@@ -170,6 +170,7 @@ class Store(Protocol):
     def finished(self, spec: ModelSpec) -> dict | None: ...  # a finished model's state dict
     def progress(self, spec: ModelSpec) -> dict | None: ...  # a Trainer state to resume from
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None: ...
+    def on_checkpoint(self, spec: ModelSpec, trainer: Trainer) -> None: ...  # inside an epoch
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None: ...
     def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None: ...  # a finished model loaded, not trained
 
@@ -184,6 +185,9 @@ class MemoryStore:
         return None
 
     def on_epoch_end(self, spec: ModelSpec, trainer: Trainer, record: dict) -> None:
+        pass
+
+    def on_checkpoint(self, spec: ModelSpec, trainer: Trainer) -> None:
         pass
 
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
@@ -279,6 +283,7 @@ class Driver:
             teacher=self.frozen_teacher(spec),
             transform=self.setup.data.transform,
             callbacks=callbacks,
+            on_checkpoint=lambda trainer: self.store.on_checkpoint(spec, trainer),
             name=spec.name,
             label=", ".join(p for p in (position, self.label) if p),
         )

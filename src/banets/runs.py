@@ -72,7 +72,8 @@ KEEP_EPOCH_CHECKPOINTS = 2
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")  # predictions/<split>.pt
 TEACHER_CHECKPOINT = "model.teacher_checkpoint"
 RUNTIME_KEYS = (  # may change on resume (a given teacher is compared with the one the run saved)
-    "device", "optim.progress", "data.path", "data.val_path", "data.test_path", "data.download", "ban.ensembles",
+    "device", "optim.progress", "optim.checkpoint_every", "data.workers", "data.path", "data.val_path",
+    "data.test_path", "data.download", "ban.ensembles",
     TEACHER_CHECKPOINT,
 )
 
@@ -634,14 +635,26 @@ class SeedDirectory:
         return state
 
     def progress(self, spec: ModelSpec) -> dict | None:
-        """The newest epoch checkpoint whose sha256 matches; corrupt ones are reported and skipped."""
+        """The newest checkpoint whose sha256 matches, inside an epoch or at its end; corrupt ones are reported
+        and skipped."""
         entry = self.manifest.get("models", {}).get(spec.name, {})
-        for saved in reversed(entry.get("epoch_checkpoints", [])):
+        inside = [entry["step_checkpoint"]] if "step_checkpoint" in entry else []
+        for saved in [*inside, *reversed(entry.get("epoch_checkpoints", []))]:
             try:
                 return load_checkpoint(self.root / saved["path"], saved["sha256"])
             except (RunError, OSError) as error:
                 warnings.warn(f"{spec.name}: skipping checkpoint {saved['path']}: {error}", stacklevel=2)
         return None
+
+    def on_checkpoint(self, spec: ModelSpec, trainer: Any) -> None:
+        """A checkpoint inside an epoch (``optim.checkpoint_every``): one file per model, replaced each time."""
+        path = Path("checkpoints") / f"{spec.name}.step.pt"
+        state = trainer.state_dict()
+        sha = save_checkpoint(self.root / path, {**state, "history": canonical(state["history"])})
+        self.entry(spec).update(status="running", step_checkpoint={"path": str(path), "sha256": sha,
+                                                                   "epoch": trainer.epoch,
+                                                                   "step": state["position"]["step"]})
+        self._write_manifest()
 
     def on_epoch_end(self, spec: ModelSpec, trainer: Any, record: dict) -> None:
         path = Path("checkpoints") / f"{spec.name}.epoch{trainer.epoch}.pt"
@@ -650,11 +663,13 @@ class SeedDirectory:
         self._append_jsonl("metrics.jsonl", {"model": spec.name, **record})
         self.tensorboard.log(spec.name, record)
         entry = self.entry(spec)
+        inside = entry.pop("step_checkpoint", None)
         kept = [*entry.get("epoch_checkpoints", []), {"path": str(path), "sha256": sha, "epoch": trainer.epoch}]
         for old in kept[:-KEEP_EPOCH_CHECKPOINTS]:
             (self.root / old["path"]).unlink(missing_ok=True)
         entry.update(status="running", epoch=trainer.epoch, epoch_checkpoints=kept[-KEEP_EPOCH_CHECKPOINTS:])
         self._write_manifest()
+        self._remove_unrecorded(inside)
 
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None:
         path = self.root / "checkpoints" / f"{spec.name}.pt"
@@ -679,8 +694,15 @@ class SeedDirectory:
         entry["weights_sha256"] = save_weights(path, model)
         self._write_manifest()
 
+    def _remove_unrecorded(self, saved: dict | None) -> None:
+        """Remove a checkpoint the manifest no longer names (after writing it: a kill in between leaves a file
+        no manifest names, never a name without its file)."""
+        if saved is not None and not self.read_only:
+            (self.root / saved["path"]).unlink(missing_ok=True)
+
     def _record_finished(self, spec: ModelSpec, path: Path, sha: str, history: list[dict]) -> None:
         entry = self.entry(spec)
+        inside = entry.pop("step_checkpoint", None)
         for old in entry.pop("epoch_checkpoints", []):
             if not self.read_only:
                 (self.root / old["path"]).unlink(missing_ok=True)
@@ -692,6 +714,7 @@ class SeedDirectory:
             final=history[-1] if history else {},
         )
         self._write_manifest()
+        self._remove_unrecorded(inside)
 
     def epochs(self) -> list[dict]:
         """The per-epoch records of ``metrics.jsonl``, the last one per model and epoch (an epoch redone after
@@ -833,6 +856,8 @@ def recorded_paths(manifest: dict) -> list[tuple[str, Any]]:
             (f"{model}'s epoch checkpoint", saved.get("path") if isinstance(saved, dict) else saved)
             for saved in entry.get("epoch_checkpoints") or []
         ]
+        inside = entry.get("step_checkpoint")
+        paths += [(f"{model}'s checkpoint inside an epoch", inside.get("path"))] if isinstance(inside, dict) else []
     return paths
 
 

@@ -34,6 +34,11 @@ class FrozenTeacher(nn.Module):
         self.model = CachedTeacher(frozen, batches_per_pass, cache) if cache else frozen
         self.eval()
 
+    @property
+    def cached(self) -> bool:
+        """Whether it replays stored outputs (which a new process no longer has)."""
+        return isinstance(self.model, CachedTeacher)
+
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)
 

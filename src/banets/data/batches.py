@@ -41,9 +41,13 @@ class TensorBatches:
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.from_step(0)
+
+    def from_step(self, step: int) -> Iterator[Batch]:
+        """The epoch's batches from batch ``step`` on (the order drawn as for the whole epoch, on first use)."""
         rows = len(self.tensors[0])
         order = torch.randperm(rows) if self.shuffle else torch.arange(rows)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(step * self.batch_size, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             yield self.tensors[0][index], self.tensors[1][index]
 

@@ -161,6 +161,7 @@ class EpochOrder(Sampler):
 
     def __init__(self, examples: int, batch_size: int, shuffle: bool, shard: bool):
         self.examples, self.batch_size, self.shuffle, self.shard = examples, batch_size, shuffle, shard
+        self.skip = 0  # batches the next pass leaves out (a resumed epoch), with the order drawn as for all
 
     def __len__(self) -> int:
         return math.ceil(self.examples / self.batch_size)
@@ -168,7 +169,8 @@ class EpochOrder(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         order = torch.randperm(self.examples) if self.shuffle else torch.arange(self.examples)
         view_key = int(torch.randint(0, 2**62, ()).item()) if self.shuffle else 0
-        for start in range(0, self.examples, self.batch_size):
+        skip, self.skip = self.skip, 0
+        for start in range(skip * self.batch_size, self.examples, self.batch_size):
             rows = order[start : start + self.batch_size].tolist()
             mine = rows[distributed.shard(len(rows))] if self.shard else rows
             yield [(view_key, index, len(rows)) for index in mine]
@@ -198,6 +200,11 @@ class StreamBatches:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def from_step(self, step: int) -> Iterator[Batch]:
+        """The epoch's batches from ``step`` on; the earlier ones are neither read nor decoded."""
+        cast(EpochOrder, self.loader.batch_sampler).skip = step
+        return iter(self)
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:

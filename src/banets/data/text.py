@@ -272,8 +272,12 @@ class BpttBatches:
         return math.ceil((self.streams.size(1) - 1) / self.bptt)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.from_step(0)
+
+    def from_step(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Chunks ``step, step + 1, ...``: a resumed epoch skips the chunks it trained on without reading them."""
         n_inputs = self.streams.size(1) - 1
-        for start in range(0, n_inputs, self.bptt):
+        for start in range(step * self.bptt, n_inputs, self.bptt):
             stop = min(start + self.bptt, n_inputs)
             yield self.streams[:, start:stop].contiguous(), self.streams[:, start + 1 : stop + 1].contiguous()
 

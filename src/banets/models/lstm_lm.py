@@ -63,6 +63,14 @@ class StatefulLSTMLanguageModel(nn.Module):
         """Forget the carried LSTM state: the next call starts from zeros."""
         self._state = None
 
+    def carried_state(self) -> LSTMState | None:
+        """The LSTM state the next chunk starts from, for a checkpoint inside an epoch."""
+        return self._state
+
+    def load_carried_state(self, state: LSTMState | None) -> None:
+        device = self.decoder.weight.device
+        self._state = None if state is None else (state[0].to(device), state[1].to(device))
+
     def forward(self, x: Tensor) -> Tensor:
         features = self.word_features(x)
         output = self._recurrent(features.float())
