@@ -140,7 +140,7 @@ def main() -> None:
     sizes = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
     print(f"ResNet-20 training step, batch {args.batch_size} at {args.image_size} px: "
           f"{resnet20_step_rate(args.image_size, args.batch_size):.0f} images/s")
-    print("| images | workers | start-up (s) | epoch (s) | images/s | peak RSS, main (MB) | peak RSS, a worker (MB) |")
+    print("| images | workers | start-up (s) | epoch (s) | images/s | peak RSS, main (MB) | peak RSS, largest worker (MB) |")
     print("|---|---|---|---|---|---|---|")
     for count in args.counts:
         for workers in args.workers if count == min(args.counts) else [max(args.workers)]:

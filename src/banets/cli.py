@@ -18,6 +18,7 @@ from typing import NoReturn
 from banets import __version__, distributed
 from banets import config as configs
 from banets.data.registry import list_datasets
+from banets.data.tokens import write_token_files
 from banets.experiment import (
     import_modules,
     recorded_modules,
@@ -129,6 +130,13 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"{name:12s} {entry.summary}\n{'':12s} options: {options}")
 
 
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    record = write_token_files(Path(args.corpus), Path(args.out), args.tokenizer, args.max_vocab)
+    counts = ", ".join(f"{split} {count:,}" for split, count in record["tokens"].items())
+    print(f"{args.out}: {counts} tokens as {record['dtype'][1:]}; train with --set data.dataset=tokens "
+          f"--data-dir {args.out}")
+
+
 def add_import_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--import",
@@ -203,6 +211,12 @@ def make_parser() -> argparse.ArgumentParser:
     datasets = commands.add_parser("datasets", help="list the registered datasets and the data.* options each uses")
     add_import_argument(datasets)
     datasets.set_defaults(func=cmd_datasets)
+    tokenize = commands.add_parser("tokenize", help="write a text corpus as token files, read from disk in training")
+    tokenize.add_argument("corpus", help="a folder holding prefix.train.txt, prefix.valid.txt, prefix.test.txt")
+    tokenize.add_argument("--out", required=True, help="the folder to write {train,valid,test}.bin, vocab.json into")
+    tokenize.add_argument("--tokenizer", default="whitespace", help="whitespace (pre-tokenised, PTB) or words (raw)")
+    tokenize.add_argument("--max-vocab", type=int, default=10000, help="vocabulary cap, counting <unk> and <eos>")
+    tokenize.set_defaults(func=cmd_tokenize)
     return parser
 
 

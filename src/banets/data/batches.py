@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
@@ -164,6 +165,16 @@ def tensor_digest(*tensors: Tensor | None) -> str:
         if tensor is not None:
             digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
             digest.update(tensor.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def listing_digest(root: Path, files: list[Path]) -> str:
+    """A sha256 of each file's path below ``root``, size and modification time: what a resume compares, read
+    from the file system without opening the files."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

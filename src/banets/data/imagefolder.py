@@ -12,7 +12,6 @@ path, size and modification time (``data.json``), so a folder that changed is re
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from banets.config import DataConfig
 from banets.data.augment import ImageTransform, Stats
-from banets.data.batches import checked_split
+from banets.data.batches import checked_split, listing_digest
 from banets.data.registry import Data, DataError, register_dataset
 from banets.data.stream import VIEWS, ImageFiles, StreamBatches, default_workers
 
@@ -77,16 +76,6 @@ def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
         raise DataError(
             f"{root / split} has other class sub-folders than {root / 'train'}; give every split the same classes"
         )
-
-
-def listing_digest(root: Path, files: list[Path]) -> str:
-    """A sha256 of each file's path below ``root``, size and modification time: what a resume compares, read
-    from the file system without opening the images."""
-    digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def channel_stats(images: ImageFiles) -> tuple[Stats, Stats]:

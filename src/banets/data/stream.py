@@ -121,7 +121,10 @@ class ImageFiles(Dataset):
     ``(3, size, size)``, its label and ``rows`` (the global batch's size, passed through), or :class:`Unreadable`."""
 
     def __init__(self, files: Sequence[Path], labels: Sequence[int], size: int, train: bool, augment: bool):
-        self.files, self.labels, self.size = list(files), list(labels), size
+        # NumPy arrays, not lists: a worker reading a list's items touches their reference counts, which copies the
+        # pages a fork shared (memory growing with every worker, as PyTorch's DataLoader notes warn)
+        self.files = np.array([os.fsencode(path) for path in files])
+        self.labels, self.size = np.asarray(labels, dtype=np.int64), size
         self.augment = train and augment
 
     def __len__(self) -> int:
@@ -129,7 +132,7 @@ class ImageFiles(Dataset):
 
     def view(self, view_key: int, index: int) -> np.ndarray:
         """Example ``index``'s pixels as the epoch with ``view_key`` shows them."""
-        path = self.files[index]
+        path = Path(os.fsdecode(self.files[index]))
         if not self.augment:
             return decode(path, self.size, center_box)
         rng = view_rng(view_key, index)
@@ -144,7 +147,7 @@ class ImageFiles(Dataset):
             pixels = self.view(view_key, index)
         except DataError as error:
             return Unreadable(str(error))
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), self.labels[index], rows
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), int(self.labels[index]), rows
 
 
 def collate(items: list) -> tuple[Tensor, Tensor, int] | Unreadable:

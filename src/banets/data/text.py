@@ -155,8 +155,8 @@ def load_corpus(
     folder = Path(path)
     if download and not any(folder.glob("*.train.txt")):
         download_ptb(folder)
-    split_files = _split_files(folder, files)
-    sentences = {split: _read_sentences(file, TOKENIZERS[tokenizer]) for split, file in split_files.items()}
+    split_files = corpus_files(folder, files)
+    sentences = {split: list(iter_sentences(file, TOKENIZERS[tokenizer])) for split, file in split_files.items()}
     if vocab is None:
         vocab = Vocabulary.build(sentences["train"], max_vocab)
     return Corpus(vocab, *(_encode_sentences(sentences[split], vocab) for split in SPLITS))
@@ -190,7 +190,7 @@ def download_ptb(folder: str | Path) -> Path:
     return folder
 
 
-def _split_files(folder: Path, files: Mapping[str, str] | None) -> dict[str, Path]:
+def corpus_files(folder: Path, files: Mapping[str, str] | None = None) -> dict[str, Path]:
     """The train/valid/test file of ``folder``, from ``files`` or from its single ``*.train.txt``."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; pass the folder holding the corpus' train/valid/test .txt files")
@@ -214,21 +214,25 @@ def _split_files(folder: Path, files: Mapping[str, str] | None) -> dict[str, Pat
     return {split: folder / files[split] for split in SPLITS}
 
 
-def _read_sentences(file: Path, tokenize: Callable[[str], list[str]]) -> list[list[str]]:
-    """The tokenised non-empty lines of ``file``; a missing file or one without tokens is an error."""
+def iter_sentences(file: Path, tokenize: Callable[[str], list[str]]) -> Iterator[list[str]]:
+    """The tokenised non-empty lines of ``file``, read one at a time; a missing file, one that is not UTF-8 or one
+    without tokens is an error."""
     if not file.is_file():
         raise DataError(f"missing corpus file {file}")
+    found = False
     try:
         with open(file, encoding="utf-8") as lines:
-            sentences = [tokens for tokens in map(tokenize, lines) if tokens]
+            for tokens in map(tokenize, lines):
+                if tokens:
+                    found = True
+                    yield tokens
     except UnicodeDecodeError as error:
         raise DataError(
             f"corpus file {file} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
             f"convert it, e.g. iconv -f latin1 -t utf-8"
         ) from None
-    if not sentences:
+    if not found:
         raise DataError(f"corpus file {file} holds no text")
-    return sentences
 
 
 def _encode_sentences(sentences: list[list[str]], vocab: Vocabulary) -> Tensor:
