@@ -295,3 +295,20 @@ def test_partial_losses_are_named_by_their_function():
     import functools
 
     assert losses.name_of(functools.partial(focal, gamma=1.0)) == "test_api:focal"
+
+
+def test_a_dataset_from_python_is_fingerprinted_so_a_resume_with_other_data_is_refused(model_fn, data, tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    (x, y), val = data
+    optim = TrainConfig(epochs=1, progress="none")
+    born_again(model_fn, TensorDataset(x, y), val, ban=BornAgainConfig(generations=1), optim=optim, out=tmp_path / "o")
+    recorded = json.loads((tmp_path / "o" / "seed-0" / "data.json").read_text())
+    assert set(recorded) == {"train", "val"}  # the Dataset's fingerprint beside the tensors' digest
+    more = BornAgainConfig(generations=1, ensembles={"T+B": ["teacher", "BAN-1"]})  # something left to do
+    for other in (TensorDataset(x[:-1], y[:-1]), DataLoader(TensorDataset(x, (y + 1) % 4), batch_size=16)):
+        with pytest.raises(UserError, match=r"\(data.json differs\)"):
+            born_again(model_fn, other, val, ban=more, optim=optim, out=tmp_path / "o", resume=True)
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)  # the same examples, loaded otherwise
+    resumed = born_again(model_fn, loader, val, ban=more, optim=optim, out=tmp_path / "o", resume=True)
+    assert "T+B" in resumed.results[0].ensembles and "T+B" in resumed.results[0].predictions["val"]

@@ -175,3 +175,23 @@ def test_each_process_draws_its_own_dropout_masks_and_one_process_keeps_its_stre
     torch.manual_seed(0)
     distributed.reseed_per_process(7)
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_torchrun_on_streamed_images_matches_one_process_and_every_rank_exits_0(tmp_path):
+    """Each process reads and augments only its rows of every global batch, in a DataLoader worker: the views
+    are keyed by example, so two processes train the weights one process trains (up to float rounding)."""
+    from test_stream import write_photos
+
+    write_photos(tmp_path / "photos", per_class=13, size=(30, 24))  # 26 images: 22 train (batches 8, 8, 6), 4 val
+    (tmp_path / "images.yaml").write_text(TINY.replace(
+        "data: {dataset: digits, val_size: 360, batch_size: 64, eval_batch_size: 97}",
+        f"data: {{dataset: imagefolder, path: {tmp_path / 'photos'}, image_size: 12, val_size: 4, batch_size: 8, "
+        f"eval_batch_size: 3, workers: 1}}").replace("options: {hidden: [32]}", "options: {in_features: 432, hidden: [16]}"))
+    (tmp_path / "worker.py").write_text(WORKER)
+    run_experiment(load_config(str(tmp_path / "images.yaml")), tmp_path / "single")
+    dist = torchrun(tmp_path, "run", str(tmp_path / "images.yaml"), "--out", str(tmp_path / "dist"))
+    assert dist.returncode == 0 and "must not write" not in dist.stderr, dist.stderr[-3000:]
+    for name in ("teacher", "BAN-1"):
+        ours, theirs = weights(tmp_path / "dist" / "seed-0", name), weights(tmp_path / "single" / "seed-0", name)
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.func(args)
+        distributed.shutdown(finished=True)
     except configs.UserError as error:
         print(f"banets: error: {error}", file=sys.stderr)
         return 1

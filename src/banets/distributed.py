@@ -81,9 +81,12 @@ def init_from_env(device: torch.device) -> None:
         dist.init_process_group("gloo")
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group, if this process joined one; when every process ``finished`` its command, after
+    they all got there (a barrier), so that none tears down its connections while another still uses them."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
@@ -186,12 +186,43 @@ def data_record(**splits: tuple[Tensor, ...] | None) -> dict[str, str]:
 
 
 def given_tensors_record(**splits: Iterable[Batch] | None) -> dict[str, str]:
-    """:func:`data_record` of the splits given as tensors; Datasets and loaders are not read through for it (that
-    could take an epoch, and random augmentation would change the digest), so a resume trusts them."""
-    tensors: dict[str, tuple[Tensor, ...] | None] = {
-        name: batches.tensors for name, batches in splits.items() if isinstance(batches, TensorBatches)
-    }
-    return data_record(**tensors) if tensors else {}
+    """``data.json`` of data given from Python: a digest of each split given as tensors, and of a Dataset (given
+    as it is or in a DataLoader) its length and a few examples' labels and input shapes (not read through: that
+    could take an epoch; not their pixels: random augmentation inside the Dataset would change them). A resume
+    with other data is refused; a plain iterable of batches is trusted."""
+    digests: dict[str, str] = {}
+    for name, batches in splits.items():
+        if isinstance(batches, TensorBatches):
+            digests[name] = tensor_digest(*batches.tensors)
+        elif isinstance(batches, Batches) and (dataset := dataset_of(batches.data)) is not None:
+            digests[name] = dataset_fingerprint(dataset)
+    return {"data.json": json.dumps(digests, indent=1)} if digests else {}
+
+
+def dataset_of(data: Iterable) -> Dataset | None:
+    """The map-style Dataset behind ``data`` (a DataLoader's), if it has a length and items by index."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    return cast(Dataset, dataset) if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") else None
+
+
+def example_parts(item: Any) -> tuple[Any, Any]:
+    """An example's input and label, from a tuple or a dict with the keys a batch may use."""
+    if isinstance(item, dict):
+        x = next((item[k] for k in INPUT_KEYS if k in item), None)
+        return x, next((item[k] for k in LABEL_KEYS if k in item), None)
+    return item[0], item[1]
+
+
+def dataset_fingerprint(dataset: Any, samples: int = 5) -> str:
+    """A sha256 of the length of ``dataset`` and of ``samples`` examples spread over it: each one's label and the
+    shape and dtype of its input."""
+    count = len(dataset)
+    digest = hashlib.sha256(f"{type(dataset).__qualname__} {count};".encode())
+    for index in sorted({round(i * (count - 1) / max(samples - 1, 1)) for i in range(samples)} if count else []):
+        x, y = map(as_tensor, example_parts(dataset[index]))
+        shape = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        digest.update(f"{index}: {shape} {y.tolist() if isinstance(y, Tensor) else repr(y)};".encode())
+    return digest.hexdigest()
 
 
 def train_val_split(n: int, val_size: int = 5000, seed: int = 0, subset: int | None = None) -> tuple[Tensor, Tensor]:
