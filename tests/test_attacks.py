@@ -193,6 +193,21 @@ def test_recorded_paths_that_leave_the_run_are_refused_and_nothing_outside_is_de
     assert victim.read_text() == "keep me" and snapshot(run) == before
 
 
+@pytest.mark.parametrize("path", ["../../victim/important.txt", "/ABS/important.txt"])
+def test_a_checkpoint_inside_an_epoch_recorded_outside_the_run_is_refused_and_kept(run, tmp_path, capsys, path):
+    """A resume removes the checkpoint inside an epoch once the epoch ends: the name it removes must stay inside."""
+    victim = tmp_path / "victim" / "important.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me")
+    path = path.replace("/ABS", str(tmp_path / "victim"))
+    rewrite(run / "seed-0", manifest_edit=lambda m: m["models"]["teacher"].update(
+        status="running", step_checkpoint={"path": path, "sha256": "0" * 64, "epoch": 0, "step": 3}))
+    before = snapshot(run)
+    assert main(["resume", str(run)]) == 1
+    one_line_error(capsys, "teacher's checkpoint inside an epoch is recorded as", "outside its seed directory")
+    assert victim.read_text() == "keep me" and snapshot(run) == before
+
+
 def test_prediction_splits_that_leave_the_run_are_refused(run, capsys):
     rewrite(run / "seed-0", manifest_edit=lambda m: m.update(predictions={"../../../outside": "0" * 64}))
     assert main(["resume", str(run)]) == 1

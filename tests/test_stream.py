@@ -152,3 +152,11 @@ def test_normalisation_statistics_come_from_a_sample_of_center_views_and_are_rec
     record = json.loads(data.files["imagefolder.json"])
     assert data.transform.mean == tuple(record["mean"]) and len(record["std"]) == 3
     assert all(0 < m < 1 for m in record["mean"]) and record["views"].startswith("philox-v1")
+
+
+def test_a_negative_number_of_workers_is_refused_before_anything_is_written(tmp_path, capsys):
+    write_photos(tmp_path / "set")
+    assert main(["run", "demo", "--set", "data={dataset: imagefolder, workers: -1}", "--data-dir", str(tmp_path / "set"),
+                 *tiny(width=None), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err == "banets: error: data.workers must be 0 or more, or null, got -1\n" and not (tmp_path / "o").exists()

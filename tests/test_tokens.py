@@ -81,3 +81,14 @@ def test_a_truncated_token_file_is_refused_on_resume_and_nothing_is_overwritten(
 def test_a_folder_without_token_files_names_the_command_that_writes_them(tmp_path):
     with pytest.raises(DataError, match="write the token files with `banets tokenize CORPUS_FOLDER --out"):
         build_dataset(DataConfig(dataset="tokens", path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-vocab", "2"], "--max-vocab 2 leaves no room for words beside <unk> and <eos>; give 3 or more"),
+    (["--tokenizer", "bytes"], "unknown tokenizer 'bytes'; choose one of whitespace, words"),
+])
+def test_bad_tokenize_arguments_are_one_line_and_write_nothing(corpus, tmp_path, capsys, args, message):
+    before = snapshot(corpus)
+    assert main(["tokenize", str(corpus), "--out", str(tmp_path / "tokens"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err == f"banets: error: {message}\n" and not (tmp_path / "tokens").exists() and snapshot(corpus) == before

@@ -148,23 +148,28 @@ class EpochTotals:
     def sum_over_processes(self) -> None:
         distributed.sum_over_processes(self.loss_sum, self.errors, self.rows, *self.term_sums.values())
 
-    def saved(self) -> dict[str, Tensor]:
-        """The sums so far over every process, for a mid-epoch checkpoint (the processes' own are kept)."""
-        sums = {"loss_sum": self.loss_sum, "errors": self.errors, "rows": self.rows,
-                **{f"term_{name}": value for name, value in self.term_sums.items()}}
-        summed = distributed.sum_over_processes(*(value.clone() for value in sums.values()))
+    def saved(self) -> dict[str, dict[str, Tensor]]:
+        """For a mid-epoch checkpoint: the sums so far over every process (each process keeps its own), the terms'
+        sums likewise, and the NaN/inf watch."""
+        sums = {"loss_sum": self.loss_sum, "errors": self.errors, "rows": self.rows}
+        summed = distributed.sum_over_processes(*(v.clone() for v in [*sums.values(), *self.term_sums.values()]))
         watch = {"nonfinite_run": self.nonfinite_run, "longest_nonfinite_run": self.longest_nonfinite_run,
                  "last_nonfinite": self.last_nonfinite}
-        return {**dict(zip(sums, (value.cpu() for value in summed))), **{k: v.cpu() for k, v in watch.items()}}
+        return {"sums": dict(zip(sums, (v.cpu() for v in summed[: len(sums)]))),
+                "terms": dict(zip(self.term_sums, (v.cpu() for v in summed[len(sums) :]))),
+                "watch": {k: v.cpu() for k, v in watch.items()}}
 
     @classmethod
-    def from_saved(cls, saved: dict[str, Tensor], device: torch.device) -> EpochTotals:
-        """The totals of :meth:`saved`: the sums on rank 0 (they are summed over the processes at the epoch's end)."""
-        summed_later = not distributed.is_main()
-        values = {k: torch.zeros_like(v, device=device) if summed_later and k.endswith(("sum", "errors", "rows"))
-                  or summed_later and k.startswith("term_") else v.to(device) for k, v in saved.items()}
-        terms = {k.removeprefix("term_"): v for k, v in values.items() if k.startswith("term_")}
-        return cls(**{k: v for k, v in values.items() if not k.startswith("term_")}, term_sums=terms)
+    def from_saved(cls, saved: dict[str, dict[str, Tensor]], device: torch.device) -> EpochTotals:
+        """The totals of :meth:`saved`, their sums on rank 0 only: the sums are added over the processes at the
+        epoch's end."""
+
+        def sums(part: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.to(device) if distributed.is_main() else torch.zeros_like(v, device=device)
+                    for k, v in part.items()}
+
+        watch = {k: v.to(device) for k, v in saved["watch"].items()}
+        return cls(**sums(saved["sums"]), **watch, term_sums=sums(saved["terms"]))
 
 
 class Trainer:
@@ -274,9 +279,7 @@ class Trainer:
                 distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
             elif step == first:  # resumed inside the epoch: the generators as they were after the previous step
                 load_generator_states(resume_at["generators"], augment_rng)  # type: ignore[index]
-            x, y = self._inputs(batch, augment_rng, train=True)
-            # a streamed batch is (x, y, global rows): this process's rows only, already augmented
-            x, y, share = distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)
+            x, y, share = self._own_rows(batch, augment_rng)
             logits, loss, terms = self._step(x, y, share)
             totals.add(loss.detach(), logits.detach(), y, {name: term.detach() for name, term in terms.items()})
             if step % 25 == 0:
@@ -310,9 +313,14 @@ class Trainer:
         assert self.teacher is not None
         with torch.no_grad(), self._autocast():
             for batch in itertools.islice(train_data, steps):
-                x, y = self._inputs(batch, augment_rng, train=True)
-                self.teacher(distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)[0])
+                self.teacher(self._own_rows(batch, augment_rng)[0])
         torch.manual_seed(epoch_seed(self.seed, self.epoch))
+
+    def _own_rows(self, batch: Batch, augment_rng: torch.Generator) -> tuple[Tensor, Tensor, float]:
+        """A training batch's inputs and labels, this process's rows of them, and their share of the batch."""
+        x, y = self._inputs(batch, augment_rng, train=True)
+        # a streamed batch is (x, y, global rows): this process's rows only, already augmented
+        return distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)
 
     def _inputs(self, batch: Batch, rng: torch.Generator, train: bool) -> tuple[Tensor, Tensor]:
         x, y = (t.to(self.device, non_blocking=True) for t in batch[:2])

@@ -79,8 +79,8 @@ class CheckpointClock:
         self.last = time.monotonic()
 
     def due(self, steps_done: int) -> bool:
-        """Whether to write a checkpoint after ``steps_done`` steps of this epoch (this run's steps, not a resumed
-        one's earlier ones)."""
+        """Whether to write a checkpoint after ``steps_done`` steps of this epoch (a resumed epoch counts the steps
+        before its checkpoint too, so it writes at the same steps as an uninterrupted one)."""
         if self.interval is None:
             return False
         kind, amount = self.interval

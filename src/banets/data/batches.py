@@ -148,8 +148,9 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
     return Batches(data)
 
 
-def take_subset(pair: tuple[Tensor, Tensor], subset: int | None, what: str) -> tuple[Tensor, Tensor]:
-    """The first ``subset`` rows of an ``(x, y)`` pair (all of them for None); more than it has is an error."""
+def take_subset(pair: tuple[Any, Any], subset: int | None, what: str) -> tuple[Any, Any]:
+    """The first ``subset`` rows of an ``(x, y)`` pair of tensors or lists (all of them for None); more than it has
+    is an error."""
     if subset is None:
         return pair
     if subset > len(pair[1]):

@@ -20,7 +20,7 @@ import torch
 
 from banets.config import DataConfig
 from banets.data.augment import ImageTransform, Stats
-from banets.data.batches import checked_split, listing_digest
+from banets.data.batches import checked_split, listing_digest, take_subset
 from banets.data.registry import Data, DataError, register_dataset
 from banets.data.stream import VIEWS, ImageFiles, StreamBatches, default_workers
 
@@ -102,12 +102,7 @@ def split_files(root: Path, train_root: Path, classes: list[str], cfg: DataConfi
         train_idx, val_idx = checked_split(len(train_files), cfg.val_size, cfg.split_seed, str(train_root))
         splits["val"] = pick(train_files, train_labels, val_idx.tolist())
         train_files, train_labels = pick(train_files, train_labels, train_idx.tolist())
-    if cfg.train_subset is not None:
-        if cfg.train_subset > len(train_files):
-            raise DataError(f"data.train_subset={cfg.train_subset} is more than the {len(train_files)} training "
-                            f"images; lower it or remove it")
-        train_files, train_labels = train_files[: cfg.train_subset], train_labels[: cfg.train_subset]
-    splits["train"] = (train_files, train_labels)
+    splits["train"] = take_subset((train_files, train_labels), cfg.train_subset, "training images")
     if (root / "test").is_dir():
         splits["test"] = image_files(root / "test", classes)
     return splits

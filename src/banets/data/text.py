@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.request import urlopen
 
 import torch
@@ -252,18 +253,28 @@ def batchify(ids: Tensor, batch_size: int) -> Tensor:
     return ids[: batch_size * n_steps].reshape(batch_size, n_steps)
 
 
+class Streams(Protocol):
+    """``batch_size`` rows of ids read side by side, as :func:`batchify` lays them out: a tensor, or rows read from
+    a file on indexing (``data.tokens``)."""
+
+    def size(self, dim: int) -> int: ...
+
+    def __getitem__(self, index: tuple[slice, slice]) -> Tensor: ...
+
+
 class BpttBatches:
     """Zaremba et al. (2014)'s truncated-BPTT batches over a stream of ids, in order, without shuffling.
 
     Yields ``(x, y)`` LongTensors of shape ``(batch_size, bptt)`` (the last chunk may be shorter): chunk ``k``
     is steps ``k*bptt ...`` of every row of :func:`batchify`, and ``y`` is the next token of each ``x``.
     Chunk ``k + 1`` continues where chunk ``k`` stopped, so a stateful model carries its state across them.
+    ``ids`` is the stream, or its rows already laid out (:class:`Streams`).
     """
 
-    def __init__(self, ids: Tensor, batch_size: int, bptt: int = 35):
+    def __init__(self, ids: Tensor | Streams, batch_size: int, bptt: int = 35):
         if bptt < 1:
             raise ValueError(f"bptt must be positive, got {bptt}")
-        self.streams = batchify(ids, batch_size)
+        self.streams = batchify(ids, batch_size) if isinstance(ids, Tensor) else ids
         self.batch_size = batch_size
         self.bptt = bptt
 
@@ -282,20 +293,30 @@ class BpttBatches:
         """Chunks ``step, step + 1, ...``: a resumed epoch skips the chunks it trained on without reading them."""
         n_inputs = self.streams.size(1) - 1
         for start in range(step * self.bptt, n_inputs, self.bptt):
-            stop = min(start + self.bptt, n_inputs)
-            yield self.streams[:, start:stop].contiguous(), self.streams[:, start + 1 : stop + 1].contiguous()
+            chunk = self.streams[:, start : min(start + self.bptt, n_inputs) + 1]  # inputs, and one more for targets
+            yield chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
 
 
 DEFAULT_PTB = Path.home() / ".cache" / "banets" / "ptb"
 
 
-def stream_batches(ids: Tensor, batch_size: int, bptt: int, split: str, key: str) -> BpttBatches:
-    """:class:`BpttBatches` of one split, or a :class:`DataError` naming the batch size that does not fit it."""
-    if ids.numel() // batch_size < 2:
+def check_stream_count(tokens: int, batch_size: int, split: str, key: str) -> None:
+    """A :class:`DataError` naming the batch size when ``tokens`` ids make fewer than 2 per stream."""
+    if tokens // batch_size < 2:
         raise DataError(
-            f"the {split} split has {ids.numel()} tokens, too few for data.{key}={batch_size} streams of at "
+            f"the {split} split has {tokens} tokens, too few for data.{key}={batch_size} streams of at "
             f"least 2 tokens; lower data.{key} or use a longer corpus"
         )
+
+
+def check_token_subset(subset: int | None, tokens: int) -> None:
+    if subset is not None and subset > tokens:
+        raise DataError(f"data.train_subset={subset} is more than the {tokens} training tokens; lower it")
+
+
+def stream_batches(ids: Tensor, batch_size: int, bptt: int, split: str, key: str) -> BpttBatches:
+    """:class:`BpttBatches` of one split, or a :class:`DataError` naming the batch size that does not fit it."""
+    check_stream_count(ids.numel(), batch_size, split, key)
     return BpttBatches(ids, batch_size, bptt)
 
 
@@ -310,10 +331,7 @@ def text_data(cfg: DataConfig) -> Data:
     corpus = load_corpus(
         cfg.path or DEFAULT_PTB, max_vocab=cfg.max_vocab, tokenizer=cfg.tokenizer, download=cfg.download
     )
-    if cfg.train_subset is not None and cfg.train_subset > corpus.train.numel():
-        raise DataError(
-            f"data.train_subset={cfg.train_subset} is more than the {corpus.train.numel()} training tokens; lower it"
-        )
+    check_token_subset(cfg.train_subset, corpus.train.numel())
     train = corpus.train[: cfg.train_subset]
     return Data(
         train=stream_batches(train, cfg.batch_size, cfg.bptt, "train", "batch_size"),

@@ -5,18 +5,17 @@ line, twice for the training split (the vocabulary, then the ids), and writes ``
 little-endian uint16, or uint32 for vocabularies over 65,536 words), ``vocab.json`` and ``tokens.json`` (the
 format, the dtype, each split's token count). The ``tokens`` dataset reads them with ``os.pread``: each step reads
 its batch's rows and nothing else, so a corpus of many GB trains with memory that does not grow with it (a memory
-map would count every page it touched as resident until the kernel reclaims it). Batches are exactly those the
-``text`` dataset makes from the same corpus (Zaremba et al.'s unrolled streams, :class:`~banets.data.text.
-BpttBatches`). What a resume compares is read from the file system: each file's size and modification time; a
-file whose size is not its recorded count is refused as truncated.
+map would count every page it touched as resident until the kernel reclaims it). Batches are those the ``text``
+dataset makes from the same corpus, by the same :class:`~banets.data.text.BpttBatches` over rows read from disk.
+What a resume compares is read from the file system: each file's size and modification time; a file whose size is
+not its recorded count is refused as truncated.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,16 @@ from torch import Tensor
 from banets.config import DataConfig
 from banets.data.batches import listing_digest
 from banets.data.registry import Data, DataError, register_dataset
-from banets.data.text import SPLITS, TOKENIZERS, Vocabulary, corpus_files, iter_sentences
+from banets.data.text import (
+    SPLITS,
+    TOKENIZERS,
+    BpttBatches,
+    Vocabulary,
+    check_stream_count,
+    check_token_subset,
+    corpus_files,
+    iter_sentences,
+)
 
 FORMAT = "banets-tokens-1"
 CHUNK = 1 << 20  # ids encoded and written at a time
@@ -94,38 +102,28 @@ class TokenFile:
         return {**self.__dict__, "_fd": None}
 
 
-class TokenBatches:
-    """:class:`~banets.data.text.BpttBatches` over a :class:`TokenFile`: the ids cut into ``batch_size`` contiguous
-    streams read side by side ``bptt`` steps at a time; each chunk reads ``batch_size`` runs of ``bptt + 1`` ids."""
+class FileStreams:
+    """A token file as :func:`~banets.data.text.batchify` lays the ids out, ``batch_size`` rows of
+    ``row_length``, without reading it: indexing ``[:, start:stop]`` reads those columns, one run per row."""
 
-    def __init__(self, tokens: TokenFile, batch_size: int, bptt: int, limit: int | None = None):
-        self.tokens, self.batch_size, self.bptt = tokens, batch_size, bptt
-        self.row_length = min(tokens.count, limit or tokens.count) // batch_size  # ids per stream
+    def __init__(self, tokens: TokenFile, batch_size: int, limit: int | None = None):
+        self.tokens, self.batch_size = tokens, batch_size
+        self.row_length = min(tokens.count, limit or tokens.count) // batch_size
 
-    def __len__(self) -> int:
-        return math.ceil((self.row_length - 1) / self.bptt)
+    def size(self, dim: int) -> int:
+        return (self.batch_size, self.row_length)[dim]
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.from_step(0)
-
-    def from_step(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Chunks ``step, step + 1, ...``; the earlier ones are not read."""
-        inputs = self.row_length - 1
-        for start in range(step * self.bptt, inputs, self.bptt):
-            stop = min(start + self.bptt, inputs)
-            rows = np.stack([self.tokens.read(row * self.row_length + start, stop - start + 1)
-                             for row in range(self.batch_size)]).astype(np.int64)
-            chunk = torch.from_numpy(rows)
-            yield chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+    def __getitem__(self, index: tuple[slice, slice]) -> Tensor:
+        start, stop = index[1].start, index[1].stop
+        rows = [self.tokens.read(row * self.row_length + start, stop - start) for row in range(self.batch_size)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def token_batches(tokens: TokenFile, batch_size: int, bptt: int, split: str, key: str,
-                  limit: int | None = None) -> TokenBatches:
-    """:class:`TokenBatches` of one split, or a :class:`DataError` naming the batch size that does not fit it."""
-    if min(tokens.count, limit or tokens.count) // batch_size < 2:
-        raise DataError(f"the {split} split has {tokens.count} tokens, too few for data.{key}={batch_size} streams "
-                        f"of at least 2 tokens; lower data.{key} or use a longer corpus")
-    return TokenBatches(tokens, batch_size, bptt, limit)
+                  limit: int | None = None) -> BpttBatches:
+    """The ``text`` dataset's :class:`~banets.data.text.BpttBatches` of one split, read from its token file."""
+    check_stream_count(min(tokens.count, limit or tokens.count), batch_size, split, key)
+    return BpttBatches(FileStreams(tokens, batch_size, limit), batch_size, bptt)
 
 
 def read_record(folder: Path) -> dict:
@@ -151,8 +149,7 @@ def tokens_data(cfg: DataConfig) -> Data:
     dtype = np.dtype(record["dtype"])
     files = {split: TokenFile(folder / f"{split}.bin", dtype, int(record["tokens"][split])) for split in SPLITS}
     limit = cfg.train_subset
-    if limit is not None and limit > files["train"].count:
-        raise DataError(f"data.train_subset={limit} is more than the {files['train'].count} training tokens; lower it")
+    check_token_subset(limit, files["train"].count)
     listing = {split: listing_digest(folder, [file.path]) for split, file in files.items()}
     return Data(
         train=token_batches(files["train"], cfg.batch_size, cfg.bptt, "train", "batch_size", limit),
