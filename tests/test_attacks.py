@@ -179,32 +179,27 @@ def test_modules_in_the_current_folder_do_not_shadow_installed_packages(finished
 # -- paths that leave the run --------------------------------------------------------------------------------
 
 
+RECORDED_CHECKPOINTS = {  # what a manifest records of a model's checkpoints, and how the refusal names it
+    "epoch": (lambda path: {"epoch_checkpoints": [{"path": path, "sha256": "0" * 64, "epoch": 1}]},
+              "teacher's epoch checkpoint is recorded as"),
+    # removed by a resume once its epoch ends, so the name it removes must stay inside
+    "inside an epoch": (lambda path: {"step_checkpoint": {"path": path, "sha256": "0" * 64, "epoch": 0, "step": 3}},
+                        "teacher's checkpoint inside an epoch is recorded as"),
+}
+
+
+@pytest.mark.parametrize("kind", list(RECORDED_CHECKPOINTS))
 @pytest.mark.parametrize("path", ["../../victim/important.txt", "/ABS/important.txt", "checkpoints/../../../victim/important.txt"])
-def test_recorded_paths_that_leave_the_run_are_refused_and_nothing_outside_is_deleted(run, tmp_path, capsys, path):
+def test_recorded_paths_that_leave_the_run_are_refused_and_nothing_outside_is_deleted(run, tmp_path, capsys, path, kind):
     victim = tmp_path / "victim" / "important.txt"
     victim.parent.mkdir()
     victim.write_text("keep me")
     path = path.replace("/ABS", str(tmp_path / "victim"))
-    rewrite(run / "seed-0", manifest_edit=lambda m: m["models"]["teacher"].update(
-        status="running", epoch_checkpoints=[{"path": path, "sha256": "0" * 64, "epoch": 1}]))
+    record, named = RECORDED_CHECKPOINTS[kind]
+    rewrite(run / "seed-0", manifest_edit=lambda m: m["models"]["teacher"].update(status="running", **record(path)))
     before = snapshot(run)
     assert main(["resume", str(run)]) == 1
-    one_line_error(capsys, "is not a banets manifest", "teacher's epoch checkpoint is recorded as", "outside its seed directory")
-    assert victim.read_text() == "keep me" and snapshot(run) == before
-
-
-@pytest.mark.parametrize("path", ["../../victim/important.txt", "/ABS/important.txt"])
-def test_a_checkpoint_inside_an_epoch_recorded_outside_the_run_is_refused_and_kept(run, tmp_path, capsys, path):
-    """A resume removes the checkpoint inside an epoch once the epoch ends: the name it removes must stay inside."""
-    victim = tmp_path / "victim" / "important.txt"
-    victim.parent.mkdir()
-    victim.write_text("keep me")
-    path = path.replace("/ABS", str(tmp_path / "victim"))
-    rewrite(run / "seed-0", manifest_edit=lambda m: m["models"]["teacher"].update(
-        status="running", step_checkpoint={"path": path, "sha256": "0" * 64, "epoch": 0, "step": 3}))
-    before = snapshot(run)
-    assert main(["resume", str(run)]) == 1
-    one_line_error(capsys, "teacher's checkpoint inside an epoch is recorded as", "outside its seed directory")
+    one_line_error(capsys, "is not a banets manifest", named, "outside its seed directory")
     assert victim.read_text() == "keep me" and snapshot(run) == before
 
 
