@@ -13,10 +13,11 @@ from PIL.JpegImagePlugin import JpegImageFile
 from banets import distributed
 from banets.cli import main
 from banets.config import DataConfig
-from banets.data.registry import build_dataset
+from banets.data.registry import DataError, build_dataset
 from banets.data.stream import (
     EpochOrder,
     ImageFiles,
+    ImageViews,
     StreamBatches,
     center_box,
     decode,
@@ -24,6 +25,7 @@ from banets.data.stream import (
     resized_crop_box,
     view_rng,
 )
+from banets.runs import SeedDirectory
 from tiny import snapshot, tiny
 
 
@@ -41,9 +43,9 @@ def write_photos(root: Path, classes=("ant", "bee"), per_class: int = 5, size=(9
 
 
 @pytest.fixture
-def photos(tmp_path) -> ImageFiles:
+def photos(tmp_path) -> ImageViews:
     files = write_photos(tmp_path / "photos")
-    return ImageFiles(files, [i // 5 for i in range(10)], size=48, train=True, augment=True)
+    return ImageViews(ImageFiles(files, [i // 5 for i in range(10)]), size=48, train=True, augment=True)
 
 
 def test_a_view_is_a_function_of_the_epochs_key_and_the_example_alone(photos):
@@ -61,7 +63,7 @@ def test_a_view_is_a_function_of_the_epochs_key_and_the_example_alone(photos):
 
 def test_evaluation_views_are_the_center_square_and_not_augmented(tmp_path):
     files = write_photos(tmp_path / "photos")
-    images = ImageFiles(files, [0] * 10, size=32, train=False, augment=True)
+    images = ImageViews(ImageFiles(files, [0] * 10), size=32, train=False, augment=True)
     x, y = next(iter(StreamBatches(images, 10, shuffle=False, workers=0)))
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.uint8 and torch.equal(x[3], torch.from_numpy(
         np.ascontiguousarray(decode(files[3], 32, center_box).transpose(2, 0, 1))))
@@ -114,7 +116,7 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_close_to_a_full_decode(tmp_p
 
 def test_small_images_get_cifars_pad_crop_flip_keyed_by_example(tmp_path):
     files = write_photos(tmp_path / "small", per_class=1, size=(16, 16))
-    images = ImageFiles(files, [0, 1], size=16, train=True, augment=True)
+    images = ImageViews(ImageFiles(files, [0, 1]), size=16, train=True, augment=True)
     center = decode(files[1], 16, center_box)
     assert np.array_equal(images.view(5, 1), pad_crop_flip_one(center, view_rng(5, 1)))
 
@@ -129,6 +131,37 @@ def test_a_corrupt_image_met_mid_run_is_one_line_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "cannot read image" in err and "bee/9.jpg" in err and "remove or replace the file" in err
+    assert "or set data.skip_unreadable=true to skip and count such images" in err
+
+
+def test_with_skip_unreadable_a_corrupt_image_is_left_out_and_named_in_the_report(tmp_path, capsys):
+    write_photos(tmp_path / "set" / "train")
+    write_photos(tmp_path / "set" / "val", per_class=2)
+    for broken in ("train/bee/9.jpg", "val/ant/0.jpg"):  # an extra file, and one of the photos
+        (tmp_path / "set" / broken).write_bytes(b"\xff\xd8 truncated")
+    args = ["run", "demo", "--set", "data={dataset: imagefolder, image_size: 16, batch_size: 4, workers: 1, "
+            "skip_unreadable: true}", "--set", "model={name: small_cnn, options: {width: 4}}", "--data-dir",
+            str(tmp_path / "set"), *tiny(width=None), "--out", str(tmp_path / "o")]
+    assert main(args) == 0, capsys.readouterr().err
+    seed_dir = SeedDirectory(tmp_path / "o" / "seed-0")
+    names = [str(tmp_path / "set" / name) for name in ("train/bee/9.jpg", "val/ant/0.jpg")]
+    assert seed_dir.unreadable == {"count": 2, "names": names}
+    assert len(seed_dir.load_predictions("val")["teacher"].labels) == 3  # 4 validation images, one unreadable
+    assert len(seed_dir.load_predictions("train")["teacher"].labels) == 10  # 10 photos and one unreadable extra
+    report = (tmp_path / "o" / "report" / "report.md").read_text()
+    assert "2 unreadable example(s) left out of training and scoring (data.skip_unreadable)" in report
+    assert f"`{names[0]}`" in report
+
+
+def test_a_batch_of_only_unreadable_images_stops_the_run_even_when_skipping(tmp_path):
+    files = write_photos(tmp_path / "set", per_class=1)
+    for path in files:
+        path.write_bytes(b"not an image")
+    batches = StreamBatches(ImageViews(ImageFiles(files, [0, 1]), size=16, train=False, augment=False), 2,
+                            shuffle=False, workers=0, skip_unreadable=True)
+    with pytest.raises(DataError, match=r"no image of its batch of 2 is readable, which data.skip_unreadable does "
+                                        r"not skip: check the data"):
+        next(iter(batches))
 
 
 def test_a_changed_image_is_refused_on_resume_without_reading_the_images(tmp_path, capsys):

@@ -165,7 +165,8 @@ class DataConfig(Section):
     image_size: int = 32  # imagefolder: images are resized (shorter side) and center-cropped to this size
     val_path: str | None = None  # tensors: a separate validation file (else carved from the training file)
     test_path: str | None = None  # tensors: a separate test file
-    workers: int | None = None  # imagefolder: DataLoader worker processes (null: the cores per process less one)
+    workers: int | None = None  # imagefolder, shards: DataLoader workers (null: the cores per process less one)
+    skip_unreadable: bool = False  # imagefolder, shards: leave unreadable images out (listed in the report), not stop
 
     def validate(self) -> None:
         for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):

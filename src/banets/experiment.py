@@ -201,18 +201,22 @@ def run_seed(
     }
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, SeedDirectory):
-        save_result(store, config, result)
+        save_result(store, config, result, setup.data.unreadable() if setup.data.unreadable else [])
     return result
 
 
-def save_result(store: SeedDirectory, config: ExperimentConfig, result: BornAgainResult) -> None:
-    """Predictions and ensembles into the seed directory, then ``results.json``: the report's rows of this seed,
-    computed from what the directory now holds. ``results.json`` goes first and comes back last, so a kill in
-    between leaves a run that a resume evaluates again."""
+def save_result(
+    store: SeedDirectory, config: ExperimentConfig, result: BornAgainResult, unreadable: list[str]
+) -> None:
+    """Predictions, ensembles and the examples left out as ``unreadable`` into the seed directory, then
+    ``results.json``: the report's rows of this seed, computed from what the directory now holds. ``results.json``
+    goes first and comes back last, so a kill in between leaves a run that a resume evaluates again."""
     (store.root / "results.json").unlink(missing_ok=True)
     for split, predictions in result.predictions.items():
         store.save_predictions(split, predictions)
     store.record_ensembles(result.ensembles, config.ban.ensembles)
+    if unreadable:
+        store.record_unreadable(unreadable)
     seed_run = read_run(store.root)
     store.save_results({split: summarize([seed_run], split) for split in result.predictions})
 

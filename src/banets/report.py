@@ -83,6 +83,7 @@ class SeedRun:
     deltas: dict[tuple, tuple[float, float, float] | None] = field(default_factory=dict, repr=False, compare=False)
     recipe: dict = field(default_factory=dict, repr=False, compare=False)  # SeedDirectory.recipe(): seeds share it
     apart: str = ""  # why this run is reported apart from the runs of its name (another config or data)
+    unreadable: dict = field(default_factory=lambda: {"count": 0, "names": []})  # examples left out (skip_unreadable)
 
     @property
     def metric(self) -> Metric:
@@ -130,6 +131,7 @@ def read_run(seed_dir: Path) -> SeedRun:
         block=run.scoring[1],
         ensembles=run.ensembles,
         recipe=run.recipe(),
+        unreadable=run.unreadable,
     )
 
 
@@ -839,6 +841,13 @@ def experiment_section(index: int, group: list[SeedRun], folder: ReportFolder) -
     return "\n".join(parts)
 
 
+def unreadable_note(run: SeedRun) -> str:
+    names = run.unreadable["names"]
+    more = f" and {run.unreadable['count'] - len(names)} more" if run.unreadable["count"] > len(names) else ""
+    return (f"- {run.path.name or f'seed {run.seed}'}: {run.unreadable['count']} unreadable example(s) left out of "
+            f"training and scoring (data.skip_unreadable): {', '.join(f'`{name}`' for name in names)}{more}")
+
+
 def write_report(
     runs: list[SeedRun], out: Path, splits: tuple[str, ...] = ("val", "test"), skipped: tuple[str, ...] = ()
 ) -> str:
@@ -864,6 +873,7 @@ def write_report(
             else []
         ),
         *(f"- skipped: {note}" for note in skipped),
+        *(unreadable_note(r) for r in runs if r.unreadable["count"]),
         *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
         "\n## Verdict — validation split, 95% intervals\n",
         *(experiment_section(i, group, folder) for i, group in enumerate(experiments(runs).values())),

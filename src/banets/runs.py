@@ -68,6 +68,7 @@ from banets.metrics import Predictions
 from banets.models.registry import RENAMED
 
 FORMAT_VERSION = 2  # 2: banets 0.3, every record below in every manifest; 1: banets 0.2 and before (see upgrade)
+UNREADABLE_NAMES = 100  # unreadable examples named in the manifest; the count is of all
 KEEP_EPOCH_CHECKPOINTS = 2
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")  # predictions/<split>.pt
 TEACHER_CHECKPOINT = "model.teacher_checkpoint"
@@ -766,6 +767,20 @@ class SeedDirectory:
 
     def save_results(self, results: dict) -> None:
         atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
+
+    def record_unreadable(self, names: list[str]) -> None:
+        """The examples left out as unreadable (``data.skip_unreadable``): their count and the first names."""
+        self.manifest["unreadable"] = {"count": len(names), "names": names[:UNREADABLE_NAMES]}
+        self._write_manifest()
+
+    @property
+    def unreadable(self) -> dict:
+        """``{"count": N, "names": [the first ones]}`` of the examples left out as unreadable (count 0: none)."""
+        recorded = self.manifest.get("unreadable") or {}
+        count, names = recorded.get("count"), recorded.get("names")
+        if not isinstance(count, int) or not isinstance(names, list):  # none recorded, or not as written
+            return {"count": 0, "names": []}
+        return {"count": count, "names": [str(name) for name in names]}
 
     def record_ensembles(self, ensembles: dict[str, list[str]], requested: dict[str, list[str]]) -> None:
         """Record every ensemble's members in the manifest, and write ``requested`` (``ban.ensembles``) into

@@ -13,19 +13,20 @@ path, size and modification time (``data.json``), so a folder that changed is re
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from banets.config import DataConfig
 from banets.data.augment import ImageTransform, Stats
-from banets.data.batches import checked_split, listing_digest, take_subset
+from banets.data.batches import checked_split, listing_digest
 from banets.data.registry import Data, DataError, register_dataset
-from banets.data.stream import VIEWS, ImageFiles, StreamBatches, default_workers
+from banets.data.stream import VIEWS, ImageFiles, ImageSource, ImageViews, StreamBatches, default_workers
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-Examples = tuple[list[Path], list[int]]  # image files and their class indices
 STATS_SAMPLE = 256  # images whose center views estimate the channel statistics, with data.normalize
 
 
@@ -59,7 +60,7 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS and path.is_file()
 
 
-def image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+def image_files(root: Path, classes: list[str]) -> ImageFiles:
     """Every image below ``root/<class>/`` and its class index, in sorted order."""
     files, labels = [], []
     for index, name in enumerate(classes):
@@ -68,7 +69,7 @@ def image_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
         labels += [index] * len(found)
     if not files:
         raise DataError(f"{root} holds no images ({', '.join(sorted(EXTENSIONS))}) in its class sub-folders")
-    return files, labels
+    return ImageFiles(files, labels)
 
 
 def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
@@ -78,7 +79,7 @@ def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
         )
 
 
-def channel_stats(images: ImageFiles) -> tuple[Stats, Stats]:
+def channel_stats(images: ImageViews) -> tuple[Stats, Stats]:
     """The per-channel mean and std, pixels scaled to [0, 1], of the center views of up to ``STATS_SAMPLE``
     training images spread evenly over the list."""
     picks = np.linspace(0, len(images) - 1, min(STATS_SAMPLE, len(images))).round().astype(int)
@@ -88,28 +89,58 @@ def channel_stats(images: ImageFiles) -> tuple[Stats, Stats]:
     return (r, g, b), (r_sd, g_sd, b_sd)
 
 
-def pick(files: list[Path], labels: list[int], rows: list[int]) -> Examples:
-    return [files[i] for i in rows], [labels[i] for i in rows]
+Source = TypeVar("Source", bound=ImageSource)
 
 
-def split_files(root: Path, train_root: Path, classes: list[str], cfg: DataConfig) -> dict[str, Examples]:
-    """Each split's files and labels: ``val/`` and ``test/`` when present, else validation carved from training."""
-    train_files, train_labels = image_files(train_root, classes)
-    splits = {}
-    if (root / "val").is_dir():
-        splits["val"] = image_files(root / "val", classes)
-    else:
-        train_idx, val_idx = checked_split(len(train_files), cfg.val_size, cfg.split_seed, str(train_root))
-        splits["val"] = pick(train_files, train_labels, val_idx.tolist())
-        train_files, train_labels = pick(train_files, train_labels, train_idx.tolist())
-    splits["train"] = take_subset((train_files, train_labels), cfg.train_subset, "training images")
-    if (root / "test").is_dir():
-        splits["test"] = image_files(root / "test", classes)
+def with_validation(splits: dict[str, Source], cfg: DataConfig, where: str) -> dict[str, Source]:
+    """The splits with ``val`` carved from ``train`` when there is none (``data.val_size`` images, seeded by
+    ``data.split_seed``), and ``train`` cut to ``data.train_subset``."""
+    splits = dict(splits)
+    if "val" not in splits:
+        train_rows, val_rows = checked_split(len(splits["train"]), cfg.val_size, cfg.split_seed, where)
+        splits["val"] = splits["train"].subset(val_rows.numpy())
+        splits["train"] = splits["train"].subset(train_rows.numpy())
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(splits["train"]):
+            raise DataError(f"data.train_subset={cfg.train_subset} is more than the {len(splits['train'])} "
+                            f"training images; lower it or remove it")
+        splits["train"] = splits["train"].subset(np.arange(cfg.train_subset))
     return splits
 
 
+def streamed_images(splits: Mapping[str, ImageSource], classes: list[str], cfg: DataConfig, record: dict,
+                    listing: dict[str, str]) -> Data:
+    """The :class:`Data` of labelled images read from disk batch by batch: ``record`` (what identifies the
+    images) gains the view scheme and the channel statistics, and goes with ``listing`` into the seed directory."""
+    workers = default_workers() if cfg.workers is None else cfg.workers
+
+    def batches(split: str, train: bool, batch_size: int) -> StreamBatches:
+        views = ImageViews(splits[split], size=cfg.image_size, train=train, augment=cfg.augment)
+        return StreamBatches(views, batch_size, shuffle=train, workers=workers, skip_unreadable=cfg.skip_unreadable)
+
+    record = {"classes": classes, **record, "views": VIEWS}
+    mean = std = None
+    if cfg.normalize:
+        mean, std = channel_stats(ImageViews(splits["train"], size=cfg.image_size, train=False, augment=False))
+        record.update(mean=mean, std=std)
+    train, val = batches("train", True, cfg.batch_size), batches("val", False, cfg.eval_batch_size)
+    train_eval = batches("train", False, cfg.eval_batch_size)
+    test = batches("test", False, cfg.eval_batch_size) if "test" in splits else None
+    loaders = [loader for loader in (train, val, train_eval, test) if loader is not None]
+    return Data(
+        train=train,
+        val=val,
+        test=test,
+        train_eval=train_eval,
+        transform=ImageTransform(augment=False, normalize=cfg.normalize, mean=mean, std=std),
+        model_options={"num_classes": len(classes), "in_channels": 3},
+        files={f"{cfg.dataset}.json": json.dumps(record, indent=1), "data.json": json.dumps(listing, indent=1)},
+        unreadable=lambda: sorted(set().union(*(loader.skipped for loader in loaders))),
+    )
+
+
 @register_dataset("imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize",
-                                          "image_size", "workers"})
+                                          "image_size", "workers", "skip_unreadable"})
 def imagefolder_data(cfg: DataConfig) -> Data:
     """Your images: a folder of class sub-folders (or train/, val/, test/ of them), streamed from disk."""
     if cfg.path is None:
@@ -121,26 +152,9 @@ def imagefolder_data(cfg: DataConfig) -> Data:
     classes = class_folders(train_root)
     for split in SPLITS[1:]:
         check_same_classes(root, split, classes)
-    splits = split_files(root, train_root, classes, cfg)
-    workers = default_workers() if cfg.workers is None else cfg.workers
-
-    def batches(split: str, train: bool, batch_size: int) -> StreamBatches:
-        images = ImageFiles(*splits[split], size=cfg.image_size, train=train, augment=cfg.augment)
-        return StreamBatches(images, batch_size, shuffle=train, workers=workers)
-
-    record: dict = {"classes": classes, "val_files": [str(f.relative_to(root)) for f in splits["val"][0]],
-                    "views": VIEWS}
-    mean = std = None
-    if cfg.normalize:
-        mean, std = channel_stats(ImageFiles(*splits["train"], size=cfg.image_size, train=False, augment=False))
-        record.update(mean=mean, std=std)
-    listing = {split: listing_digest(root, files) for split, (files, _) in splits.items()}
-    return Data(
-        train=batches("train", True, cfg.batch_size),
-        val=batches("val", False, cfg.eval_batch_size),
-        test=batches("test", False, cfg.eval_batch_size) if "test" in splits else None,
-        train_eval=batches("train", False, cfg.eval_batch_size),
-        transform=ImageTransform(augment=False, normalize=cfg.normalize, mean=mean, std=std),
-        model_options={"num_classes": len(classes), "in_channels": 3},
-        files={"imagefolder.json": json.dumps(record, indent=1), "data.json": json.dumps(listing, indent=1)},
-    )
+    found = {split: image_files(root / split, classes) for split in SPLITS[1:] if (root / split).is_dir()}
+    splits = with_validation({"train": image_files(train_root, classes), **found}, cfg, str(train_root))
+    files = {split: [splits[split].image(i) for i in range(len(splits[split]))] for split in SPLITS if split in splits}
+    record = {"val_files": [str(path.relative_to(root)) for path in files["val"]]}
+    listing = {split: listing_digest(root, files[split]) for split in ["val", "train", "test"] if split in files}
+    return streamed_images(splits, classes, cfg, record, listing)

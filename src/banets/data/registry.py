@@ -39,7 +39,8 @@ class Data:
     ``metric`` is how the report scores models: ``error`` (classifiers) or ``perplexity`` (language models);
     ``block`` how many consecutive examples its bootstrap resamples together (a BPTT segment of a text);
     ``options_in_files`` names the model options kept in one of ``files`` rather than in the manifest
-    (``{"words": "vocab.json"}``: the file's JSON holds them under that key).
+    (``{"words": "vocab.json"}``: the file's JSON holds them under that key); ``unreadable`` names the examples
+    left out because they could not be read, which the seed directory lists for the report.
     """
 
     train: Iterable[Batch]
@@ -52,6 +53,7 @@ class Data:
     metric: str = "error"
     block: int = 1
     options_in_files: dict[str, str] = field(default_factory=dict)
+    unreadable: Callable[[], list[str]] | None = None  # examples skipped as unreadable so far (data.skip_unreadable)
 
     def record(self) -> dict:
         """What a run's manifest keeps of these data: how models are scored, and how they are built again."""

@@ -22,12 +22,13 @@ worker's traceback).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, Protocol, Self, cast
 
 import numpy as np
 import torch
@@ -74,13 +75,15 @@ def center_box(width: int, height: int) -> Box:
     return (width - side) / 2, (height - side) / 2, float(side), float(side)
 
 
-def decode(path: Path, size: int, box_of) -> np.ndarray:
-    """The crop ``box_of(width, height)`` of image ``path`` resized to ``size x size``, RGB uint8 ``(H, W, 3)``;
-    a JPEG is decoded at the coarsest scale that keeps the crop at least ``size`` pixels wide and high."""
+def decode(image: Path | BinaryIO, size: int, box_of, name: str | None = None) -> np.ndarray:
+    """The crop ``box_of(width, height)`` of ``image`` (a file, or its bytes as a stream) resized to
+    ``size x size``, RGB uint8 ``(H, W, 3)``; a JPEG is decoded at the coarsest scale that keeps the crop at least
+    ``size`` pixels wide and high. ``name`` is what an error calls the image (the path by default)."""
     from PIL import Image, UnidentifiedImageError
 
+    name = name or str(image)
     try:
-        with Image.open(path) as file:
+        with Image.open(image) as file:
             width, height = file.size
             left, top, w, h = box_of(width, height)
             reduce = max(1.0, min(w, h) / size)
@@ -91,12 +94,12 @@ def decode(path: Path, size: int, box_of) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8)
     except Image.DecompressionBombError:
         raise DataError(
-            f"image {path} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
+            f"image {name} has more pixels than PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,}) allows, "
             f"a guard against decompression bombs; shrink or remove it, or, if you trust it, raise "
             f"PIL.Image.MAX_IMAGE_PIXELS in a module you --import"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"cannot read image {path} ({type(error).__name__}); remove or replace the file") from None
+        raise DataError(f"cannot read image {name} ({type(error).__name__}); remove or replace the file") from None
 
 
 def pad_crop_flip_one(pixels: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
@@ -111,34 +114,69 @@ def pad_crop_flip_one(pixels: np.ndarray, rng: np.random.Generator, padding: int
 
 @dataclass(frozen=True)
 class Unreadable:
-    """What a worker returns for an image it cannot read, so that the main process raises the one-line error."""
+    """What a worker returns for an image it cannot read: the one-line error and the image's name."""
 
     message: str
+    name: str
 
 
-class ImageFiles(Dataset):
-    """Image files and their labels; item ``(view_key, index, rows)`` is example ``index``'s view as uint8
-    ``(3, size, size)``, its label and ``rows`` (the global batch's size, passed through), or :class:`Unreadable`."""
+class ImageSource(Protocol):
+    """Where labelled images are: example ``index``'s image (a path, or a stream of its bytes) and a name for
+    messages; :meth:`subset` is the sources' ``rows`` in that order."""
 
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], size: int, train: bool, augment: bool):
+    labels: np.ndarray  # int64, one per example
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> Path | BinaryIO: ...
+
+    def name(self, index: int) -> str: ...
+
+    def subset(self, rows: np.ndarray) -> Self: ...
+
+
+class ImageFiles:
+    """Image files, one per example, and their labels (an :class:`ImageSource`)."""
+
+    def __init__(self, files: Sequence[Path] | np.ndarray, labels: Sequence[int] | np.ndarray):
         # NumPy arrays, not lists: a worker reading a list's items touches their reference counts, which copies the
         # pages a fork shared (memory growing with every worker, as PyTorch's DataLoader notes warn)
-        self.files = np.array([os.fsencode(path) for path in files])
-        self.labels, self.size = np.asarray(labels, dtype=np.int64), size
-        self.augment = train and augment
+        self.files = files if isinstance(files, np.ndarray) else np.array([os.fsencode(path) for path in files])
+        self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.labels)
+
+    def image(self, index: int) -> Path:
+        return Path(os.fsdecode(self.files[index]))
+
+    def name(self, index: int) -> str:
+        return os.fsdecode(self.files[index])
+
+    def subset(self, rows: np.ndarray) -> ImageFiles:
+        return ImageFiles(self.files[rows], self.labels[rows])
+
+
+class ImageViews(Dataset):
+    """A source's images as training or evaluation shows them; item ``(view_key, index, rows)`` is example
+    ``index``'s view as uint8 ``(3, size, size)``, its label and ``rows`` (the global batch's size, passed
+    through), or :class:`Unreadable`."""
+
+    def __init__(self, source: ImageSource, size: int, train: bool, augment: bool):
+        self.source, self.size, self.augment = source, size, train and augment
+
+    def __len__(self) -> int:
+        return len(self.source)
 
     def view(self, view_key: int, index: int) -> np.ndarray:
         """Example ``index``'s pixels as the epoch with ``view_key`` shows them."""
-        path = Path(os.fsdecode(self.files[index]))
+        image, name = self.source.image(index), self.source.name(index)
         if not self.augment:
-            return decode(path, self.size, center_box)
+            return decode(image, self.size, center_box, name)
         rng = view_rng(view_key, index)
         if self.size <= SMALL_IMAGE:
-            return pad_crop_flip_one(decode(path, self.size, center_box), rng)
-        pixels = decode(path, self.size, lambda width, height: resized_crop_box(width, height, rng))
+            return pad_crop_flip_one(decode(image, self.size, center_box, name), rng)
+        pixels = decode(image, self.size, lambda width, height: resized_crop_box(width, height, rng), name)
         return pixels[:, ::-1] if rng.integers(0, 2) else pixels
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, int, int] | Unreadable:
@@ -146,16 +184,35 @@ class ImageFiles(Dataset):
         try:
             pixels = self.view(view_key, index)
         except DataError as error:
-            return Unreadable(str(error))
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), int(self.labels[index]), rows
+            return Unreadable(str(error), self.source.name(index))
+        label = int(self.source.labels[index])
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), label, rows
 
 
-def collate(items: list) -> tuple[Tensor, Tensor, int] | Unreadable:
-    """One batch from a worker, or the first unreadable image's error."""
-    for item in items:
-        if isinstance(item, Unreadable):
-            return item
-    return torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]), items[0][2]
+@dataclass(frozen=True)
+class Loaded:
+    """A batch from a worker: inputs, labels, the global batch's rows, and the images it skipped as unreadable."""
+
+    x: Tensor
+    y: Tensor
+    rows: int
+    skipped: list[str]
+
+
+def collate(items: list, skip_unreadable: bool = False) -> Loaded | Unreadable:
+    """One batch from a worker; an unreadable image is its error, or, with ``skip_unreadable``, left out of the batch
+    (an error still when no image of the batch is readable)."""
+    unreadable = [item for item in items if isinstance(item, Unreadable)]
+    readable = [item for item in items if not isinstance(item, Unreadable)]
+    if unreadable and not skip_unreadable:
+        first = unreadable[0]
+        hint = ", or set data.skip_unreadable=true to skip and count such images"
+        return Unreadable(first.message + hint, first.name)
+    if not readable:
+        return Unreadable(f"{unreadable[0].message}; no image of its batch of {len(items)} is readable, which "
+                          f"data.skip_unreadable does not skip: check the data", unreadable[0].name)
+    x, y = torch.stack([x for x, _, _ in readable]), torch.tensor([y for _, y, _ in readable])
+    return Loaded(x, y, readable[0][2], [item.name for item in unreadable])
 
 
 class EpochOrder(Sampler):
@@ -187,16 +244,19 @@ def default_workers() -> int:
 
 
 class StreamBatches:
-    """A split of :class:`ImageFiles` in batches read by ``workers`` DataLoader workers. Training batches are
-    ``(x, y, global rows)``, this process's rows of a global batch; evaluation batches ``(x, y)``, whole."""
+    """A split of :class:`ImageViews` in batches read by ``workers`` DataLoader workers. Training batches are
+    ``(x, y, global rows)``, this process's rows of a global batch; evaluation batches ``(x, y)``, whole. With
+    ``skip_unreadable``, images that cannot be read are left out of their batches and named in :attr:`skipped`."""
 
-    def __init__(self, images: ImageFiles, batch_size: int, *, shuffle: bool, workers: int):
+    def __init__(self, images: ImageViews, batch_size: int, *, shuffle: bool, workers: int,
+                 skip_unreadable: bool = False):
         self.train = shuffle
+        self.skipped: set[str] = set()  # every image this process left out, over all passes
         self.loader = DataLoader(
             images,
             batch_sampler=EpochOrder(len(images), batch_size, shuffle, shard=shuffle),
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=functools.partial(collate, skip_unreadable=skip_unreadable),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
@@ -213,4 +273,6 @@ class StreamBatches:
         for batch in self.loader:
             if isinstance(batch, Unreadable):
                 raise DataError(batch.message)
-            yield cast(Batch, batch) if self.train else batch[:2]  # a third element: see ``Batch``
+            self.skipped.update(batch.skipped)
+            # a training batch's third element: see ``Batch``
+            yield cast(Batch, (batch.x, batch.y, batch.rows)) if self.train else (batch.x, batch.y)
