@@ -1,6 +1,6 @@
 """Checkpoints inside an epoch (``optim.checkpoint_every``): a run SIGKILLed at random steps inside epochs resumes at
-the step after its last checkpoint and ends bitwise where the uninterrupted run ends, for images streamed by a
-DataLoader worker and for a language model whose hidden state and teacher cache carry over from batch to batch."""
+the step after its last checkpoint and ends bitwise where the uninterrupted run ends, for images streamed from shards
+by a DataLoader worker and for a language model whose hidden state and teacher cache carry over from batch to batch."""
 
 import os
 import random
@@ -14,12 +14,13 @@ import torch
 from banets.cli import main
 from banets.config import load_config
 from banets.data.registry import build_dataset
+from banets.data.shards import write_shards
 from banets.runs import SeedDirectory, load_checkpoint
 from test_lm_pipeline import write_markov_text
 from test_stream import write_photos
 from tiny import KILL_AT, tiny, tiny_lm
 
-IMAGES = ["run", "demo", "--set", "data={dataset: imagefolder, image_size: 16, batch_size: 4, val_size: 4, workers: 1}",
+IMAGES = ["run", "demo", "--set", "data={dataset: shards, image_size: 16, batch_size: 4, val_size: 4, workers: 1}",
           "--set", "model={name: small_cnn, options: {width: 4}}", "--set", "optim.checkpoint_every=3",
           *tiny(epochs=2, width=None)]  # 26 training images: 7 steps an epoch, 28 steps in all
 LM = ["run", "wap_quick", *tiny_lm(epochs=2), "--set", "optim.checkpoint_every=2", "--set", "ban.cache_teacher=auto"]
@@ -63,10 +64,11 @@ def killed_and_resumed_equal_straight(root, args):
     assert resumed_inside == len(points)
 
 
-def test_images_streamed_by_a_worker_resume_bitwise_inside_an_epoch(tmp_path):
+def test_images_streamed_from_shards_by_a_worker_resume_bitwise_inside_an_epoch(tmp_path):
     write_photos(tmp_path / "set", per_class=15, size=(40, 30))
+    write_shards(tmp_path / "set", tmp_path / "shards", shard_size=8)  # read like a folder: see test_shards
     torch.set_num_threads(1)
-    killed_and_resumed_equal_straight(tmp_path, [*IMAGES, "--data-dir", str(tmp_path / "set")])
+    killed_and_resumed_equal_straight(tmp_path, [*IMAGES, "--data-dir", str(tmp_path / "shards")])
 
 
 def test_a_language_model_with_a_teacher_cache_resumes_bitwise_inside_an_epoch(tmp_path):

@@ -1,4 +1,4 @@
-"""The ``banets`` command: demo | run | resume | report | presets | models | datasets.
+"""The ``banets`` command: demo | run | resume | report | presets | models | datasets | tokenize | shard.
 
 The command line only parses arguments into the config the Python API takes and calls ``experiment``; a user
 error (a :class:`~banets.config.UserError`) prints one line naming the problem and the fix and exits 1, an
@@ -18,6 +18,7 @@ from typing import NoReturn
 from banets import __version__, distributed
 from banets import config as configs
 from banets.data.registry import list_datasets
+from banets.data.shards import write_shards
 from banets.data.tokens import write_token_files
 from banets.experiment import (
     import_modules,
@@ -137,6 +138,12 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
           f"--data-dir {args.out}")
 
 
+def cmd_shard(args: argparse.Namespace) -> None:
+    record = write_shards(Path(args.images), Path(args.out), args.shard_size)
+    counts = ", ".join(f"{split} {len(shards)} shard(s)" for split, shards in record["splits"].items())
+    print(f"{args.out}: {counts}; train with --set data.dataset=shards --data-dir {args.out}")
+
+
 def add_import_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--import",
@@ -217,6 +224,11 @@ def make_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--tokenizer", default="whitespace", help="whitespace (pre-tokenised, PTB) or words (raw)")
     tokenize.add_argument("--max-vocab", type=int, default=10000, help="vocabulary cap, counting <unk> and <eos>")
     tokenize.set_defaults(func=cmd_tokenize)
+    shard = commands.add_parser("shard", help="write an image folder as WebDataset tar shards, read by index")
+    shard.add_argument("images", help="a folder of class sub-folders of images, or of train/, val/, test/ of them")
+    shard.add_argument("--out", required=True, help="the new folder to write <split>-NNNNNN.tar and indexes into")
+    shard.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    shard.set_defaults(func=cmd_shard)
     return parser
 
 
