@@ -1,7 +1,8 @@
-"""Streamed image folders (issue 27): start-up time and peak memory against the number of files, and the loader's
-images per second against its workers, next to a ResNet-20 training step.
+"""Streamed image folders and shards (issue 27): start-up time and peak memory against the number of images, and the
+loader's images per second against its workers, next to a ResNet-20 training step.
 
     OMP_NUM_THREADS=1 python bench/bench_stream.py --folder /tmp/bench-images --counts 10000 50000 200000
+    OMP_NUM_THREADS=1 python bench/bench_stream.py --folder /tmp/bench-images --counts 10000 50000 200000 --shards
 
 Writes ``--folder``/``N`` for each count: ``N`` generated 64 x 64 JPEGs in 10 class folders (the smaller folders
 are hard links into the largest). Each measurement runs in a fresh process, so that its peak RSS is its own: the
@@ -77,7 +78,7 @@ class WorkerPeak(threading.Thread):
             time.sleep(0.05)
 
 
-def measure_epoch(folder: str, workers: int, image_size: int, batch_size: int) -> dict:
+def measure_epoch(folder: str, workers: int, image_size: int, batch_size: int, dataset: str) -> dict:
     """In this process: start-up (listing, split, record) and one training epoch through the loader."""
     from banets.config import DataConfig
     from banets.data.registry import build_dataset
@@ -85,7 +86,7 @@ def measure_epoch(folder: str, workers: int, image_size: int, batch_size: int) -
     sampler = WorkerPeak()
     sampler.start()
     start = time.perf_counter()
-    data = build_dataset(DataConfig(dataset="imagefolder", path=folder, val_size=1000, image_size=image_size,
+    data = build_dataset(DataConfig(dataset=dataset, path=folder, val_size=1000, image_size=image_size,
                                     batch_size=batch_size, workers=workers))
     startup = time.perf_counter() - start
     start, images = time.perf_counter(), 0
@@ -128,15 +129,25 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--shards", action="store_true", help="read each folder written as shards (banets shard)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_epoch(args.child[0], int(args.child[1]), args.image_size, args.batch_size)))
+        folder, workers, dataset = args.child
+        print(json.dumps(measure_epoch(folder, int(workers), args.image_size, args.batch_size, dataset)))
         return
     root, largest = Path(args.folder), max(args.counts)
     write_folder(root / str(largest), largest)
     for count in args.counts:
         link_folder(root / str(largest), root / str(count), count)
+    if args.shards:
+        from banets.data.shards import write_shards
+
+        for count in args.counts:
+            if not (root / f"{count}-shards").exists():
+                start = time.perf_counter()
+                write_shards(root / str(count), root / f"{count}-shards")
+                print(f"banets shard of {count:,} images: {time.perf_counter() - start:.1f} s")
     sizes = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
     print(f"ResNet-20 training step, batch {args.batch_size} at {args.image_size} px: "
           f"{resnet20_step_rate(args.image_size, args.batch_size):.0f} images/s")
@@ -144,7 +155,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for count in args.counts:
         for workers in args.workers if count == min(args.counts) else [max(args.workers)]:
-            row = in_child(*sizes, "--child", str(root / str(count)), str(workers))
+            source = root / (f"{count}-shards" if args.shards else str(count))
+            dataset = "shards" if args.shards else "imagefolder"
+            row = in_child(*sizes, "--child", str(source), str(workers), dataset)
             print(f"| {count:,} | {workers} | {row['startup_s']:.2f} | {row['epoch_s']:.1f} | {row['images_per_s']:.0f} "
                   f"| {row['rss_main_mb']:.0f} | {row['rss_worker_mb']:.0f} |", flush=True)
 

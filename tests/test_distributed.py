@@ -18,6 +18,7 @@ import torch
 
 from banets import distributed
 from banets.config import UserError, load_config
+from banets.epoch_position import generator_states, load_generator_states
 from banets.experiment import run_experiment
 from banets.runs import SeedDirectory, load_checkpoint
 
@@ -175,6 +176,20 @@ def test_each_process_draws_its_own_dropout_masks_and_one_process_keeps_its_stre
     torch.manual_seed(0)
     distributed.reseed_per_process(7)
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_checkpoint_inside_an_epoch_gives_each_process_back_its_own_generators(monkeypatch):
+    states = []
+    for seed in (1, 2):  # what two processes' generators are at the checkpoint
+        torch.manual_seed(seed)
+        states.append(generator_states(torch.Generator().manual_seed(seed + 10)))
+    assert not torch.equal(states[0]["torch"], states[1]["torch"])
+    for rank, expected in ((0, 1), (1, 2), (2, 1)):  # a third process (resumed on more) takes them in turn
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        augment = torch.Generator()
+        load_generator_states(states, augment)
+        assert torch.equal(torch.get_rng_state(), states[expected - 1]["torch"])
+        assert torch.equal(augment.get_state(), torch.Generator().manual_seed(expected + 10).get_state())
 
 
 def test_torchrun_on_streamed_images_matches_one_process_and_every_rank_exits_0(tmp_path):

@@ -34,6 +34,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -174,6 +175,15 @@ def sum_over_processes(*values: Tensor) -> tuple[Tensor, ...]:
         for value in values:
             dist.all_reduce(value)
     return values
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every process, in rank order (picklable values; every process gets the list)."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def gather_rows(local: Tensor, total: int) -> Tensor:

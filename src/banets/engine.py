@@ -411,7 +411,8 @@ class Trainer:
 
     def _write_position(self, step: int, totals: EpochTotals, augment_rng: torch.Generator) -> None:
         """A checkpoint inside the epoch, after ``step`` steps (``on_checkpoint`` writes ``state_dict()``)."""
-        self.position = {"step": step, "generators": generator_states(augment_rng), "totals": totals.saved(),
+        generators = distributed.gather_objects(generator_states(augment_rng))  # every process's, in rank order
+        self.position = {"step": step, "generators": generators, "totals": totals.saved(),
                          "carried": carried_states(self.model, self.teacher)}
         assert self.on_checkpoint is not None
         self.on_checkpoint(self)
