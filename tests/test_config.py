@@ -1,9 +1,11 @@
 """Typed configs, presets and --set overrides."""
 
+import re
+
 import pytest
 
 from banets import config as configs
-from banets.config import ConfigError, load_config
+from banets.config import BornAgainConfig, ConfigError, DataConfig, ExperimentConfig, TrainConfig, load_config
 
 
 def test_overrides_are_parsed_as_yaml_and_typed():
@@ -36,6 +38,30 @@ def test_an_override_replaces_a_mapping_instead_of_merging_into_it():
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
         load_config("demo", [override])
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: TrainConfig(epochs=0), "optim.epochs must be a positive number of epochs, got 0"),
+    (lambda: TrainConfig(epochs=-3), "optim.epochs must be a positive number of epochs, got -3"),
+    (lambda: TrainConfig(epochs="10"), "optim.epochs expects int, got '10'"),
+    (lambda: TrainConfig(lr=-0.1), "optim.lr must be a positive finite number, got -0.1"),
+    (lambda: TrainConfig(lr=float("inf")), "optim.lr must be a positive finite number, got inf"),
+    (lambda: TrainConfig(momentum=5), "optim.momentum must be in [0, 1), got 5.0"),
+    (lambda: TrainConfig(progress="bar"), "optim.progress='bar' is not one of model, epoch, none"),
+    (lambda: TrainConfig(schedule="cosin"), "did you mean 'cosine'?"),
+    (lambda: TrainConfig(optimizer="adamw"), "optim.optimizer='adamw' is not one of sgd, adam"),
+    (lambda: TrainConfig(precision="fp8"), "optim.precision='fp8' is not one of"),
+    (lambda: BornAgainConfig(generations=-1), "ban.generations must be 0 or more, got -1"),
+    (lambda: BornAgainConfig(cache_teacher="int8"), "ban.cache_teacher='int8' is not one of"),
+    (lambda: DataConfig(batch_size=0), "data.batch_size must be a positive integer, got 0"),
+    (lambda: DataConfig(split_seed=10**20), "data.split_seed must be an integer in [0, 2147483647]"),
+    (lambda: ExperimentConfig(seeds=[10**20]), "seeds must be integers in [0, 2147483647]"),
+])
+def test_a_section_refuses_a_value_out_of_range_when_it_is_made(build, message):
+    """Where these are checked: the CLI's --set and born_again's arguments make the same sections (one CLI case per
+    error class is in test_bad_input)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build()
 
 
 def test_unknown_preset_suggests_near_names():

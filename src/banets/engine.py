@@ -21,7 +21,7 @@ import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,8 @@ from banets.epoch_position import (
 from banets.losses import Loss, Terms, total
 from banets.metrics import Predictions
 from banets.teacher import FrozenTeacher
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class DivergedError(UserError, RuntimeError):
@@ -175,32 +177,16 @@ class EpochTotals:
 class Trainer:
     """Trains one model; ``fit`` runs the remaining epochs, ``state_dict`` captures everything to resume."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: Loss,
-        config: TrainConfig,
-        *,
-        seed: int,
-        device: torch.device,
-        teacher: nn.Module | None = None,
-        transform: Transform | None = None,
-        callbacks: Sequence[Callback] = (),
-        on_checkpoint: Callable[[Trainer], None] | None = None,
-        name: str = "model",
-        label: str = "",
-    ):
+    def __init__(self, model: nn.Module, loss: Loss, config: TrainConfig, *, seed: int, device: torch.device,
+                 teacher: nn.Module | None = None, transform: Transform | None = None,
+                 callbacks: Sequence[Callback] = (), on_checkpoint: Callable[[Trainer], None] | None = None,
+                 name: str = "model", label: str = ""):
         self.seed, self.device, self.name = seed, device, name
         self.label = f"{name} ({label})" if label else name  # how progress names this model
         self.config = config if distributed.is_main() else replace(config, progress="none")  # rank 0 reports
-        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-        # Module.to takes memory_format (PyTorch's type stubs omit it)
-        self.model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
-        if teacher is not None and not isinstance(teacher, FrozenTeacher):
-            teacher = FrozenTeacher(teacher)  # a module given as it is: frozen like every teacher
-        self.teacher = (
-            teacher.to(device, memory_format=memory_format) if teacher is not None else None  # type: ignore[call-overload]
-        )
+        self.model, self.teacher = self._on_device(model), None
+        if teacher is not None:  # a module given as it is is frozen like every teacher
+            self.teacher = self._on_device(teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher))
         self.loss, self.transform, self.callbacks = loss, transform, list(callbacks)
         self.on_checkpoint = on_checkpoint  # writes a checkpoint inside an epoch (optim.checkpoint_every)
         self.resume_at: dict | None = None  # the position a mid-epoch checkpoint left this epoch at
@@ -216,6 +202,11 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config)
         self.epoch = 0
         self.history: list[dict] = []
+
+    def _on_device(self, model: ModuleT) -> ModuleT:
+        memory_format = torch.channels_last if self.config.channels_last else torch.preserve_format
+        # Module.to takes memory_format (PyTorch's type stubs omit it)
+        return model.to(self.device, memory_format=memory_format)  # type: ignore[call-overload]
 
     # -- one epoch -------------------------------------------------------------------------------------
 
@@ -254,24 +245,9 @@ class Trainer:
         augment_rng = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch))
         self.model.train()
         resume_at, self.resume_at = self.resume_at, None
-        first = resume_at["step"] if resume_at else 0
-        for model in (self.model, self.teacher):
-            if model is not None:
-                reset_state(model)
-        if resume_at is not None and self.teacher is not None and self.teacher.cached:
-            self._teach_again(train_data, first, augment_rng)
-            load_carried_states(resume_at["carried"], self.model)
-        elif resume_at is not None:
-            load_carried_states(resume_at["carried"], self.model, self.teacher)
-        totals = EpochTotals.from_saved(resume_at["totals"], self.device) if resume_at else EpochTotals.zeros(
-            self.nonfinite_run)
-        steps = tqdm(
-            batches_from(train_data, first),
-            desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}",
-            leave=False,
-            disable=None if self.config.progress == "epoch" else True,
-            dynamic_ncols=True,
-        )
+        first, totals = self._start_epoch(train_data, resume_at, augment_rng)
+        steps = tqdm(batches_from(train_data, first), desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}",
+                     leave=False, disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         clock, batches = CheckpointClock(self.config.checkpoint_every), first
         for step, batch in enumerate(steps, start=first):
             batches += 1
@@ -287,12 +263,32 @@ class Trainer:
                 steps.set_postfix(loss=f"{loss.item():.4f}")
             if self.on_checkpoint is not None and clock.due(step + 1):
                 self._write_position(step + 1, totals, augment_rng)
-        totals.sum_over_processes()
+        return self._end_epoch(totals, batches)
+
+    def _start_epoch(self, train_data: Iterable[Batch], resume_at: dict | None,
+                     augment_rng: torch.Generator) -> tuple[int, EpochTotals]:
+        """The step the epoch starts at and its totals so far: 0 and zeros, or where a checkpoint inside the epoch
+        left them, with the states carried from batch to batch (an LSTM's) restored."""
+        for model in (self.model, self.teacher):
+            if model is not None:
+                reset_state(model)
+        if resume_at is None:
+            return 0, EpochTotals.zeros(self.nonfinite_run)
+        if self.teacher is not None and self.teacher.cached:
+            self._teach_again(train_data, resume_at["step"], augment_rng)
+            load_carried_states(resume_at["carried"], self.model)
+        else:
+            load_carried_states(resume_at["carried"], self.model, self.teacher)
+        return resume_at["step"], EpochTotals.from_saved(resume_at["totals"], self.device)
+
+    def _end_epoch(self, totals: EpochTotals, batches: int) -> dict:
+        """The epoch's record, from its totals summed over the processes."""
         if batches == 0:
             raise DataError(
                 f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
                 f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)"
             )
+        totals.sum_over_processes()
         self._check_finite(totals, "at the end of the epoch")
         if self.teacher is not None:
             reset_state(self.teacher)  # a cached teacher checks the batches it replayed this epoch

@@ -47,6 +47,7 @@ from banets.generations import (
     plan_generations,
     saved_weights_of,
 )
+from banets.metrics import Predictions
 from banets.models.registry import TIMM, create_model, model_parameters
 from banets.preflight import build_model, first_batch
 from banets.report import SeedRun, read_run, read_runs, seed_run_of, summarize, write_report
@@ -189,20 +190,22 @@ def run_seed(
         if main and isinstance(store, SeedDirectory):
             store.mark_failed(error.model, str(error))
         raise
-    splits = {
-        ("val", "validation"): setup.data.val,
-        ("test", "test"): setup.data.test,
-        ("train", "training"): setup.data.train_eval,
-    }
-    predictions = {
-        split: evaluate_with_ensembles(models, ensembles, data, device, config.optim, setup.data.transform, named)
-        for (split, named), data in splits.items()
-        if data is not None
-    }
+    predictions = evaluate_splits(models, ensembles, setup.data, device, config.optim)
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, SeedDirectory):
         save_result(store, config, result, setup.data.unreadable() if setup.data.unreadable else [])
     return result
+
+
+def evaluate_splits(models: dict[str, nn.Module], ensembles: dict[str, list[str]], data: Data, device: torch.device,
+                    optim: TrainConfig) -> dict[str, dict[str, Predictions]]:
+    """Every model's and ensemble's predictions on the validation, test and training examples (those there are)."""
+    splits = {("val", "validation"): data.val, ("test", "test"): data.test, ("train", "training"): data.train_eval}
+    return {
+        split: evaluate_with_ensembles(models, ensembles, batches, device, optim, data.transform, named)
+        for (split, named), batches in splits.items()
+        if batches is not None
+    }
 
 
 def save_result(
@@ -282,22 +285,10 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequenc
 
 
 def born_again(
-    model_fn: ModelFn,
-    train: Any,
-    val: Any,
-    test: Any = None,
-    *,
-    ban: BornAgainConfig | None = None,
-    optim: TrainConfig | None = None,
-    seeds: int | Sequence[int] = 0,
-    out: str | Path | None = None,
-    resume: bool = False,
-    teacher: nn.Module | None = None,
-    teacher_fn: ModelFn | None = None,
-    batch_size: int = 128,
-    transform: Transform | None = None,
-    device: str = "auto",
-    name: str = "custom",
+    model_fn: ModelFn, train: Any, val: Any, test: Any = None, *, ban: BornAgainConfig | None = None,
+    optim: TrainConfig | None = None, seeds: int | Sequence[int] = 0, out: str | Path | None = None,
+    resume: bool = False, teacher: nn.Module | None = None, teacher_fn: ModelFn | None = None, batch_size: int = 128,
+    transform: Transform | None = None, device: str = "auto", name: str = "custom",
 ) -> BornAgainRun:
     """Train a teacher (or take ``teacher``, already trained), then its born-again generations, and evaluate all.
 
@@ -314,6 +305,27 @@ def born_again(
     """
     optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
     data_config = DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size)  # checked first
+    data = given_data(train, val, test, batch_size, transform)
+    architecture = type(build_model(model_fn, "model_fn")).__name__
+    # seeds that are neither an int nor a sequence stay as they are, for the config's check to refuse
+    seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds
+    config = ExperimentConfig(name=name, seeds=seed_list, device=device, data=data_config,
+                              model=ModelConfig(name=f"{PYTHON}:{architecture}"), optim=optim, ban=ban)
+    try:
+        result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
+    except KeyboardInterrupt:
+        if out is not None and distributed.is_main():  # what `banets run` says on Ctrl-C, in Python's words
+            print(f"\nbanets: interrupted; continue with born_again(..., out={str(out)!r}, resume=True)",
+                  file=sys.stderr)
+        raise
+    if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
+        report_runs([Path(out)], Path(out) / REPORT_DIR)
+    return result
+
+
+def given_data(train: Any, val: Any, test: Any, batch_size: int, transform: Transform | None) -> Data:
+    """The data given to :func:`born_again` as batches, with what a resume compares (their fingerprints) and how
+    the report scores models: by perplexity when labels are sequences (a language model), resampling whole rows."""
     train_batches = as_batches(train, batch_size, shuffle=True, what="train")
     data = Data(
         train=train_batches,
@@ -321,33 +333,11 @@ def born_again(
         test=as_batches(test, batch_size, shuffle=False, what="test"),
         transform=transform,
     )
-    data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)  # compared on resume
+    data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)
     labels = first_batch(train_batches, "training")[1]
-    if labels.dim() > 1:  # sequences: a language model, scored by perplexity; its bootstrap resamples whole rows
+    if labels.dim() > 1:
         data.metric, data.block = "perplexity", labels.shape[-1]
-    architecture = type(build_model(model_fn, "model_fn")).__name__
-    # seeds that are neither an int nor a sequence stay as they are, for the config's check to refuse
-    seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds
-    config = ExperimentConfig(
-        name=name,
-        seeds=seed_list,
-        device=device,
-        data=data_config,
-        model=ModelConfig(name=f"{PYTHON}:{architecture}"),
-        optim=optim,
-        ban=ban,
-    )
-    try:
-        result = run(config, Setup(model_fn, data, teacher_fn, teacher), Path(out) if out is not None else None, resume)
-    except KeyboardInterrupt:
-        if out is not None and distributed.is_main():  # what `banets run` says on Ctrl-C, in Python's words
-            print(
-                f"\nbanets: interrupted; continue with born_again(..., out={str(out)!r}, resume=True)", file=sys.stderr
-            )
-        raise
-    if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
-        report_runs([Path(out)], Path(out) / REPORT_DIR)
-    return result
+    return data
 
 
 def report_runs(paths: list[Path], folder: Path) -> list[SeedRun]:

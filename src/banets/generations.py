@@ -252,19 +252,7 @@ class Driver:
 
     def train(self, spec: ModelSpec, position: str = "") -> nn.Module:
         if spec.role == Role.TEACHER and self.setup.teacher is not None:
-            model = self.setup.teacher.to(self.device).eval()
-            stored = self.store.finished(spec)
-            if stored is None:
-                self.store.on_finished(spec, model, [])
-            elif not same_weights(model.state_dict(), stored["model"]):
-                raise PlanError(
-                    f"the trained {spec.name} given now differs from the one this run was started with; give "
-                    f"the same one to continue the run, or start a new run"
-                )
-            else:
-                self.store.on_loaded(spec, model)
-            self.histories[spec.name] = []
-            return model
+            return self._given_teacher(spec)
         model = self.build(spec)
         done = self.store.finished(spec)
         if done is not None:
@@ -274,19 +262,10 @@ class Driver:
             self.histories[spec.name] = done.get("history", [])
             return model.to(self.device)
         callbacks = [lambda trainer, record: self.store.on_epoch_end(spec, trainer, record)]
-        trainer = Trainer(
-            model,
-            spec.make_loss(),
-            self.optim,
-            seed=spec.seed,
-            device=self.device,
-            teacher=self.frozen_teacher(spec),
-            transform=self.setup.data.transform,
-            callbacks=callbacks,
-            on_checkpoint=lambda trainer: self.store.on_checkpoint(spec, trainer),
-            name=spec.name,
-            label=", ".join(p for p in (position, self.label) if p),
-        )
+        trainer = Trainer(model, spec.make_loss(), self.optim, seed=spec.seed, device=self.device,
+                          teacher=self.frozen_teacher(spec), transform=self.setup.data.transform, callbacks=callbacks,
+                          on_checkpoint=lambda trainer: self.store.on_checkpoint(spec, trainer), name=spec.name,
+                          label=", ".join(p for p in (position, self.label) if p))
         progress = self.store.progress(spec)
         if progress is not None:
             with saved_weights_of(spec.name):
@@ -294,6 +273,23 @@ class Driver:
         self.histories[spec.name] = trainer.fit(self.setup.data.train, self.setup.data.val)
         self.store.on_finished(spec, trainer.model, trainer.history)
         return trainer.model
+
+    def _given_teacher(self, spec: ModelSpec) -> nn.Module:
+        """The trained teacher given from Python, recorded as the run's teacher; on resume, it must be the same."""
+        assert self.setup.teacher is not None
+        model = self.setup.teacher.to(self.device).eval()
+        stored = self.store.finished(spec)
+        if stored is None:
+            self.store.on_finished(spec, model, [])
+        elif not same_weights(model.state_dict(), stored["model"]):
+            raise PlanError(
+                f"the trained {spec.name} given now differs from the one this run was started with; give "
+                f"the same one to continue the run, or start a new run"
+            )
+        else:
+            self.store.on_loaded(spec, model)
+        self.histories[spec.name] = []
+        return model
 
 
 RUN_OF_ANOTHER_ARCHITECTURE = (

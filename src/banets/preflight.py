@@ -79,11 +79,7 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     first batch of every split through a student and of the training data through the teacher (shapes, label
     range, finite values), what each loss returns, the shared layers, the ensembles and the teacher cache.
     Raises a one-line error naming the problem and the fix; trains nothing."""
-    for spec in plan:
-        try:
-            spec.make_loss()
-        except losses.LossError as error:
-            raise PlanError(f"{loss_named(spec)}: {error}") from None
+    check_loss_options(plan)
     plan_ensembles(plan, ban)
     if setup.data.val is None:
         raise PlanError(
@@ -110,6 +106,13 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
         )
     for spec in plan:
         check_loss(spec, student_logits, teacher_logits, y)
+    check_teacher_use(plan, ban, setup, student, teacher, device)
+
+
+def check_teacher_use(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, student: nn.Module,
+                      teacher: nn.Module, device: torch.device) -> None:
+    """What the plan does with the teacher besides teaching: initialising the students, sharing its layers, and
+    caching its outputs."""
     if ban.init_from_teacher and teacher is not student:
         with saved_weights_of(
             TEACHER,
@@ -124,6 +127,15 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
             raise PlanError(f"ban.share_layers: {error}") from None
     if ban.cache_teacher and any(spec.teacher is not None for spec in plan):
         check_replayable(setup, device)
+
+
+def check_loss_options(plan: list[ModelSpec]) -> None:
+    """Every model's loss can be made with its options."""
+    for spec in plan:
+        try:
+            spec.make_loss()
+        except losses.LossError as error:
+            raise PlanError(f"{loss_named(spec)}: {error}") from None
 
 
 def fresh_model(factory: ModelFn, what: str) -> nn.Module:

@@ -258,9 +258,9 @@ def model_row(
     """One model's (or ensemble's) row on ``split``: mean and SD over seeds of the score, the training score,
     NLL, ECE, minutes of training, agreement with the model that taught it (the teacher for controls and
     ensembles), and the paired difference to ``reference`` with its 95% interval over seeds and examples."""
-    metric, first = group[0].metric, group[0]
+    first = group[0]
     group = [r for r in group if model in r.predictions[split]]
-    entry, preds = first.models.get(model, {}), [r.predictions[split][model] for r in group]
+    entry = first.models.get(model, {})
     row = {
         "experiment": experiment,
         "architecture": architecture,
@@ -270,27 +270,35 @@ def model_row(
         "generation": entry.get("generation"),
         "loss": entry.get("loss", "ensemble"),
         "seeds": len(group),
-        "metric": metric.key,
+        "metric": first.metric.key,
+        **score_columns(group, split, model),
     }
-    row[metric.key], row[f"{metric.key}_sd"] = mean_sd([metric.value(p) for p in preds])
-    trained = [r.predictions["train"][model] for r in group if model in r.predictions.get("train", {})]
-    if trained:
-        row[f"train_{metric.key}"], row[f"train_{metric.key}_sd"] = mean_sd([metric.value(p) for p in trained])
-    row["nll"], row["nll_sd"] = mean_sd([p.mean_nll() for p in preds])
-    row["ece"], row["ece_sd"] = mean_sd([p.ece() for p in preds])
-    seconds = [sum(e.get("seconds", 0.0) for e in r.epochs if e["model"] == model) for r in group]
-    if all(seconds):  # trained models of runs that timed their epochs (not ensembles, not a given teacher)
-        row["minutes"], row["minutes_sd"] = mean_sd([s / 60 for s in seconds])
     teacher = entry.get("teacher") or (reference if model != reference else None)
     if teacher and all(teacher in r.predictions[split] for r in group):
         row["agreement_with"] = teacher
-        row["agreement"], row["agreement_sd"] = mean_sd(
-            [p.agreement(r.predictions[split][teacher]) for p, r in zip(preds, group)]
-        )
+        agreement = [r.predictions[split][model].agreement(r.predictions[split][teacher]) for r in group]
+        row["agreement"], row["agreement_sd"] = mean_sd(agreement)
     delta = paired_delta(group, split, model, reference)
     if delta is not None:
         row["delta"], row["delta_low"], row["delta_high"] = delta
     return row
+
+
+def score_columns(group: list[SeedRun], split: str, model: str) -> dict:
+    """Mean and SD over seeds of the model's score on ``split`` and on the training examples, its NLL, ECE, and
+    minutes of training (for trained models of runs that timed their epochs)."""
+    metric, preds = group[0].metric, [r.predictions[split][model] for r in group]
+    columns = dict(zip((metric.key, f"{metric.key}_sd"), mean_sd([metric.value(p) for p in preds])))
+    trained = [r.predictions["train"][model] for r in group if model in r.predictions.get("train", {})]
+    if trained:
+        columns.update(zip((f"train_{metric.key}", f"train_{metric.key}_sd"),
+                           mean_sd([metric.value(p) for p in trained])))
+    columns["nll"], columns["nll_sd"] = mean_sd([p.mean_nll() for p in preds])
+    columns["ece"], columns["ece_sd"] = mean_sd([p.ece() for p in preds])
+    seconds = [sum(e.get("seconds", 0.0) for e in r.epochs if e["model"] == model) for r in group]
+    if all(seconds):  # not ensembles, not a given teacher
+        columns["minutes"], columns["minutes_sd"] = mean_sd([s / 60 for s in seconds])
+    return columns
 
 
 def summarize(runs: list[SeedRun], split: str = "val", reference: str = TEACHER) -> list[dict]:
@@ -451,46 +459,33 @@ def summary_table(runs: list[SeedRun], split: str = "val", legend: bool = False)
         rows = summarize(group, split)
         if not rows:
             continue
-        metric = METRICS[rows[0]["metric"]]
-        longest = max(len(r["model"]) for r in rows)  # a long model name takes room from "what it is"
-        widths = [max(8, longest), max(12, 32 - max(8, longest)), *(w for w, _ in SUMMARY_COLUMNS[2:])]
         n = max(r["seeds"] for r in rows)
         title = f"{experiment} ({architecture}), {split} split, " + (
-            f"mean ± SD over {n} seeds" if n > 1 else "n=1 seed"
-        )
-        header = "  ".join(
-            f"{name.format(metric=metric.label):<{w}}" for w, (_, name) in zip(widths, SUMMARY_COLUMNS)
-        ).rstrip()
-        lines = [title, header, "-" * len(header)]
-        for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
-            cells = (
-                r["model"],
-                r["what"],
-                _pm(r, metric.key),
-                _pm(r, "nll", 3),
-                f"{r['agreement']:.1f}" if "agreement" in r else "—",
-                _delta(r),
-            )
-            lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, w in zip(cells, widths)).rstrip())
+            f"mean ± SD over {n} seeds" if n > 1 else "n=1 seed")
+        lines = [title, *table_lines(rows)]
         if legend:
-            lines += textwrap.wrap(legend_line(group[0], metric), WIDTH)
-        lines += [
-            "",
-            *textwrap.wrap(
-                "Verdict:"
-                + (
-                    " (one seed: the intervals cover example noise only, not seed-to-seed "
-                    "variation; run more seeds before trusting them)"
-                    if n == 1
-                    else ""
-                ),
-                WIDTH,
-            ),
-        ]
+            lines += textwrap.wrap(legend_line(group[0], METRICS[rows[0]["metric"]]), WIDTH)
+        one_seed = (" (one seed: the intervals cover example noise only, not seed-to-seed variation; run more seeds "
+                    "before trusting them)")
+        lines += ["", *textwrap.wrap("Verdict:" + (one_seed if n == 1 else ""), WIDTH)]
         for verdict in verdicts(group, split) or ["(no student or ensemble to judge)"]:
             lines += textwrap.wrap(verdict, WIDTH, initial_indent="  ", subsequent_indent="    ")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The header, a rule and one line per model of :func:`summary_table`, cells cut to their column's width."""
+    metric = METRICS[rows[0]["metric"]]
+    longest = max(len(r["model"]) for r in rows)  # a long model name takes room from "what it is"
+    widths = [max(8, longest), max(12, 32 - max(8, longest)), *(w for w, _ in SUMMARY_COLUMNS[2:])]
+    header = "  ".join(f"{name.format(metric=metric.label):<{w}}" for w, (_, name) in zip(widths, SUMMARY_COLUMNS))
+    lines = [header.rstrip(), "-" * len(header.rstrip())]
+    for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
+        agreement = f"{r['agreement']:.1f}" if "agreement" in r else "—"
+        cells = (r["model"], r["what"], _pm(r, metric.key), _pm(r, "nll", 3), agreement, _delta(r))
+        lines.append("  ".join(f"{str(c)[:w]:<{w}}" for c, w in zip(cells, widths)).rstrip())
+    return lines
 
 
 def legend_line(run: SeedRun, metric: Metric) -> str:
@@ -572,35 +567,23 @@ def plot_ensembles(rows: list[dict], path: Path, title: str, runs: list[SeedRun]
         ensembles = {k: by_name[name] for k, name in first_run[label].chain_ensembles().items() if name in by_name}
         if not ensembles or 1 not in by_gen:
             continue
-        ensembles[1] = by_gen[1]
         key, color = group[0]["metric"], f"C{i}"
-        ks = sorted(ensembles)
-        ax.errorbar(
-            ks,
-            [ensembles[k][key] for k in ks],
-            yerr=[ensembles[k][key + "_sd"] for k in ks],
-            color=color,
-            marker="o",
-            capsize=4,
-            label=f"{label}: ensemble of gens 1..k",
-        )
-        singles = sorted(by_gen)
-        ax.errorbar(
-            [k + 0.04 for k in singles],
-            [by_gen[k][key] for k in singles],
-            yerr=[by_gen[k][key + "_sd"] for k in singles],
-            color=color,
-            marker="s",
-            linestyle=":",
-            capsize=4,
-            alpha=0.7,
-            label=f"{label}: generation k alone",
-        )
+        _errorbars(ax, {**ensembles, 1: by_gen[1]}, key, 0.0, color=color, marker="o",
+                   label=f"{label}: ensemble of gens 1..k")
+        _errorbars(ax, by_gen, key, 0.04, color=color, marker="s", linestyle=":", alpha=0.7,
+                   label=f"{label}: generation k alone")
         teacher = next((r for r in group if r["role"] == Role.TEACHER), None)
         if teacher:
             ax.axhline(teacher[key], color=color, linestyle="--", linewidth=1, label=f"{label}: teacher")
         drawn = True
     return _save_if_drawn(fig, ax, drawn, path, title, "k (generations averaged)", _axis_label(rows))
+
+
+def _errorbars(ax, by_k: dict[int, dict], key: str, shift: float, **style) -> None:
+    """The rows' ``key`` (mean ± SD over seeds) against k, each point ``shift`` to the right."""
+    ks = sorted(by_k)
+    ax.errorbar([k + shift for k in ks], [by_k[k][key] for k in ks], yerr=[by_k[k][key + "_sd"] for k in ks],
+                capsize=4, **style)
 
 
 def plot_forest(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -> bool:
@@ -614,21 +597,13 @@ def plot_forest(rows: list[dict], path: Path, title: str, runs: list[SeedRun]) -
     order = list(reversed(with_delta))
     colors = {Role.GENERATION: "C0", Role.STUDENT: "C1", Role.CONTROL: "C7", Role.ENSEMBLE: "C2"}
     for y, r in enumerate(order):
-        ax.errorbar(
-            [r["delta"]],
-            [y],
-            xerr=[[r["delta"] - r["delta_low"]], [r["delta_high"] - r["delta"]]],
-            fmt="o",
-            capsize=4,
-            color=colors.get(r["role"], "C3"),
-            label=str(r["role"]),
-        )
+        ax.errorbar([r["delta"]], [y], xerr=[[r["delta"] - r["delta_low"]], [r["delta_high"] - r["delta"]]],
+                    fmt="o", capsize=4, color=colors.get(r["role"], "C3"), label=str(r["role"]))
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
-    ax.set_yticks(
-        range(len(order)), [f"{r['experiment']}: {r['model']}" if multiple else r["model"] for r in order], fontsize=8
-    )
+    names = [f"{r['experiment']}: {r['model']}" if multiple else r["model"] for r in order]
+    ax.set_yticks(range(len(order)), names, fontsize=8)
     ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
     ax.set_xlabel(METRICS[rows[0]["metric"]].delta_label.replace(" [95% CI]", " (95% interval; left of 0 = better)"))
     seeds = max(r["seeds"] for r in rows)
@@ -841,6 +816,24 @@ def experiment_section(index: int, group: list[SeedRun], folder: ReportFolder) -
     return "\n".join(parts)
 
 
+def report_intro(runs: list[SeedRun]) -> list[str]:
+    """The title and what the report's numbers are."""
+    seeds = sorted({r.seed for r in runs})
+    intro = [
+        "# banets report\n",
+        f"{len(runs)} seed run(s), seeds {', '.join(map(str, seeds))}. Cells are the mean over seeds ± the standard "
+        "deviation; Δ is the paired difference to the teacher, averaged over seeds and examples, with a 95% percentile "
+        "bootstrap interval resampling seeds and examples (2000 draws). Agreement is with the model that taught each "
+        "one (the teacher for controls and ensembles). The training score is measured without augmentation. Per-epoch "
+        "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run "
+        "directories).\n",
+    ]
+    if any(r.metric is PERPLEXITY for r in runs):
+        intro.append("For language models Δ resamples BPTT segments (runs of `data.bptt` consecutive tokens of one "
+                     "stream) rather than single tokens, which are correlated within a sentence (a block bootstrap).\n")
+    return intro
+
+
 def unreadable_note(run: SeedRun) -> str:
     names = run.unreadable["names"]
     more = f" and {run.unreadable['count'] - len(names)} more" if run.unreadable["count"] > len(names) else ""
@@ -855,23 +848,8 @@ def write_report(
     (Table 2's shape, numeric), ``epochs.csv`` (per-epoch metrics) and ``report.json`` into ``out``; return the
     Markdown."""
     folder = ReportFolder(Path(out))
-    seeds = sorted({r.seed for r in runs})
     head = [
-        "# banets report\n",
-        f"{len(runs)} seed run(s), seeds {', '.join(map(str, seeds))}. Cells are the mean over seeds ± the standard "
-        "deviation; Δ is the paired difference to the teacher, averaged over seeds and examples, with a 95% percentile "
-        "bootstrap interval resampling seeds and examples (2000 draws). Agreement is with the model that taught each "
-        "one (the teacher for controls and ensembles). The training score is measured without augmentation. Per-epoch "
-        "metrics of every model and seed: [epochs.csv](epochs.csv) (and `tensorboard --logdir` on the run "
-        "directories).\n",
-        *(
-            [
-                "For language models Δ resamples BPTT segments (runs of `data.bptt` consecutive tokens of one stream) "
-                "rather than single tokens, which are correlated within a sentence (a block bootstrap).\n"
-            ]
-            if any(r.metric is PERPLEXITY for r in runs)
-            else []
-        ),
+        *report_intro(runs),
         *(f"- skipped: {note}" for note in skipped),
         *(unreadable_note(r) for r in runs if r.unreadable["count"]),
         *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
