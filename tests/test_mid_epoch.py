@@ -11,10 +11,13 @@ import sys
 import pytest
 import torch
 
+from banets import losses
 from banets.cli import main
-from banets.config import load_config
+from banets.config import TrainConfig, load_config
+from banets.data.batches import TensorBatches
 from banets.data.registry import build_dataset
 from banets.data.shards import write_shards
+from banets.engine import Trainer
 from banets.runs import SeedDirectory, load_checkpoint
 from test_lm_pipeline import write_markov_text
 from test_stream import write_photos
@@ -82,3 +85,12 @@ def test_a_language_model_with_a_teacher_cache_resumes_bitwise_inside_an_epoch(t
 def test_a_checkpoint_interval_that_is_neither_steps_nor_minutes_is_refused(every, message, capsys):
     assert main(["run", "demo", *tiny(), "--set", f"optim.checkpoint_every={every}"]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_checkpoints_inside_an_epoch_come_every_n_steps_but_not_at_its_end(tmp_path):
+    x, y = torch.randn(24, 3), torch.arange(24) % 2
+    written = []
+    trainer = Trainer(torch.nn.Linear(3, 2), losses.get("ce"), TrainConfig(epochs=2, progress="none", checkpoint_every=2),
+                      seed=0, device=torch.device("cpu"), on_checkpoint=lambda t: written.append((t.epoch, t.position["step"])))
+    trainer.fit(TensorBatches(x, y, batch_size=4, shuffle=True))  # 6 steps an epoch
+    assert written == [(0, 2), (0, 4), (1, 2), (1, 4)]  # step 6 ends the epoch: its epoch checkpoint is written

@@ -19,7 +19,7 @@ import itertools
 import math
 import time
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
@@ -249,6 +249,7 @@ class Trainer:
         steps = tqdm(batches_from(train_data, first), desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}",
                      leave=False, disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         clock, batches = CheckpointClock(self.config.checkpoint_every), first
+        last = len(train_data) if isinstance(train_data, Sized) else None  # its end writes an epoch checkpoint
         for step, batch in enumerate(steps, start=first):
             batches += 1
             if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
@@ -261,7 +262,7 @@ class Trainer:
             if step % 25 == 0:
                 self._check_finite(totals, step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
-            if self.on_checkpoint is not None and clock.due(step + 1):
+            if self.on_checkpoint is not None and step + 1 != last and clock.due(step + 1):
                 self._write_position(step + 1, totals, augment_rng)
         return self._end_epoch(totals, batches)
 
