@@ -82,8 +82,9 @@ class Section:
             raise ConfigError(f"{self.prefix}{key}={value!r} is not one of {', '.join(choices)}{hint}")
 
 
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("multistep", "cosine", "plateau", "constant")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("multistep", "cosine", "linear", "plateau", "constant")
+SCHEDULE_UNITS = ("epoch", "step")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROGRESS = ("model", "epoch", "none")
 CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -102,12 +103,15 @@ class TrainConfig(Section):
 
     prefix: typing.ClassVar[str] = "optim."
     epochs: int = 10
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: str = "sgd"  # sgd | adam | adamw (decoupled weight decay, none on biases and norms)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "multistep"  # multistep | cosine | plateau | constant
+    schedule: str = "multistep"  # multistep | cosine | linear (to 0) | plateau | constant
+    schedule_every: str = "epoch"  # epoch | step: when the schedule moves (plateau: epoch only)
+    warmup_steps: int = 0  # linear warmup over this many optimiser steps (with schedule_every: step)
+    accumulate: int = 1  # batches whose gradients make one optimiser step (a global batch of batch_size x this)
     milestones: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.8])  # fractions of the epochs
     gamma: float = 0.2  # learning-rate factor at each milestone or plateau
     plateau_threshold: float = 0.0  # plateau: validation perplexity must fall by more than this
@@ -116,7 +120,7 @@ class TrainConfig(Section):
     channels_last: bool = False
     compile: bool = False
     progress: str = "model"  # model | epoch | none
-    checkpoint_every: int | str | None = None  # inside an epoch too: every N steps (500) or minutes ("30min")
+    checkpoint_every: int | str | None = None  # inside an epoch too: every N optimiser steps (500) or "30min"
 
     def validate(self) -> None:
         self.check(self.epochs >= 1, "epochs", "a positive number of epochs")
@@ -131,6 +135,13 @@ class TrainConfig(Section):
         self.check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null")
         self.check_choice("optimizer", OPTIMIZERS)
         self.check_choice("schedule", SCHEDULES)
+        self.check_choice("schedule_every", SCHEDULE_UNITS)
+        self.check(self.accumulate >= 1, "accumulate", "a positive number of batches")
+        self.check(self.warmup_steps >= 0, "warmup_steps", "0 or more")
+        self.check(not self.warmup_steps or self.schedule_every == "step", "warmup_steps",
+                   "used with optim.schedule_every=step (warmup counts optimiser steps)")
+        self.check(self.schedule != "plateau" or self.schedule_every == "epoch", "schedule",
+                   "one that moves every step with optim.schedule_every=step (plateau decides once an epoch)")
         self.check_choice("precision", PRECISIONS)
         self.check_choice("progress", PROGRESS)
 

@@ -199,7 +199,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.nonfinite_run = torch.zeros((), dtype=torch.long, device=device)  # consecutive steps with a NaN/inf loss
         self.optimizer = make_optimizer(self.model, config)
-        self.scheduler = make_scheduler(self.optimizer, config)
+        self.batches_per_epoch = 0  # known once fit is given the training data
+        self.scheduler = make_scheduler(self.optimizer, config, lambda: config.epochs * self.steps_per_epoch())
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -214,6 +215,11 @@ class Trainer:
         """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch with the
         epoch's record and its wall-clock ``seconds`` (kept out of ``history``, so checkpoints do not depend on
         timing)."""
+        if isinstance(train_data, Sized):
+            self.batches_per_epoch = len(train_data)
+        elif self.config.schedule_every == "step":
+            raise DataError(f"{self.name}: optim.schedule_every=step needs training data of known length (a tensor "
+                            f"pair, a list of batches, a Dataset or a DataLoader), to know the steps of the training")
         bar = self._model_bar()
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
@@ -249,7 +255,8 @@ class Trainer:
         steps = tqdm(batches_from(train_data, first), desc=f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}",
                      leave=False, disable=None if self.config.progress == "epoch" else True, dynamic_ncols=True)
         clock, batches = CheckpointClock(self.config.checkpoint_every), first
-        last = len(train_data) if isinstance(train_data, Sized) else None  # its end writes an epoch checkpoint
+        last = self.batches_per_epoch or None  # the epoch's end writes an epoch checkpoint
+        accumulate = self.config.accumulate
         for step, batch in enumerate(steps, start=first):
             batches += 1
             if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
@@ -257,13 +264,17 @@ class Trainer:
             elif step == first:  # resumed inside the epoch: the generators as they were after the previous step
                 load_generator_states(resume_at["generators"], augment_rng)  # type: ignore[index]
             x, y, share = self._own_rows(batch, augment_rng)
-            logits, loss, terms = self._step(x, y, share)
+            group = min(accumulate, last - step + step % accumulate) if last else accumulate  # its batches
+            update = (step + 1) % accumulate == 0 or step + 1 == last
+            logits, loss, terms = self._step(x, y, share / group, update)
             totals.add(loss.detach(), logits.detach(), y, {name: term.detach() for name, term in terms.items()})
             if step % 25 == 0:
                 self._check_finite(totals, step)
                 steps.set_postfix(loss=f"{loss.item():.4f}")
-            if self.on_checkpoint is not None and step + 1 != last and clock.due(step + 1):
+            if self.on_checkpoint is not None and update and step + 1 != last and clock.due((step + 1) // accumulate):
                 self._write_position(step + 1, totals, augment_rng)
+        if last is None and batches % accumulate:  # data of unknown length ended inside a group: its batches count
+            self._update()
         return self._end_epoch(totals, batches)
 
     def _start_epoch(self, train_data: Iterable[Batch], resume_at: dict | None,
@@ -273,6 +284,7 @@ class Trainer:
         for model in (self.model, self.teacher):
             if model is not None:
                 reset_state(model)
+        self.optimizer.zero_grad(set_to_none=True)  # groups of accumulated batches end with the epoch
         if resume_at is None:
             return 0, EpochTotals.zeros(self.nonfinite_run)
         if self.teacher is not None and self.teacher.cached:
@@ -327,14 +339,38 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def _step(self, x: Tensor, y: Tensor, share: float = 1.0) -> tuple[Tensor, Tensor, Terms]:
-        """One optimiser step on ``loss * share`` (``share``: see ``distributed.split_batch``); returns the logits,
-        the loss and its terms by name (none for a loss of one term).
+    def _step(self, x: Tensor, y: Tensor, share: float = 1.0, update: bool = True) -> tuple[Tensor, Tensor, Terms]:
+        """Gradients of ``loss * share`` (``share``: this batch's part of the optimiser step, see
+        ``distributed.split_batch`` and ``optim.accumulate``), then, with ``update``, one optimiser step; returns the
+        logits, the loss and its terms by name (none for a loss of one term).
 
         Under fp16 the loss is scaled before ``backward`` and the gradients unscaled before clipping (so the norm
         is the true gradients'); ``scaler.step`` skips the step when they hold inf/NaN and ``update`` then halves
         the scale (PyTorch's "Automatic Mixed Precision" recipe). Without fp16 the scaler passes everything through.
+        Data-parallel processes average their gradients only on the batch that updates (DDP's ``no_sync``).
         """
+        no_sync = getattr(self.forward, "no_sync", None)
+        with contextlib.nullcontext() if update or no_sync is None else no_sync():
+            logits, value = self._forward_loss(x, y)
+            loss, terms = total(value), (value if isinstance(value, dict) else {})
+            self.scaler.scale(loss * share).backward()
+        if update:
+            self._update()
+        return logits, loss, terms
+
+    def _update(self) -> None:
+        """One optimiser step on the gradients gathered since the last (clipped when asked), and the schedule's
+        move when it moves every step."""
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.config.schedule_every == "step" and self.scheduler is not None:
+            self.scheduler.step()
+
+    def _forward_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
         with self._autocast():
             teacher_logits = self.teacher(x) if self.teacher is not None else None  # frozen: no gradients
             logits = self.forward(x)
@@ -344,21 +380,12 @@ class Trainer:
                     f"{tuple(logits.shape)}; build teacher and student for the same classes and inputs"
                 )
             try:
-                value = self.loss(logits, teacher_logits, y)
+                return logits, self.loss(logits, teacher_logits, y)
             except IndexError as error:  # a label beyond the outputs, in a batch the checks before training did not see
                 raise DataError(
                     f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "
                     f"build the model for every class in the data"
                 ) from None
-        loss, terms = total(value), (value if isinstance(value, dict) else {})
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss * share).backward()
-        if self.config.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return logits, loss, terms
 
     def _autocast(self):
         dtype = AUTOCAST_DTYPES[self.precision]
@@ -382,7 +409,13 @@ class Trainer:
             + (f"checkpoints up to epoch {self.epoch} are kept" if self.epoch else "it finished no epoch"),
         )
 
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps an epoch: one per ``optim.accumulate`` batches, and one for the batches left at its end."""
+        return math.ceil(self.batches_per_epoch / self.config.accumulate)
+
     def _step_schedule(self, record: dict) -> None:
+        if self.config.schedule_every == "step":
+            return  # moved after every optimiser step
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(math.exp(min(record["val_nll"], 50.0)))
         elif self.scheduler is not None:
@@ -452,39 +485,56 @@ def format_record(name: str, record: dict) -> str:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov by default) or Adam over the trainable parameters; frozen ones get no weight decay."""
+    """SGD (Nesterov by default), Adam (L2 in the gradient) or AdamW over the trainable parameters; AdamW's
+    decoupled weight decay skips biases and normalisation scales (the parameters of fewer than 2 dimensions, as
+    nanoGPT's ``configure_optimizers`` and Hugging Face's Trainer do)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            nesterov=config.nesterov and config.momentum > 0,
-            weight_decay=config.weight_decay,
-        )
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd or adam")
+    if config.optimizer == "adamw":
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: Callable[[], int] | None = None):
+    """The learning-rate schedule, moved once an epoch or, with ``schedule_every: step``, after every optimiser
+    step (``total_steps()``: the steps of the whole training, known once the data are)."""
+    if config.schedule_every == "step":
+        assert total_steps is not None, "a schedule moved every step needs the number of steps"
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step_factor(step, config, total_steps()))
     if config.schedule == "multistep":
         milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.gamma)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0 - epoch / config.epochs)
     if config.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=config.gamma,
-            patience=0,
-            threshold=config.plateau_threshold,
-            threshold_mode="abs",
-        )
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.gamma, patience=0,
+                                                          threshold=config.plateau_threshold, threshold_mode="abs")
     if config.schedule == "constant":
         return None
-    raise ValueError(f"unknown schedule {config.schedule!r}; choose multistep, cosine, plateau or constant")
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose multistep, cosine, linear, plateau or constant")
+
+
+def step_factor(step: int, config: TrainConfig, total: int) -> float:
+    """The learning rate's factor before optimiser step ``step + 1`` of ``total``: a linear warmup from 0 over
+    ``warmup_steps`` (as transformers' ``get_linear_schedule_with_warmup``), then the schedule over the rest."""
+    if step < config.warmup_steps:
+        return step / config.warmup_steps
+    done = (step - config.warmup_steps) / max(1, total - config.warmup_steps)  # of the steps after the warmup
+    if config.schedule == "linear":
+        return max(0.0, 1.0 - done)
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+    if config.schedule == "multistep":
+        return config.gamma ** sum(done >= m for m in config.milestones)
+    return 1.0  # constant
 
 
 # -- evaluation ----------------------------------------------------------------------------------------

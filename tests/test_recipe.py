@@ -1,0 +1,104 @@
+"""The fine-tuning recipe: AdamW without decay on biases and norms, schedules moved every step after a linear warmup,
+gradient accumulation equal to one large batch, and all of it resumed bitwise inside an epoch."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from banets import losses
+from banets.config import TrainConfig
+from banets.data.batches import TensorBatches
+from banets.engine import Trainer, make_optimizer, step_factor
+
+
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.LayerNorm(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def data(batch_size: int) -> TensorBatches:
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(48, 5, generator=generator), torch.randint(0, 3, (48,), generator=generator)
+    return TensorBatches(x, y, batch_size=batch_size, shuffle=True)
+
+
+def trainer(config: TrainConfig, **kwargs) -> Trainer:
+    return Trainer(net(), losses.get("ce"), config, seed=0, device=torch.device("cpu"), **kwargs)
+
+
+def test_adamw_decays_weight_matrices_only_and_decoupled_from_the_gradient():
+    model = net()
+    optimizer = make_optimizer(model, TrainConfig(optimizer="adamw", lr=0.1, weight_decay=0.5))
+    before = copy.deepcopy(model.state_dict())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves a parameter
+    optimizer.step()
+    after = model.state_dict()
+    for name, value in before.items():
+        expected = value * (1 - 0.1 * 0.5) if value.dim() >= 2 else value  # biases and LayerNorm's scale: none
+        torch.testing.assert_close(after[name], expected, rtol=0, atol=1e-7, msg=name)
+
+
+def test_step_schedules_warm_up_linearly_then_decay_over_the_remaining_steps():
+    config = TrainConfig(schedule="linear", schedule_every="step", warmup_steps=4)
+    assert [step_factor(s, config, 12) for s in (0, 2, 4, 8, 12)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    cosine = TrainConfig(schedule="cosine", schedule_every="step", warmup_steps=2)
+    assert step_factor(2 + 5, cosine, 12) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    multistep = TrainConfig(schedule="multistep", schedule_every="step", milestones=[0.5], gamma=0.1)
+    assert [step_factor(s, multistep, 10) for s in (4, 5)] == [1.0, pytest.approx(0.1)]
+
+
+def test_a_trainer_moves_a_step_schedule_after_every_optimiser_step():
+    lrs = []
+    config = TrainConfig(epochs=2, lr=0.4, optimizer="adamw", schedule="linear", schedule_every="step",
+                         warmup_steps=2, accumulate=2, progress="none")
+    model = trainer(config)
+    original = model._update
+
+    def update():
+        lrs.append(model.optimizer.param_groups[0]["lr"])
+        original()
+
+    model._update = update
+    model.fit(data(batch_size=8))  # 6 batches an epoch, 3 optimiser steps; 6 in all
+    expected = [0.4 * step_factor(s, config, 6) for s in range(6)]
+    assert lrs == pytest.approx(expected) and expected[:3] == pytest.approx([0.0, 0.2, 0.4])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_accumulating_batches_takes_the_step_of_one_batch_of_their_rows(optimizer):
+    config = TrainConfig(epochs=2, lr=0.05, optimizer=optimizer, schedule="constant", progress="none")
+    large = trainer(config)
+    large.fit(data(batch_size=12))  # 4 steps an epoch
+    small = trainer(TrainConfig(**{**vars(config), "accumulate": 3}))
+    small.fit(data(batch_size=4))  # 12 batches an epoch, the same rows in the same order, 3 to a step
+    for name, value in large.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_trailing_group_of_fewer_batches_is_the_step_of_a_smaller_last_batch():
+    config = TrainConfig(epochs=1, lr=0.05, schedule="constant", progress="none")
+    large = trainer(config)
+    large.fit(data(batch_size=20))  # 48 rows: steps of 20, 20 and 8
+    small = trainer(TrainConfig(**{**vars(config), "accumulate": 5}))
+    small.fit(data(batch_size=4))  # 12 batches in groups of 5, 5 and 2
+    for name, value in large.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_accumulation_and_a_step_schedule_resume_bitwise_inside_an_epoch():
+    config = TrainConfig(epochs=2, lr=0.02, optimizer="adamw", schedule="cosine", schedule_every="step",
+                         warmup_steps=3, accumulate=2, checkpoint_every=2, progress="none")
+    saved = []
+    straight = trainer(config, on_checkpoint=lambda t: saved.append(copy.deepcopy(t.state_dict())))
+    straight.fit(data(batch_size=4))  # 12 batches an epoch, 6 steps; checkpoints after steps 2 and 4 of each
+    inside = next(state for state in saved if state["epoch"] == 1)  # in the second epoch, after 4 batches
+    assert inside["position"]["step"] == 4
+    resumed = trainer(config)
+    resumed.load_state_dict(inside)
+    resumed.fit(data(batch_size=4))
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
