@@ -14,7 +14,6 @@ from banets.cli import main
 from banets.config import DataConfig
 from banets.data.registry import build_dataset
 from banets.data.shards import SHUFFLE_SEED, write_shards
-from banets.data.stream import ImageFiles, ImageViews
 from test_stream import write_photos
 from tiny import snapshot, tiny
 
@@ -29,6 +28,18 @@ def folder(tmp_path):
     val = write_photos(tmp_path / "images" / "val", per_class=2, size=(50, 70))
     assert main(["shard", str(tmp_path / "images"), "--out", str(tmp_path / "shards"), "--shard-size", "3"]) == 0
     return {"train": train, "val": val, "shards": tmp_path / "shards"}
+
+
+def edit_record(shards, change):
+    record = json.loads((shards / "shards.json").read_text())
+    change(record)
+    (shards / "shards.json").write_text(json.dumps(record))
+
+
+def edit_index(shards, field, value):
+    index = np.load(shards / "val.index.npy")
+    index[field][1] = value
+    np.save(shards / "val.index.npy", index)
 
 
 def written_order(files):
@@ -48,17 +59,19 @@ def test_shards_hold_each_image_byte_for_byte_with_its_class_and_webdataset_read
     assert [int(s["cls"]) for s in samples] == [["ant", "bee"].index(path.parent.name) for path in expected]
 
 
-def test_shards_show_the_same_views_as_the_folder_they_were_written_from(folder):
-    data = build_dataset(DataConfig(dataset="shards", path=str(folder["shards"]), image_size=16, workers=0))
-    source = written_order(folder["val"])
-    views = ImageViews(ImageFiles(source, [0] * len(source)), size=16, train=False, augment=False)
-    x, y = next(iter(data.val))
-    assert torch.equal(x, torch.stack([torch.from_numpy(views.view(0, i).transpose(2, 0, 1).copy())
-                                       for i in range(4)]))
-    assert y.tolist() == [["ant", "bee"].index(path.parent.name) for path in source]
-    train = data.train.loader.dataset  # augmented training views, keyed by (epoch's key, index) as for a folder
-    folder_train = ImageViews(ImageFiles(written_order(folder["train"]), [0] * 10), 16, train=True, augment=True)
-    assert np.array_equal(train.view(123, 7), folder_train.view(123, 7))
+def test_shards_give_the_batches_and_views_of_the_folder_they_were_written_from(folder, tmp_path):
+    options = {"image_size": 16, "workers": 0, "val_size": 2}
+    shards = build_dataset(DataConfig(dataset="shards", path=str(folder["shards"]), **options))
+    images = build_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path / "images"), **options))
+    for split in ("val", "train_eval"):
+        for (x, y), (x_folder, y_folder) in zip(getattr(shards, split), getattr(images, split)):
+            assert torch.equal(x, x_folder) and torch.equal(y, y_folder)
+    views, folder_views = shards.train.loader.dataset, images.train.loader.dataset  # augmented, keyed by example
+    assert all(np.array_equal(views.view(123, i), folder_views.view(123, i)) for i in range(10))
+    torch.manual_seed(0)
+    batches = [torch.cat([x for x, _, _ in shards.train])]
+    torch.manual_seed(0)
+    assert torch.equal(batches[0], torch.cat([x for x, _, _ in images.train]))  # the same order and views
 
 
 def test_a_run_on_shards_trains_and_a_changed_shard_is_refused_on_resume(folder, tmp_path, capsys):
@@ -79,6 +92,11 @@ def test_a_run_on_shards_trains_and_a_changed_shard_is_refused_on_resume(folder,
     (lambda shards: os.truncate(shards / "val-000000.tar", 1024), "val-000000.tar has 1024 bytes, its index was "
                                                                  "written for"),
     (lambda shards: (shards / "train.index.npy").write_bytes(b"junk"), "train.index.npy is missing or unreadable"),
+    (lambda shards: edit_record(shards, lambda r: r.update(splits=["train"])), "is not a banets-shards-1 record"),
+    (lambda shards: edit_record(shards, lambda r: r["splits"]["val"][0].update(name="/etc/hostname")),
+     "is not a banets-shards-1 record"),
+    (lambda shards: edit_index(shards, "label", 7), "val.index.npy is not an index of val's 2 shard(s) and 2 classes"),
+    (lambda shards: edit_index(shards, "size", 10**12), "val.index.npy is not an index of val's 2 shard(s)"),
 ])
 def test_a_missing_or_changed_shard_is_refused_before_training(folder, tmp_path, capsys, damage, message):
     damage(folder["shards"])
@@ -96,6 +114,14 @@ def test_shards_are_never_written_over_and_a_bad_source_writes_nothing(folder, t
     assert main(["shard", str(tmp_path / "images" / "train" / "ant"), "--out", str(tmp_path / "new")]) == 1
     assert "has no class sub-folders" in capsys.readouterr().err
     assert not (tmp_path / "new").exists() and not (tmp_path / "new.partial").exists()
+    (tmp_path / "mine.partial").mkdir()
+    (tmp_path / "mine.partial" / "notes.txt").write_text("mine")
+    assert main(["shard", str(tmp_path / "images"), "--out", str(tmp_path / "mine")]) == 1
+    assert "mine.partial exists and was not left by banets shard" in capsys.readouterr().err
+    assert (tmp_path / "mine.partial" / "notes.txt").read_text() == "mine"
+    write_photos(tmp_path / "images" / "test", classes=("ant", "wasp"), per_class=1)
+    assert main(["shard", str(tmp_path / "images"), "--out", str(tmp_path / "new")]) == 1
+    assert "has other class sub-folders than" in capsys.readouterr().err
 
 
 def test_shards_written_from_a_folder_without_val_carve_validation_like_the_folder(tmp_path):

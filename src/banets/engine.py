@@ -296,12 +296,12 @@ class Trainer:
 
     def _end_epoch(self, totals: EpochTotals, batches: int) -> dict:
         """The epoch's record, from its totals summed over the processes."""
+        totals.sum_over_processes()
         if batches == 0:
             raise DataError(
                 f"{self.name}: the training data yielded no batch in epoch {self.epoch + 1}; pass data that "
                 f"can be read again every epoch (an (x, y) pair, a list of batches, a Dataset or a DataLoader)"
             )
-        totals.sum_over_processes()
         self._check_finite(totals, "at the end of the epoch")
         if self.teacher is not None:
             reset_state(self.teacher)  # a cached teacher checks the batches it replayed this epoch

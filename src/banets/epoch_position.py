@@ -55,9 +55,11 @@ def generator_states(augment: torch.Generator) -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
 
-def load_generator_states(per_process: list[dict[str, Any]], augment: torch.Generator) -> None:
+def load_generator_states(per_process: list[dict[str, Any]] | dict[str, Any], augment: torch.Generator) -> None:
     """This process's generators as a checkpoint inside an epoch saved them (one state per process: each draws its
-    own dropout masks; a resume with another number of processes takes them in turn)."""
+    own dropout masks; a resume with another number of processes takes them in turn; one state, not a list: a
+    checkpoint written before they were kept per process)."""
+    per_process = per_process if isinstance(per_process, list) else [per_process]
     states = per_process[distributed.rank() % len(per_process)]
     torch.set_rng_state(states["torch"])
     augment.set_state(states["augment"])

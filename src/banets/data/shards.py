@@ -23,24 +23,34 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import resource
 import shutil
 import tarfile
+from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from banets.config import DataConfig
 from banets.data.batches import listing_digest
-from banets.data.imagefolder import SPLITS, class_folders, image_files, streamed_images, with_validation
+from banets.data.imagefolder import (
+    SPLITS,
+    check_same_classes,
+    class_folders,
+    image_files,
+    streamed_images,
+    with_validation,
+)
 from banets.data.registry import Data, DataError, register_dataset
 from banets.data.stream import ImageFiles
 
 RECORD = "shards.json"
 FORMAT = "banets-shards-1"  # the record's layout; the shards themselves are plain WebDataset tar files
-INDEX = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("size", "<i8"), ("label", "<i8")])
+INDEX = np.dtype([("shard", "<i4"), ("key", "<i4"), ("offset", "<i8"), ("size", "<i8"), ("label", "<i8")])
 SHUFFLE_SEED = 0  # the order examples are written in: shuffled, so that reading a shard in sequence mixes classes
-OPEN_SHARDS = 64  # file descriptors a reading process keeps open (the oldest is closed beyond)
+PARTIAL_MARK = ".banets-shard-partial"  # in a folder banets shard is writing, which a later one may remove
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -59,24 +69,33 @@ def write_shards(folder: Path, out: Path, shard_size: int = 1000) -> dict:
         raise DataError(f"--shard-size must be a positive number of images, got {shard_size}")
     splits = source_splits(folder)
     partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not (partial / PARTIAL_MARK).exists():
+        raise DataError(f"{partial} exists and was not left by banets shard; move it away or give another --out")
     shutil.rmtree(partial, ignore_errors=True)  # a conversion killed before; it was never renamed into place
     partial.mkdir(parents=True)
+    (partial / PARTIAL_MARK).touch()
     record: dict = {"format": FORMAT, "classes": class_folders(train_root(folder)), "splits": {}}
     for split, images in splits.items():
-        order = np.random.default_rng(SHUFFLE_SEED).permutation(len(images))
-        pattern = str(partial / f"{split}-%06d.tar")
-        with webdataset.ShardWriter(pattern, maxcount=shard_size, verbose=0) as writer:
-            for position, row in enumerate(order):
-                path = images.image(int(row))
-                writer.write({"__key__": f"{position:09d}", path.suffix.lower().lstrip("."): path.read_bytes(),
-                              "cls": int(images.labels[row])})
-        shards = sorted(partial.glob(f"{split}-*.tar"))
-        index = np.concatenate([index_shard(shard, i) for i, shard in enumerate(shards)])
-        np.save(partial / f"{split}.index.npy", index)
-        record["splits"][split] = [{"name": shard.name, "bytes": shard.stat().st_size} for shard in shards]
+        record["splits"][split] = write_split(webdataset, images, partial, split, shard_size)
     (partial / RECORD).write_text(json.dumps(record, indent=1))
+    (partial / PARTIAL_MARK).unlink()
     partial.rename(out)
     return record
+
+
+def write_split(webdataset, images: ImageFiles, folder: Path, split: str, shard_size: int) -> list[dict]:
+    """One split's shards, its images in a seeded shuffled order, and its index in the source folder's order (so
+    that example ``i`` is the folder's example ``i``: the same split, subset and views)."""
+    order = np.random.default_rng(SHUFFLE_SEED).permutation(len(images))
+    with webdataset.ShardWriter(str(folder / f"{split}-%06d.tar"), maxcount=shard_size, verbose=0) as writer:
+        for position, row in enumerate(order):
+            path = images.image(int(row))
+            writer.write({"__key__": f"{position:09d}", path.suffix.lower().lstrip("."): path.read_bytes(),
+                          "cls": int(images.labels[row])})
+    shards = sorted(folder.glob(f"{split}-*.tar"))
+    written = np.concatenate([index_shard(shard, i) for i, shard in enumerate(shards)])  # in the written order
+    np.save(folder / f"{split}.index.npy", written[np.argsort(order)])
+    return [{"name": shard.name, "bytes": shard.stat().st_size} for shard in shards]
 
 
 def train_root(folder: Path) -> Path:
@@ -89,6 +108,8 @@ def source_splits(folder: Path) -> dict[str, ImageFiles]:
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a folder of class sub-folders (or of train/, val/, test/)")
     classes = class_folders(train_root(folder))
+    for split in SPLITS[1:]:
+        check_same_classes(folder, split, classes)
     found = {split: image_files(folder / split, classes) for split in SPLITS[1:] if (folder / split).is_dir()}
     return {"train": image_files(train_root(folder), classes), **found}
 
@@ -104,7 +125,7 @@ def index_shard(path: Path, shard: int) -> np.ndarray:
                 labels[key] = int(tar.extractfile(member).read())  # type: ignore[union-attr]
             elif member.isfile():
                 images[key] = (member.offset_data, member.size)
-    rows = [(shard, offset, size, labels[key]) for key, (offset, size) in images.items()]
+    rows = [(shard, int(key), offset, size, labels[key]) for key, (offset, size) in images.items()]
     return np.array(rows, dtype=INDEX)
 
 
@@ -113,12 +134,15 @@ def index_shard(path: Path, shard: int) -> np.ndarray:
 
 class ShardMembers:
     """Images stored in tar shards (an :class:`~banets.data.stream.ImageSource`): an example's bytes are read with
-    one ``pread`` at the offset its index row records."""
+    one ``pread`` at the offset its index row records. Each reading process keeps up to half its file-descriptor
+    limit of shards open, the least recently read closed first."""
+
+    fix = "replace the image in the source folder and write the shards again with `banets shard`"
 
     def __init__(self, folder: Path, shards: list[str], index: np.ndarray):
         self.folder, self.shards, self.index = folder, np.array(shards), index
         self.labels = index["label"]
-        self._open: dict[int, int] = {}  # shard -> descriptor, in the process that reads
+        self._open: OrderedDict[int, int] = OrderedDict()  # shard -> descriptor, in the process that reads
 
     def __len__(self) -> int:
         return len(self.index)
@@ -127,72 +151,110 @@ class ShardMembers:
         row = self.index[index]
         shard, offset, size = int(row["shard"]), int(row["offset"]), int(row["size"])
         try:
-            data = os.pread(self._descriptor(shard), size, offset)
+            return io.BytesIO(os.pread(self._descriptor(shard), size, offset))
         except OSError as error:
-            raise DataError(f"cannot read {self.name(index)} ({error.strerror}); check the shard") from None
-        return io.BytesIO(data)
+            raise DataError(f"cannot read {self.name(index)} ({error.strerror}); {self.fix}") from None
 
     def name(self, index: int) -> str:
         row = self.index[index]
-        return f"{self.folder / str(self.shards[row['shard']])} (image at byte {row['offset']})"
+        return f"member {int(row['key']):09d} of {self.folder / str(self.shards[row['shard']])}"
 
     def subset(self, rows: np.ndarray) -> ShardMembers:
         return ShardMembers(self.folder, self.shards.tolist(), self.index[rows])
 
     def _descriptor(self, shard: int) -> int:
-        if shard not in self._open:
-            if len(self._open) >= OPEN_SHARDS:
-                os.close(self._open.pop(next(iter(self._open))))
-            self._open[shard] = os.open(self.folder / str(self.shards[shard]), os.O_RDONLY)
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]
+        if len(self._open) >= max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2):
+            os.close(self._open.popitem(last=False)[1])
+        self._open[shard] = os.open(self.folder / str(self.shards[shard]), os.O_RDONLY)
         return self._open[shard]
 
-    def __getstate__(self) -> dict:  # a copy (a worker process) opens its own descriptors
-        return {**self.__dict__, "_open": {}}
+    def __getstate__(self) -> dict:  # a copy (a spawned worker) opens its own descriptors
+        return {**self.__dict__, "_open": OrderedDict()}
+
+    def __del__(self) -> None:
+        for descriptor in self._open.values():
+            os.close(descriptor)
 
 
 def read_record(folder: Path) -> dict:
-    """``shards.json``, after checking that every shard it names is there with the size it was indexed at."""
+    """``shards.json``, after checking its layout and that every shard it names is in ``folder`` with the size it
+    was indexed at."""
+    again = "write the shards again with `banets shard`"
     try:
         record = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
         raise DataError(f"{folder} has no readable {RECORD}; write shards with `banets shard IMAGES --out "
                         f"{folder}`") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "train" not in record.get("splits", {}):
-        raise DataError(f"{folder / RECORD} is not a {FORMAT} record with a train split; write the shards again "
-                        f"with `banets shard`")
+    if not is_record(record):
+        raise DataError(f"{folder / RECORD} is not a {FORMAT} record of named shards in train/val/test splits; "
+                        f"{again}")
     for shards in record["splits"].values():
         for shard in shards:
             path = folder / shard["name"]
             if not path.is_file():
-                raise DataError(f"shard {path} is missing; restore it, or write the shards again with `banets shard`")
+                raise DataError(f"shard {path} is missing; restore it, or {again}")
             if path.stat().st_size != shard["bytes"]:
                 raise DataError(f"shard {path} has {path.stat().st_size} bytes, its index was written for "
-                                f"{shard['bytes']}: it changed; restore it, or write the shards again with "
-                                f"`banets shard`")
+                                f"{shard['bytes']}: it changed; restore it, or {again}")
     return record
 
 
-def split_members(folder: Path, split: str, shards: list[dict]) -> ShardMembers:
+def is_record(record: Any) -> bool:
+    """Whether ``record`` is laid out as :func:`write_shards` writes it, every shard named ``<split>-NNNNNN.tar``
+    (so that no name leads outside the folder)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return False
+    classes, splits = record.get("classes"), record.get("splits")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        return False
+    if not isinstance(splits, dict) or "train" not in splits or not set(splits) <= set(SPLITS):
+        return False
+    return all(
+        isinstance(shards, list) and shards and all(
+            isinstance(shard, dict) and isinstance(shard.get("name"), str) and isinstance(shard.get("bytes"), int)
+            and re.fullmatch(rf"{split}-\d{{6}}\.tar", shard["name"]) for shard in shards)
+        for split, shards in splits.items()
+    )
+
+
+def split_members(folder: Path, split: str, shards: list[dict], classes: int) -> ShardMembers:
+    """A split's shards read through its index, after checking that every row points inside its shard and holds a
+    label of the classes."""
     path = folder / f"{split}.index.npy"
     try:
         index = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         raise DataError(f"{path} is missing or unreadable; write the shards again with `banets shard`") from None
-    if index.dtype != INDEX or index.ndim != 1 or len(index) and not 0 <= index["shard"].max() < len(shards):
-        raise DataError(f"{path} is not a shard index of {split}'s {len(shards)} shard(s); write the shards again "
-                        f"with `banets shard`")
+    if index.dtype != INDEX or index.ndim != 1 or not len(index) or not rows_inside(index, shards, classes):
+        raise DataError(f"{path} is not an index of {split}'s {len(shards)} shard(s) and {classes} classes; write the "
+                        f"shards again with `banets shard`")
     return ShardMembers(folder, [shard["name"] for shard in shards], index)
+
+
+def rows_inside(index: np.ndarray, shards: list[dict], classes: int) -> bool:
+    if not 0 <= index["shard"].min() <= index["shard"].max() < len(shards):
+        return False
+    ends = np.array([shard["bytes"] for shard in shards])[index["shard"]]
+    return bool((index["offset"] >= 0).all() and (index["size"] >= 0).all()
+                and (index["offset"] + index["size"] <= ends).all()
+                and (index["label"] >= 0).all() and (index["label"] < classes).all())
 
 
 @register_dataset("shards", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize",
                                      "image_size", "workers", "skip_unreadable"})
 def shards_data(cfg: DataConfig) -> Data:
     """Your images as WebDataset tar shards written by `banets shard`, read by index, streamed from disk."""
-    if cfg.path is None or not Path(cfg.path).is_dir():
+    if cfg.path is None:
+        raise DataError("shards: no folder given; pass --data-dir SHARDS, written by `banets shard`")
+    if not Path(cfg.path).is_dir():
         raise DataError(f"shards: {cfg.path} is not a folder; pass --data-dir SHARDS, written by `banets shard`")
     folder = Path(cfg.path)
     record = read_record(folder)
-    found = {split: split_members(folder, split, shards) for split, shards in record["splits"].items()}
+    classes = len(record["classes"])
+    found = {split: split_members(folder, split, shards, classes) for split, shards in record["splits"].items()}
     splits = with_validation(found, cfg, str(folder / "train-*.tar"))
     listing = {
         split: listing_digest(folder, [folder / f"{split}.index.npy", *(folder / s["name"] for s in shards)])

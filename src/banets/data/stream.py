@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, Self, cast
+from typing import BinaryIO, NamedTuple, Protocol, Self, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ SMALL_IMAGE = 32  # at or below this size, CIFAR's pad-crop-flip; above it, the 
 RESIZED_CROP_SCALE = (0.08, 1.0)
 RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
 
+FILE_FIX = "remove or replace the file"  # what an error about an unreadable image file says to do
 Box = tuple[float, float, float, float]  # left, top, width, height, in the original image's pixels
 
 
@@ -75,10 +76,11 @@ def center_box(width: int, height: int) -> Box:
     return (width - side) / 2, (height - side) / 2, float(side), float(side)
 
 
-def decode(image: Path | BinaryIO, size: int, box_of, name: str | None = None) -> np.ndarray:
+def decode(image: Path | BinaryIO, size: int, box_of, name: str | None = None, fix: str = FILE_FIX) -> np.ndarray:
     """The crop ``box_of(width, height)`` of ``image`` (a file, or its bytes as a stream) resized to
     ``size x size``, RGB uint8 ``(H, W, 3)``; a JPEG is decoded at the coarsest scale that keeps the crop at least
-    ``size`` pixels wide and high. ``name`` is what an error calls the image (the path by default)."""
+    ``size`` pixels wide and high. ``name`` is what an error calls the image (the path by default), ``fix`` what it
+    says to do."""
     from PIL import Image, UnidentifiedImageError
 
     name = name or str(image)
@@ -99,7 +101,7 @@ def decode(image: Path | BinaryIO, size: int, box_of, name: str | None = None) -
             f"PIL.Image.MAX_IMAGE_PIXELS in a module you --import"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"cannot read image {name} ({type(error).__name__}); remove or replace the file") from None
+        raise DataError(f"cannot read image {name} ({type(error).__name__}); {fix}") from None
 
 
 def pad_crop_flip_one(pixels: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
@@ -125,6 +127,7 @@ class ImageSource(Protocol):
     messages; :meth:`subset` is the sources' ``rows`` in that order."""
 
     labels: np.ndarray  # int64, one per example
+    fix: str  # what an error about an unreadable image says to do
 
     def __len__(self) -> int: ...
 
@@ -137,6 +140,8 @@ class ImageSource(Protocol):
 
 class ImageFiles:
     """Image files, one per example, and their labels (an :class:`ImageSource`)."""
+
+    fix = FILE_FIX
 
     def __init__(self, files: Sequence[Path] | np.ndarray, labels: Sequence[int] | np.ndarray):
         # NumPy arrays, not lists: a worker reading a list's items touches their reference counts, which copies the
@@ -170,13 +175,13 @@ class ImageViews(Dataset):
 
     def view(self, view_key: int, index: int) -> np.ndarray:
         """Example ``index``'s pixels as the epoch with ``view_key`` shows them."""
-        image, name = self.source.image(index), self.source.name(index)
+        image, name, fix = self.source.image(index), self.source.name(index), self.source.fix
         if not self.augment:
-            return decode(image, self.size, center_box, name)
+            return decode(image, self.size, center_box, name, fix)
         rng = view_rng(view_key, index)
         if self.size <= SMALL_IMAGE:
-            return pad_crop_flip_one(decode(image, self.size, center_box, name), rng)
-        pixels = decode(image, self.size, lambda width, height: resized_crop_box(width, height, rng), name)
+            return pad_crop_flip_one(decode(image, self.size, center_box, name, fix), rng)
+        pixels = decode(image, self.size, lambda width, height: resized_crop_box(width, height, rng), name, fix)
         return pixels[:, ::-1] if rng.integers(0, 2) else pixels
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, int, int] | Unreadable:
@@ -189,9 +194,9 @@ class ImageViews(Dataset):
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))), label, rows
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """A batch from a worker: inputs, labels, the global batch's rows, and the images it skipped as unreadable."""
+class Loaded(NamedTuple):
+    """A batch from a worker: inputs, labels, the global batch's rows, and the images it skipped as unreadable
+    (a named tuple, which the DataLoader's ``pin_memory`` pins, unlike other objects)."""
 
     x: Tensor
     y: Tensor
