@@ -39,7 +39,7 @@ from banets.epoch_position import (
     load_carried_states,
     load_generator_states,
 )
-from banets.losses import Loss, Terms, total
+from banets.losses import IGNORE_INDEX, Loss, Terms, real_positions, total
 from banets.metrics import Predictions
 from banets.teacher import FrozenTeacher
 
@@ -266,7 +266,8 @@ class Trainer:
             x, y, share = self._own_rows(batch, augment_rng)
             group = min(accumulate, last - step + step % accumulate) if last else accumulate  # its batches
             update = (step + 1) % accumulate == 0 or step + 1 == last
-            logits, loss, terms = self._step(x, y, share / group, update)
+            padded = bool((batch[1] == IGNORE_INDEX).any())  # read on the batch as loaded: no wait on a GPU
+            logits, y, loss, terms = self._step(x, y, share / group, update, padded)
             totals.add(loss.detach(), logits.detach(), y, {name: term.detach() for name, term in terms.items()})
             if step % 25 == 0:
                 self._check_finite(totals, step)
@@ -339,10 +340,12 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def _step(self, x: Tensor, y: Tensor, share: float = 1.0, update: bool = True) -> tuple[Tensor, Tensor, Terms]:
+    def _step(self, x: Tensor, y: Tensor, share: float = 1.0, update: bool = True,
+              padded: bool = False) -> tuple[Tensor, Tensor, Tensor, Terms]:
         """Gradients of ``loss * share`` (``share``: this batch's part of the optimiser step, see
         ``distributed.split_batch`` and ``optim.accumulate``), then, with ``update``, one optimiser step; returns the
-        logits, the loss and its terms by name (none for a loss of one term).
+        logits and labels the loss saw (with ``padded``, the positions not labelled ``IGNORE_INDEX``), the loss and
+        its terms by name (none for a loss of one term).
 
         Under fp16 the loss is scaled before ``backward`` and the gradients unscaled before clipping (so the norm
         is the true gradients'); ``scaler.step`` skips the step when they hold inf/NaN and ``update`` then halves
@@ -351,12 +354,12 @@ class Trainer:
         """
         no_sync = getattr(self.forward, "no_sync", None)
         with contextlib.nullcontext() if update or no_sync is None else no_sync():
-            logits, value = self._forward_loss(x, y)
+            logits, y, value = self._forward_loss(x, y, padded)
             loss, terms = total(value), (value if isinstance(value, dict) else {})
             self.scaler.scale(loss * share).backward()
         if update:
             self._update()
-        return logits, loss, terms
+        return logits, y, loss, terms
 
     def _update(self) -> None:
         """One optimiser step on the gradients gathered since the last (clipped when asked), and the schedule's
@@ -370,7 +373,7 @@ class Trainer:
         if self.config.schedule_every == "step" and self.scheduler is not None:
             self.scheduler.step()
 
-    def _forward_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
+    def _forward_loss(self, x: Tensor, y: Tensor, padded: bool) -> tuple[Tensor, Tensor, Tensor | Terms]:
         with self._autocast():
             teacher_logits = self.teacher(x) if self.teacher is not None else None  # frozen: no gradients
             logits = self.forward(x)
@@ -379,8 +382,10 @@ class Trainer:
                     f"{self.name}: teacher outputs {tuple(teacher_logits.shape)} but student outputs "
                     f"{tuple(logits.shape)}; build teacher and student for the same classes and inputs"
                 )
+            if padded:
+                logits, teacher_logits, y = real_positions(logits, teacher_logits, y)
             try:
-                return logits, self.loss(logits, teacher_logits, y)
+                return logits, y, self.loss(logits, teacher_logits, y)
             except IndexError as error:  # a label beyond the outputs, in a batch the checks before training did not see
                 raise DataError(
                     f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "
@@ -571,6 +576,9 @@ def predict_batches(
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
             log_probs, labels = [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
+            if (batch[1] == IGNORE_INDEX).any():  # padding: scored on the real positions only
+                keep = labels != IGNORE_INDEX
+                log_probs, labels = [lp[keep] for lp in log_probs], labels[keep]
             # NaN or +inf logits, or a row of -inf, make the label's log-probability NaN or -inf (a -inf that masks
             # another class does not): checking it costs one value per row, not a pass over all classes. The logits
             # were gathered, so every process stops at the same batch.

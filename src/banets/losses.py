@@ -7,6 +7,10 @@ Logits may have any leading shape ``(..., C)`` (an image batch ``(N, C)`` or an 
 batch ``(N, T, V)``); they are flattened to ``(-1, C)`` and computed in float32, so the losses stay
 finite for extreme logits and under bf16 autocast. Teacher outputs never receive gradients.
 
+Positions whose label is :data:`IGNORE_INDEX` (-100, PyTorch's and Hugging Face's mark of padding) never reach a
+loss: the engine takes them out with :func:`real_positions` first, for the built-in losses and yours alike, so a
+mean is over real tokens only.
+
 ``get(name, **options)`` returns the loss registered under ``name``: ``"ce"``, ``"kd"``, ``"ban"``,
 ``"ban+l"``, ``"cwtm"``, ``"dkpp"``, or any added with ``register``; a callable with the same signature
 is accepted wherever a name is.
@@ -25,6 +29,7 @@ from torch import Tensor
 
 from banets.config import UserError, did_you_mean, qualified_name
 
+IGNORE_INDEX = -100  # a label that marks a position no loss or metric sees (padding)
 Terms = dict[str, Tensor]  # a loss's terms by name, which sum to it
 Loss = Callable[[Tensor, Tensor | None, Tensor], Tensor | Terms]
 
@@ -40,6 +45,15 @@ def total(value: Tensor | Terms) -> Tensor:
     for term in terms:
         result = result + term
     return result
+
+
+def real_positions(
+    student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The logits ``(M, C)`` and labels ``(M,)`` of the positions whose label is not :data:`IGNORE_INDEX`."""
+    keep = (labels != IGNORE_INDEX).reshape(-1)
+    flat = [None if z is None else z.reshape(-1, z.shape[-1])[keep] for z in (student_logits, teacher_logits)]
+    return flat[0], flat[1], labels.reshape(-1)[keep]  # type: ignore[return-value]
 
 
 def _flat(logits: Tensor) -> Tensor:

@@ -217,9 +217,11 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: 
 
 
 def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
-    """The smallest and largest label: of the whole label tensor when the data are in memory, else of batch ``y``."""
+    """The smallest and largest label but the ignore index (padding): of the whole label tensor when the data are
+    in memory, else of batch ``y`` ((0, 0) when all of it is padding)."""
     labels = data.tensors[1] if isinstance(data, TensorBatches) else y
-    return int(labels.min()), int(labels.max())
+    labels = labels[labels != losses.IGNORE_INDEX]
+    return (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
 
 
 def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:
@@ -235,7 +237,8 @@ def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what
     low, high = bounds
     if low < 0:
         raise DataError(
-            f"the labels include {low}; class labels are 0 .. classes - 1, so relabel them (e.g. y - y.min())"
+            f"the labels include {low}; class labels are 0 .. classes - 1 ({losses.IGNORE_INDEX} marks padding, which "
+            f"no loss or metric sees), so relabel them (e.g. y - y.min())"
         )
     if high >= logits.shape[-1]:
         raise PlanError(
@@ -272,8 +275,9 @@ def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: to
     """``spec``'s loss once on one batch: a finite scalar (or named scalar terms) with a gradient to the student's
     logits: a loss of your own may fail on a batch, or return anything."""
     named = loss_named(spec)
+    student, teacher, labels = losses.real_positions(student_logits, teacher_logits, y)  # as in training
     try:
-        returned = spec.make_loss()(student_logits.detach().requires_grad_(), teacher_logits, y)
+        returned = spec.make_loss()(student.detach().requires_grad_(), teacher, labels)
     except (RuntimeError, ValueError, TypeError) as error:
         raise PlanError(f"{named} fails on a batch ({first_line(error)}); fix its options") from None
     terms = list(returned.values()) if isinstance(returned, dict) and returned else [returned]
