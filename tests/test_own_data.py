@@ -256,6 +256,20 @@ def test_timm_missing_is_one_line_naming_the_install(monkeypatch, tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
+def test_a_timm_that_fails_at_import_is_one_line_naming_torchvision(monkeypatch, tmp_path, capsys):
+    """What these machines show: torchvision built for another torch fails when timm imports it."""
+    (tmp_path / "site" / "timm").mkdir(parents=True)
+    (tmp_path / "site" / "timm" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "timm", raising=False)
+    assert main(["run", "demo", "--set", "model={name: 'timm:resnet18'}", "--out", str(tmp_path / "o"), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and not (tmp_path / "o").exists()
+    assert "timm is installed but fails at import (operator torchvision::nms does not exist)" in err
+    assert "torchvision built for this torch" in err
+
+
 def test_a_real_timm_model_trains_when_timm_is_installed(tmp_path):
     pytest.importorskip("timm")
     assert main(["run", "demo", "--set", "model={name: 'timm:resnet10t'}", "--set", "data.batch_size=32",

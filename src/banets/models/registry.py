@@ -15,6 +15,7 @@ from collections.abc import Callable
 from itertools import product
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from banets.config import UserError, did_you_mean, qualified_name
@@ -72,12 +73,24 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return _factory(name)(**kwargs)
 
 
+def timm_broken(error: Exception) -> ModelError:
+    return ModelError(
+        f"timm is installed but fails at import ({str(error).splitlines()[0]}): usually a torchvision that is not "
+        f"built for this torch ({torch.__version__}); install the torchvision built for this torch from the same "
+        f"index as torch (pytorch.org lists the pairs), or uninstall torchvision and timm"
+    )
+
+
 def create_timm_model(name: str, **kwargs) -> nn.Module:
     try:
         import timm
-    except ImportError:
+    except ImportError as error:
+        if error.name != "timm":
+            raise timm_broken(error) from None
         raise ModelError(f"model '{TIMM}{name}' needs timm: install the PyTorch build for your platform first, then "
                          f"`pip install timm`") from None
+    except (RuntimeError, OSError) as error:  # torchvision's operators do not load: built for another torch
+        raise timm_broken(error) from None
     if "in_channels" in kwargs:
         kwargs["in_chans"] = kwargs.pop("in_channels")
     try:
