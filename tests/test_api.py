@@ -296,3 +296,17 @@ def test_a_dataset_from_python_is_fingerprinted_so_a_resume_with_other_data_is_r
     loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)  # the same examples, loaded otherwise
     resumed = born_again(model_fn, loader, val, ban=more, optim=optim, out=tmp_path / "o", resume=True)
     assert "T+B" in resumed.results[0].ensembles and "T+B" in resumed.results[0].predictions["val"]
+
+
+def test_an_iterable_dataset_trains_in_its_own_order(model_fn, data):
+    class Stream(torch.utils.data.IterableDataset):
+        def __init__(self, pair):
+            self.pair = pair
+
+        def __iter__(self):
+            return zip(*self.pair)
+
+    train, val = data
+    run = born_again(model_fn, Stream(train), Stream(val), optim=ONE_EPOCH, batch_size=16)
+    assert len(run.results[0].predictions["val"]["teacher"].labels) == 32
+    assert torch.equal(run.results[0].predictions["val"]["teacher"].labels, val[1])  # in the order it yields

@@ -19,7 +19,7 @@ import itertools
 import math
 import time
 import typing
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
@@ -215,9 +215,8 @@ class Trainer:
         """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch with the
         epoch's record and its wall-clock ``seconds`` (kept out of ``history``, so checkpoints do not depend on
         timing)."""
-        if isinstance(train_data, Sized):
-            self.batches_per_epoch = len(train_data)
-        elif self.config.schedule_every == "step":
+        self.batches_per_epoch = known_length(train_data) or 0
+        if not self.batches_per_epoch and self.config.schedule_every == "step":
             raise DataError(f"{self.name}: optim.schedule_every=step needs training data of known length (a tensor "
                             f"pair, a list of batches, a Dataset or a DataLoader), to know the steps of the training")
         bar = self._model_bar()
@@ -487,6 +486,14 @@ def format_record(name: str, record: dict) -> str:
     if "val_error" in record:
         parts += [f"val err {record['val_error']:.2f}%", f"val nll {record['val_nll']:.4f}"]
     return " | ".join(parts)
+
+
+def known_length(data: Iterable) -> int | None:
+    """``len(data)``, or None for data without one (an iterable, a DataLoader of an IterableDataset)."""
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

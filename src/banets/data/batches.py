@@ -18,7 +18,7 @@ from typing import Any, cast, overload
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from banets.data.registry import Batch, DataError
 
@@ -123,8 +123,9 @@ def as_batches(data: None, batch_size: int, shuffle: bool, what: str = ...) -> N
 @overload
 def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = ...) -> Iterable[Batch]: ...
 def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Iterable[Batch] | None:
-    """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays, a ``Dataset``, a
-    ``DataLoader`` or any iterable of batches (tuples, dicts with input/label keys, NumPy arrays); None stays None."""
+    """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays, a ``Dataset`` (an
+    ``IterableDataset`` in its own order), a ``DataLoader`` or any iterable of batches (tuples, dicts with
+    input/label keys, NumPy arrays); None stays None."""
     if data is None:
         return None
     if is_pair(data):
@@ -133,6 +134,8 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
         x, y = map(as_tensor, data)
         labels = y.long() if are_class_labels(y) else y  # int8 to int64, as cross-entropy takes them
         return TensorBatches(x, labels, batch_size=batch_size, shuffle=shuffle)
+    if isinstance(data, IterableDataset):  # it yields in its own order: torch refuses to shuffle one
+        return Batches(DataLoader(data, batch_size=batch_size))
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle))
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
