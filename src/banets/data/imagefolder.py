@@ -139,15 +139,23 @@ def streamed_images(splits: Mapping[str, ImageSource], classes: list[str], cfg: 
     )
 
 
-@register_dataset("imagefolder", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize",
-                                          "image_size", "workers", "skip_unreadable"})
+STREAMED_OPTIONS = {"path", "val_size", "split_seed", "train_subset", "augment", "normalize", "image_size", "workers",
+                    "skip_unreadable"}  # the data options of the datasets streamed by streamed_images
+
+
+def given_folder(cfg: DataConfig, folder: str) -> Path:
+    """``data.path``, a folder; none or another file is an error saying to pass ``--data-dir`` with ``folder``."""
+    if cfg.path is None:
+        raise DataError(f"{cfg.dataset}: no folder given; pass --data-dir {folder}")
+    if not Path(cfg.path).is_dir():
+        raise DataError(f"{cfg.dataset}: {cfg.path} is not a folder; pass --data-dir {folder}")
+    return Path(cfg.path)
+
+
+@register_dataset("imagefolder", options=STREAMED_OPTIONS)
 def imagefolder_data(cfg: DataConfig) -> Data:
     """Your images: a folder of class sub-folders (or train/, val/, test/ of them), streamed from disk."""
-    if cfg.path is None:
-        raise DataError("imagefolder: no folder given; pass --data-dir DIR holding class sub-folders")
-    if not Path(cfg.path).is_dir():
-        raise DataError(f"imagefolder: {cfg.path} is not a folder; pass --data-dir DIR holding class sub-folders")
-    root = Path(cfg.path)
+    root = given_folder(cfg, "DIR holding class sub-folders")
     train_root = root / "train" if (root / "train").is_dir() else root  # else every image is a training image
     classes = class_folders(train_root)
     for split in SPLITS[1:]:

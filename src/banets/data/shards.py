@@ -37,8 +37,10 @@ from banets.config import DataConfig
 from banets.data.batches import listing_digest
 from banets.data.imagefolder import (
     SPLITS,
+    STREAMED_OPTIONS,
     check_same_classes,
     class_folders,
+    given_folder,
     image_files,
     streamed_images,
     with_validation,
@@ -243,15 +245,10 @@ def rows_inside(index: np.ndarray, shards: list[dict], classes: int) -> bool:
                 and (index["label"] >= 0).all() and (index["label"] < classes).all())
 
 
-@register_dataset("shards", options={"path", "val_size", "split_seed", "train_subset", "augment", "normalize",
-                                     "image_size", "workers", "skip_unreadable"})
+@register_dataset("shards", options=STREAMED_OPTIONS)
 def shards_data(cfg: DataConfig) -> Data:
     """Your images as WebDataset tar shards written by `banets shard`, read by index, streamed from disk."""
-    if cfg.path is None:
-        raise DataError("shards: no folder given; pass --data-dir SHARDS, written by `banets shard`")
-    if not Path(cfg.path).is_dir():
-        raise DataError(f"shards: {cfg.path} is not a folder; pass --data-dir SHARDS, written by `banets shard`")
-    folder = Path(cfg.path)
+    folder = given_folder(cfg, "SHARDS, written by `banets shard`")
     record = read_record(folder)
     classes = len(record["classes"])
     found = {split: split_members(folder, split, shards, classes) for split, shards in record["splits"].items()}
