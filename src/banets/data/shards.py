@@ -8,7 +8,7 @@ and ``shards.json``: the classes and, per split, its shards with their sizes.
 
 Training reads an example's bytes with one ``pread`` at its recorded offset. So the epoch's order, each example's
 view, each data-parallel process's rows and a resume inside an epoch are exactly those of an image folder
-(:mod:`banets.data.stream`), and start-up reads the index (28 bytes per example, memory-mapped), not the
+(:mod:`banets.data.stream`), and start-up reads the index (32 bytes per example, memory-mapped), not the
 shards. Why not webdataset's own reader: it streams shards in sequence through a shuffle buffer, so the order
 depends on the number of workers and processes and a resume inside an epoch must re-read its shards from the
 start; random access by index keeps banets' promises (the same weights whatever the workers or processes, a
