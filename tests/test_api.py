@@ -310,3 +310,17 @@ def test_an_iterable_dataset_trains_in_its_own_order(model_fn, data):
     run = born_again(model_fn, Stream(train), Stream(val), optim=ONE_EPOCH, batch_size=16)
     assert len(run.results[0].predictions["val"]["teacher"].labels) == 32
     assert torch.equal(run.results[0].predictions["val"]["teacher"].labels, val[1])  # in the order it yields
+
+
+def test_a_step_schedule_on_data_without_a_length_is_refused_before_anything_is_written(model_fn, data, tmp_path):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return zip(*data[0])
+
+    optim = TrainConfig(epochs=1, progress="none", schedule="linear", schedule_every="step")
+    with pytest.raises(UserError) as refused:
+        born_again(model_fn, Stream(), data[1], optim=optim, out=tmp_path / "o")
+    assert str(refused.value) == ("optim.schedule_every=step needs training data of known length (a tensor pair, a list "
+                                  "of batches, a map-style Dataset or a DataLoader of one), to know the steps of the "
+                                  "training")
+    assert not (tmp_path / "o").exists()

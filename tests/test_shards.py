@@ -4,6 +4,7 @@ or changed."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -97,6 +98,7 @@ def test_a_run_on_shards_trains_and_a_changed_shard_is_refused_on_resume(folder,
      "is not a banets-shards-1 record"),
     (lambda shards: edit_index(shards, "label", 7), "val.index.npy is not an index of val's 2 shard(s) and 2 classes"),
     (lambda shards: edit_index(shards, "size", 10**12), "val.index.npy is not an index of val's 2 shard(s)"),
+    (lambda shards: (shards / "shards.json").unlink(), "has no readable shards.json; write shards with `banets shard"),
 ])
 def test_a_missing_or_changed_shard_is_refused_before_training(folder, tmp_path, capsys, damage, message):
     damage(folder["shards"])
@@ -130,3 +132,24 @@ def test_shards_written_from_a_folder_without_val_carve_validation_like_the_fold
     data = build_dataset(DataConfig(dataset="shards", path=str(tmp_path / "shards"), val_size=4, image_size=16,
                                     workers=0, train_subset=5))
     assert (len(data.val.loader.dataset), len(data.train.loader.dataset)) == (4, 5)
+
+
+def test_shards_without_a_folder_say_to_pass_one(tmp_path, capsys):
+    assert main([*RUN, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err == "banets: error: shards: no folder given; pass --data-dir SHARDS, written by `banets shard`\n"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard-size", "0"], "--shard-size must be a positive number of images, got 0"),
+    ([], "banets shard writes with webdataset: pip install 'banets[shards]'"),
+])
+def test_bad_shard_arguments_and_a_missing_webdataset_write_nothing(args, message, tmp_path, capsys, monkeypatch):
+    write_photos(tmp_path / "images")
+    if not args:
+        monkeypatch.setitem(sys.modules, "webdataset", None)  # import webdataset raises ImportError
+    assert main(["shard", str(tmp_path / "images"), "--out", str(tmp_path / "new"), *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]

@@ -215,10 +215,8 @@ class Trainer:
         """Train from the current epoch to ``config.epochs``, calling the callbacks after each epoch with the
         epoch's record and its wall-clock ``seconds`` (kept out of ``history``, so checkpoints do not depend on
         timing)."""
+        check_schedulable(self.config, train_data)
         self.batches_per_epoch = known_length(train_data) or 0
-        if not self.batches_per_epoch and self.config.schedule_every == "step":
-            raise DataError(f"{self.name}: optim.schedule_every=step needs training data of known length (a tensor "
-                            f"pair, a list of batches, a Dataset or a DataLoader), to know the steps of the training")
         bar = self._model_bar()
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
@@ -494,6 +492,13 @@ def known_length(data: Iterable) -> int | None:
         return len(data)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def check_schedulable(config: TrainConfig, train_data: Iterable) -> None:
+    """A schedule moved every step must know the steps of the whole training: the data must have a length."""
+    if config.schedule_every == "step" and not known_length(train_data):
+        raise DataError("optim.schedule_every=step needs training data of known length (a tensor pair, a list of "
+                        "batches, a map-style Dataset or a DataLoader of one), to know the steps of the training")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -34,7 +34,7 @@ from banets.config import (
 )
 from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
-from banets.engine import DivergedError
+from banets.engine import DivergedError, check_schedulable
 from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (
     BornAgainResult,
@@ -155,6 +155,7 @@ def run(config: ExperimentConfig, setup: Setup, out: Path | None = None, resume:
     distributed.init_from_env(device)
     preflight.check_batch_split(config.data.batch_size)
     preflight.check_plan(plan_generations(config.ban, config.seeds[0]), config.ban, setup, device)
+    check_schedulable(config.optim, setup.data.train)
     refused = None
     if out is not None and distributed.is_main():
         try:

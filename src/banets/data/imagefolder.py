@@ -79,6 +79,22 @@ def check_same_classes(root: Path, split: str, classes: list[str]) -> None:
         )
 
 
+def train_root(root: Path) -> Path:
+    """Where the training images' class sub-folders are: ``root/train``, else ``root`` (every image is a training
+    image)."""
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def folder_splits(root: Path) -> tuple[list[str], dict[str, ImageFiles]]:
+    """The classes of an image folder and its splits: ``train``, and ``val`` and ``test`` when present, each split
+    with the same class sub-folders."""
+    classes = class_folders(train_root(root))
+    for split in SPLITS[1:]:
+        check_same_classes(root, split, classes)
+    found = {split: image_files(root / split, classes) for split in SPLITS[1:] if (root / split).is_dir()}
+    return classes, {"train": image_files(train_root(root), classes), **found}
+
+
 def channel_stats(images: ImageViews) -> tuple[Stats, Stats]:
     """The per-channel mean and std, pixels scaled to [0, 1], of the center views of up to ``STATS_SAMPLE``
     training images spread evenly over the list."""
@@ -156,12 +172,8 @@ def given_folder(cfg: DataConfig, folder: str) -> Path:
 def imagefolder_data(cfg: DataConfig) -> Data:
     """Your images: a folder of class sub-folders (or train/, val/, test/ of them), streamed from disk."""
     root = given_folder(cfg, "DIR holding class sub-folders")
-    train_root = root / "train" if (root / "train").is_dir() else root  # else every image is a training image
-    classes = class_folders(train_root)
-    for split in SPLITS[1:]:
-        check_same_classes(root, split, classes)
-    found = {split: image_files(root / split, classes) for split in SPLITS[1:] if (root / split).is_dir()}
-    splits = with_validation({"train": image_files(train_root, classes), **found}, cfg, str(train_root))
+    classes, found = folder_splits(root)
+    splits = with_validation(found, cfg, str(train_root(root)))
     files = {split: [splits[split].image(i) for i in range(len(splits[split]))] for split in SPLITS if split in splits}
     record = {"val_files": [str(path.relative_to(root)) for path in files["val"]]}
     listing = {split: listing_digest(root, files[split]) for split in ["val", "train", "test"] if split in files}

@@ -38,10 +38,8 @@ from banets.data.batches import listing_digest
 from banets.data.imagefolder import (
     SPLITS,
     STREAMED_OPTIONS,
-    check_same_classes,
-    class_folders,
+    folder_splits,
     given_folder,
-    image_files,
     streamed_images,
     with_validation,
 )
@@ -69,14 +67,16 @@ def write_shards(folder: Path, out: Path, shard_size: int = 1000) -> dict:
         raise DataError(f"{out} exists; give --out a new folder (shards are never written over)")
     if shard_size < 1:
         raise DataError(f"--shard-size must be a positive number of images, got {shard_size}")
-    splits = source_splits(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; give a folder of class sub-folders (or of train/, val/, test/)")
+    classes, splits = folder_splits(folder)
     partial = out.with_name(out.name + ".partial")
     if partial.exists() and not (partial / PARTIAL_MARK).exists():
         raise DataError(f"{partial} exists and was not left by banets shard; move it away or give another --out")
     shutil.rmtree(partial, ignore_errors=True)  # a conversion killed before; it was never renamed into place
     partial.mkdir(parents=True)
     (partial / PARTIAL_MARK).touch()
-    record: dict = {"format": FORMAT, "classes": class_folders(train_root(folder)), "splits": {}}
+    record: dict = {"format": FORMAT, "classes": classes, "splits": {}}
     for split, images in splits.items():
         record["splits"][split] = write_split(webdataset, images, partial, split, shard_size)
     (partial / RECORD).write_text(json.dumps(record, indent=1))
@@ -98,22 +98,6 @@ def write_split(webdataset, images: ImageFiles, folder: Path, split: str, shard_
     written = np.concatenate([index_shard(shard, i) for i, shard in enumerate(shards)])  # in the written order
     np.save(folder / f"{split}.index.npy", written[np.argsort(order)])
     return [{"name": shard.name, "bytes": shard.stat().st_size} for shard in shards]
-
-
-def train_root(folder: Path) -> Path:
-    return folder / "train" if (folder / "train").is_dir() else folder
-
-
-def source_splits(folder: Path) -> dict[str, ImageFiles]:
-    """The splits of an image folder: ``train`` (its class sub-folders, or the folder's own), ``val`` and ``test``
-    when present."""
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder; give a folder of class sub-folders (or of train/, val/, test/)")
-    classes = class_folders(train_root(folder))
-    for split in SPLITS[1:]:
-        check_same_classes(folder, split, classes)
-    found = {split: image_files(folder / split, classes) for split in SPLITS[1:] if (folder / split).is_dir()}
-    return {"train": image_files(train_root(folder), classes), **found}
 
 
 def index_shard(path: Path, shard: int) -> np.ndarray:
