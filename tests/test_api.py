@@ -83,7 +83,8 @@ def refusals(model_fn, data):
         "factory returns None": (lambda: born_again(lambda: None, train, val, optim=ONE_EPOCH),
                                  "model_fn returned NoneType, not an nn.Module"),
         "dict batch of unknown keys": (lambda: born_again(model_fn, [{"a": x, "b": y}], val, optim=ONE_EPOCH),
-                                       "a dict batch needs an input key (x/input/"),
+                                       "a dict batch needs its labels under labels/label/y/target/targets; this "
+                                       "one has a, b (name it with label_key=)"),
         "a string as data": (lambda: born_again(model_fn, "train.csv", val, optim=ONE_EPOCH), "train is a str; pass an (x, y) pair"),
         "float labels": (lambda: born_again(model_fn, (x, y.float()), val, optim=ONE_EPOCH),
                          "the training labels are torch.float32; class labels must be integers"),

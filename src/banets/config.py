@@ -89,6 +89,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROGRESS = ("model", "epoch", "none")
 CACHE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("whitespace", "words")
+HF = "hf:"  # a Hugging Face model (model.name) or tokenizer (data.tokenizer) at a local path: hf:<path>
 
 
 @dataclass
@@ -171,16 +172,19 @@ class DataConfig(Section):
     augment: bool = True  # images: pad-crop-flip (32 px or less), else random-resized crop and flip
     normalize: bool = False  # per-channel mean/std; the paper omits it (Section 4)
     max_vocab: int | None = 10000  # text: vocabulary cap
-    tokenizer: str = "whitespace"  # text: whitespace (pre-tokenised, PTB) | words (raw text)
+    tokenizer: str = "whitespace"  # text: whitespace (pre-tokenised, PTB) | words (raw text); textclass also hf:<path>
     bptt: int = 35  # text: unrolled steps
     image_size: int = 32  # imagefolder: images are resized (shorter side) and center-cropped to this size
     val_path: str | None = None  # tensors: a separate validation file (else carved from the training file)
     test_path: str | None = None  # tensors: a separate test file
     workers: int | None = None  # imagefolder, shards: DataLoader workers (null: the cores per process less one)
     skip_unreadable: bool = False  # imagefolder, shards: leave unreadable images out (listed in the report), not stop
+    text_column: str = "text"  # textclass: the column of the texts
+    label_column: str = "label"  # textclass: the column of the labels (integers, or names)
+    max_length: int = 128  # textclass: texts are cut to this many tokens
 
     def validate(self) -> None:
-        for key in ("batch_size", "eval_batch_size", "bptt", "image_size"):
+        for key in ("batch_size", "eval_batch_size", "bptt", "image_size", "max_length"):
             self.check(getattr(self, key) >= 1, key, "a positive integer")
         self.check(self.val_size >= 0, "val_size", "0 or more")
         self.check(0 <= self.split_seed <= MAX_SEED, "split_seed", f"an integer in [0, {MAX_SEED}]")
@@ -188,7 +192,8 @@ class DataConfig(Section):
         self.check(self.workers is None or self.workers >= 0, "workers", "0 or more, or null")
         self.check(self.max_vocab is None or self.max_vocab >= 3, "max_vocab",
                    "3 or more (it counts <unk> and <eos>) or null")
-        self.check_choice("tokenizer", TOKENIZERS)
+        self.check(self.tokenizer in TOKENIZERS or self.tokenizer.startswith(HF), "tokenizer",
+                   f"one of {', '.join(TOKENIZERS)}, or hf:<path> of a tokenizer.json (textclass)")
 
 
 @dataclass
@@ -494,6 +499,10 @@ def config_of(values: dict, overrides: tuple[str, ...] | list[str] = ()) -> Expe
         path = getattr(getattr(config, section), key)
         if path:
             setattr(getattr(config, section), key, absolute_path(path))
+    for key in ("name", "teacher_name"):  # hf:<path> as well, when the path is there (else its error names it as given)
+        name = getattr(config.model, key)
+        if name and name.startswith(HF) and Path(name[len(HF):]).expanduser().exists():
+            setattr(config.model, key, HF + absolute_path(name[len(HF):]))
     return config
 
 

@@ -42,6 +42,9 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from banets.data import inputs
+from banets.data.inputs import Inputs
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -142,7 +145,7 @@ def reseed_per_process(seed: int) -> None:
         torch.manual_seed(seed * 1009 + rank())
 
 
-def split_batch(x: Tensor, y: Tensor, global_rows: int | None = None) -> tuple[Tensor, Tensor, float]:
+def split_batch(x: Inputs, y: Tensor, global_rows: int | None = None) -> tuple[Inputs, Tensor, float]:
     """This process's rows of a global training batch, and its share: the factor on its mean loss that
     makes DDP's average of the processes' gradients the gradient of the global batch's mean loss. With
     ``global_rows``, ``x`` and ``y`` are already this process's rows (streamed data reads only its own)."""
@@ -157,7 +160,7 @@ def split_batch(x: Tensor, y: Tensor, global_rows: int | None = None) -> tuple[T
     if global_rows is not None:
         return x, y, world * len(y) / global_rows
     rows = shard(len(y))
-    return x[rows], y[rows], world * y[rows].numel() / y.numel()
+    return inputs.rows(x, rows), y[rows], world * y[rows].numel() / y.numel()
 
 
 def any_process(flag: bool) -> bool:

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from banets import distributed
 from banets.config import TrainConfig, UserError
+from banets.data import inputs
+from banets.data.inputs import Inputs
 from banets.data.registry import Batch, DataError, Transform
 from banets.epoch_position import (
     CheckpointClock,
@@ -41,6 +43,7 @@ from banets.epoch_position import (
 )
 from banets.losses import IGNORE_INDEX, Loss, Terms, real_positions, total
 from banets.metrics import Predictions
+from banets.models.outputs import model_logits
 from banets.teacher import FrozenTeacher
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -323,21 +326,17 @@ class Trainer:
                 self.teacher(self._own_rows(batch, augment_rng)[0])
         torch.manual_seed(epoch_seed(self.seed, self.epoch))
 
-    def _own_rows(self, batch: Batch, augment_rng: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    def _own_rows(self, batch: Batch, augment_rng: torch.Generator) -> tuple[Inputs, Tensor, float]:
         """A training batch's inputs and labels, this process's rows of them, and their share of the batch."""
         x, y = self._inputs(batch, augment_rng, train=True)
         # a streamed batch is (x, y, global rows): this process's rows only, already augmented
         return distributed.split_batch(x, y, batch[2] if len(batch) == 3 else None)
 
-    def _inputs(self, batch: Batch, rng: torch.Generator, train: bool) -> tuple[Tensor, Tensor]:
-        x, y = (t.to(self.device, non_blocking=True) for t in batch[:2])
-        if self.transform is not None:
-            x = self.transform(x, rng, train)
-        if self.config.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+    def _inputs(self, batch: Batch, rng: torch.Generator, train: bool) -> tuple[Inputs, Tensor]:
+        x = inputs.to_device(batch[0], self.device)
+        return model_view(x, self.transform, rng, train, self.config), batch[1].to(self.device, non_blocking=True)
 
-    def _step(self, x: Tensor, y: Tensor, share: float = 1.0, update: bool = True,
+    def _step(self, x: Inputs, y: Tensor, share: float = 1.0, update: bool = True,
               padded: bool = False) -> tuple[Tensor, Tensor, Tensor, Terms]:
         """Gradients of ``loss * share`` (``share``: this batch's part of the optimiser step, see
         ``distributed.split_batch`` and ``optim.accumulate``), then, with ``update``, one optimiser step; returns the
@@ -370,10 +369,10 @@ class Trainer:
         if self.config.schedule_every == "step" and self.scheduler is not None:
             self.scheduler.step()
 
-    def _forward_loss(self, x: Tensor, y: Tensor, padded: bool) -> tuple[Tensor, Tensor, Tensor | Terms]:
+    def _forward_loss(self, x: Inputs, y: Tensor, padded: bool) -> tuple[Tensor, Tensor, Tensor | Terms]:
         with self._autocast():
             teacher_logits = self.teacher(x) if self.teacher is not None else None  # frozen: no gradients
-            logits = self.forward(x)
+            logits = model_logits(self.forward, x)
             if teacher_logits is not None and teacher_logits.shape != logits.shape:
                 raise ValueError(
                     f"{self.name}: teacher outputs {tuple(teacher_logits.shape)} but student outputs "
@@ -557,6 +556,19 @@ def step_factor(step: int, config: TrainConfig, total: int) -> float:
 # -- evaluation ----------------------------------------------------------------------------------------
 
 
+def model_view(x: Inputs, transform: Transform | None, rng: torch.Generator | None, train: bool,
+               config: TrainConfig) -> Inputs:
+    """Inputs on the device as the model sees them: through the data's transform (a tensor's: named inputs have
+    none), and in channels-last layout when asked for images."""
+    if isinstance(x, dict):
+        return x
+    if transform is not None:
+        x = transform(x, rng, train)
+    if config.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def predict_batches(
     models: Sequence[nn.Module],
     data: Iterable[Batch],
@@ -580,13 +592,10 @@ def predict_batches(
     with torch.no_grad():
         for index, batch in enumerate(data):
             rows = distributed.shard(len(batch[1]))  # this process's rows; their predictions are gathered below
-            x, y = batch[0][rows].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-            if transform is not None:
-                x = transform(x, None, False)
-            if config.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = model_view(inputs.to_device(inputs.rows(batch[0], rows), device), transform, None, False, config)
+            y = batch[1].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                logits = [distributed.gather_rows(model(x).float(), len(y)) for model in models]
+                logits = [distributed.gather_rows(model_logits(model, x).float(), len(y)) for model in models]
             log_probs, labels = [z.reshape(-1, z.shape[-1]).log_softmax(-1) for z in logits], y.reshape(-1)
             if (batch[1] == IGNORE_INDEX).any():  # padding: scored on the real positions only
                 keep = labels != IGNORE_INDEX

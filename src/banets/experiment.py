@@ -48,7 +48,7 @@ from banets.generations import (
     saved_weights_of,
 )
 from banets.metrics import Predictions
-from banets.models.registry import TIMM, create_model, model_parameters
+from banets.models.registry import TIMM, create_model, model_parameters, options_from_data
 from banets.preflight import build_model, first_batch
 from banets.report import SeedRun, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import (
@@ -73,8 +73,7 @@ def model_factory(name: str, options: dict, data_options: dict) -> ModelFn:
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if accepted is not None and unknown:
         raise SetupError(f"model {name!r} takes no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
-    # a timm model takes any option; from the data it is given these
-    takes = accepted if accepted is not None else {"num_classes", "in_channels"}
+    takes = options_from_data(name)  # a timm or transformers model takes any option, and these from the data
     derived = {k: v for k, v in data_options.items() if k in takes and k not in options}
     return lambda: create_model(name, **derived, **options)
 
@@ -289,15 +288,18 @@ def born_again(
     model_fn: ModelFn, train: Any, val: Any, test: Any = None, *, ban: BornAgainConfig | None = None,
     optim: TrainConfig | None = None, seeds: int | Sequence[int] = 0, out: str | Path | None = None,
     resume: bool = False, teacher: nn.Module | None = None, teacher_fn: ModelFn | None = None, batch_size: int = 128,
-    transform: Transform | None = None, device: str = "auto", name: str = "custom",
+    transform: Transform | None = None, label_key: str | None = None, device: str = "auto", name: str = "custom",
 ) -> BornAgainRun:
     """Train a teacher (or take ``teacher``, already trained), then its born-again generations, and evaluate all.
 
     ``model_fn`` builds a fresh student (a factory such as ``lambda: MyNet()``, returning logits); ``teacher_fn``
     builds a teacher of another architecture. ``train``, ``val`` and ``test`` are ``(x, y)`` tensors or NumPy
-    arrays, Datasets, DataLoaders or any iterable of ``(x, y)`` batches (or dicts with ``x``/``input``/``image`` and
-    ``y``/``label``/``target`` keys); ``batch_size`` batches tensors and Datasets. ``ban`` is the plan (generations,
-    losses, controls, ensembles; :class:`~banets.config.BornAgainConfig`), ``optim`` the training recipe
+    arrays, Datasets, DataLoaders or any iterable of ``(x, y)`` batches; ``batch_size`` batches tensors and
+    Datasets. A batch (or an example) may be a dict, such as a Hugging Face ``BatchEncoding``: its labels are
+    under ``label_key`` (by default ``labels``, ``label``, ``y``, ``target`` or ``targets``) and the rest are
+    given to the model by name, ``model(**inputs)``; ``x`` of an ``(x, y)`` pair may be named tensors too. A model
+    returns logits as a tensor, a tuple (the first element) or an object with ``.logits``. ``ban`` is the plan
+    (generations, losses, controls, ensembles; :class:`~banets.config.BornAgainConfig`), ``optim`` the training recipe
     (:class:`~banets.config.TrainConfig`: 10 epochs by default). Everything is checked before the first epoch.
 
     With ``out``, each seed trains into its seed directory ``out/seed-<s>``, as ``banets run`` does, and the report
@@ -306,7 +308,7 @@ def born_again(
     """
     optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
     data_config = DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size)  # checked first
-    data = given_data(train, val, test, batch_size, transform)
+    data = given_data(train, val, test, batch_size, transform, label_key)
     architecture = type(build_model(model_fn, "model_fn")).__name__
     # seeds that are neither an int nor a sequence stay as they are, for the config's check to refuse
     seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if isinstance(seeds, Sequence) else seeds
@@ -324,14 +326,15 @@ def born_again(
     return result
 
 
-def given_data(train: Any, val: Any, test: Any, batch_size: int, transform: Transform | None) -> Data:
+def given_data(train: Any, val: Any, test: Any, batch_size: int, transform: Transform | None,
+               label_key: str | None = None) -> Data:
     """The data given to :func:`born_again` as batches, with what a resume compares (their fingerprints) and how
     the report scores models: by perplexity when labels are sequences (a language model), resampling whole rows."""
-    train_batches = as_batches(train, batch_size, shuffle=True, what="train")
+    train_batches = as_batches(train, batch_size, shuffle=True, what="train", label_key=label_key)
     data = Data(
         train=train_batches,
-        val=as_batches(val, batch_size, shuffle=False, what="val"),
-        test=as_batches(test, batch_size, shuffle=False, what="test"),
+        val=as_batches(val, batch_size, shuffle=False, what="val", label_key=label_key),
+        test=as_batches(test, batch_size, shuffle=False, what="test", label_key=label_key),
         transform=transform,
     )
     data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)

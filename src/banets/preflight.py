@@ -9,6 +9,7 @@ the problem and the fix, and none trains or writes anything.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import cast
@@ -19,10 +20,13 @@ import yaml
 
 from banets import distributed, losses
 from banets.config import PYTHON, BornAgainConfig, ConfigError, ExperimentConfig, first_line
+from banets.data import inputs
 from banets.data.batches import TensorBatches, are_class_labels, to_batch
+from banets.data.inputs import Inputs
 from banets.data.registry import Batch, Data, DataError
 from banets.engine import reset_state, resolve_device
 from banets.generations import TEACHER, ModelFn, ModelSpec, PlanError, Setup, plan_ensembles, saved_weights_of
+from banets.models.outputs import logits_of
 from banets.models.students import share_frozen
 from banets.report import check_report_folder
 from banets.runs import (
@@ -181,11 +185,14 @@ def first_batch(data: Iterable[Batch], what: str) -> Batch:
     raise DataError(f"the {what} data yield no batch; is it empty?")
 
 
-def model_inputs(setup: Setup, data: Iterable[Batch], x: torch.Tensor, device: torch.device, what: str) -> torch.Tensor:
+def model_inputs(setup: Setup, data: Iterable[Batch], x: Inputs, device: torch.device, what: str) -> Inputs:
     """Batch ``x`` of ``data`` as models see it in evaluation: on ``device``, through the data's transform, and
     finite (all of ``data`` checked when it is held in memory and not transformed)."""
-    x = x.to(device)
-    if setup.data.transform is not None:
+    x = inputs.to_device(x, device)
+    if isinstance(x, dict) and setup.data.transform is not None:
+        raise PlanError(f"a transform takes one input tensor, but the batches have named inputs ({', '.join(x)}); "
+                        f"prepare them in the Dataset or its collate_fn instead")
+    if isinstance(x, torch.Tensor) and setup.data.transform is not None:
         try:
             x = setup.data.transform(x, None, False)
         except (RuntimeError, ValueError, TypeError) as error:
@@ -193,27 +200,48 @@ def model_inputs(setup: Setup, data: Iterable[Batch], x: torch.Tensor, device: t
                 f"the transform fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); it is called "
                 f"as transform(x, generator, train), generator a torch.Generator (None when not training)"
             ) from None
-    inputs = data.tensors[0] if isinstance(data, TensorBatches) and setup.data.transform is None else x
-    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+    whole = data.tensors[0] if isinstance(data, TensorBatches) and setup.data.transform is None else x
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in inputs.tensors(whole)):
         raise DataError(
             f"the {what} inputs hold NaN or inf; clean or drop those examples (or give a transform that does)"
         )
     return x
 
 
-def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, what: str) -> object:
-    """``model(x)`` in evaluation mode, its carried state forgotten after; a model that fails on the batch is a
-    :class:`PlanError` naming the batch's shape (the usual cause: a model built for other inputs)."""
+def forward_once(model: nn.Module, x: Inputs, device: torch.device, what: str) -> object:
+    """``model(x)`` (``model(**x)`` for named inputs) in evaluation mode, its carried state forgotten after; a model
+    that fails on the batch is a :class:`PlanError` naming the batch's shape (the usual cause: a model built for
+    other inputs)."""
+    check_input_names(model, x, what)
     model.to(device).eval()
     try:
-        return model(x)
+        return inputs.call(model, x)
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         raise PlanError(
-            f"{what} fails on a batch of shape {tuple(x.shape)} ({first_line(error)}); build it for "
+            f"{what} fails on a batch of shape {inputs.shapes(x)} ({first_line(error)}); build it for "
             f"these inputs (`banets models NAME` lists a registered model's options, e.g. in_channels)"
         ) from None
     finally:
         reset_state(model)
+
+
+def check_input_names(model: nn.Module, x: Inputs, what: str) -> None:
+    """Every named input is an argument of the model's ``forward``: one it does not take would be an error inside
+    it, or, taken by a ``**kwargs``, dropped without a word, so a name that ``forward`` does not list is refused
+    unless ``forward`` takes ``**kwargs``."""
+    if not isinstance(x, dict):
+        return
+    parameters = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [name for name in x if name not in parameters]
+    if unknown:
+        raise PlanError(
+            f"the batches' {', '.join(map(repr, unknown))} {'is not' if len(unknown) == 1 else 'are not'} an argument "
+            f"of {what}'s forward ({type(model).__name__} takes {', '.join(parameters) or 'none'}); leave "
+            f"{'it' if len(unknown) == 1 else 'them'} out of the batches (e.g. in the collate_fn), or name the labels "
+            f"with label_key="
+        )
 
 
 def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
@@ -224,11 +252,13 @@ def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
     return (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
 
 
-def check_outputs(logits: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:
-    """``logits`` checked against the labels of one batch: a finite tensor of ``labels.shape + (classes,)``
-    whose classes cover every label in ``bounds``."""
-    if not isinstance(logits, torch.Tensor):
-        raise PlanError(f"{what} returned {type(logits).__name__}; a model must return a logits tensor")
+def check_outputs(output: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:
+    """The logits in what a model returned (:func:`~banets.models.outputs.logits_of`), checked against the labels
+    of one batch: a finite tensor of ``labels.shape + (classes,)`` whose classes cover every label in ``bounds``."""
+    try:
+        logits = logits_of(output)
+    except TypeError as error:
+        raise PlanError(f"{what} {error}") from None
     if tuple(logits.shape[:-1]) != tuple(y.shape):
         raise PlanError(
             f"{what} returned logits of shape {tuple(logits.shape)} for labels of shape {tuple(y.shape)}; "
@@ -308,8 +338,8 @@ def check_replayable(setup: Setup, device: torch.device) -> None:
         raise PlanError("ban.cache_teacher needs training data of a known number of batches (tensors, a Dataset or a "
                         "DataLoader over one), not a stream; set ban.cache_teacher=null") from None
     first, again = (to_batch(next(iter(setup.data.train)))[0] for _ in range(2))
-    same = first.shape == again.shape and torch.equal(first, again)
-    if same and setup.data.transform is not None:
+    same = inputs.equal(first, again)
+    if same and isinstance(first, torch.Tensor) and setup.data.transform is not None:
         x = first.to(device)
         draws = [setup.data.transform(x, torch.Generator(device=device).manual_seed(s), True) for s in (0, 1)]
         same = torch.equal(*draws)

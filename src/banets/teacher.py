@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 
 from banets.config import UserError
+from banets.data.inputs import Inputs
+from banets.models.outputs import model_logits
 from banets.teacher_cache import CachedTeacher
 
 
@@ -42,9 +44,9 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Inputs) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(x)
+            return self.model(x) if self.cached else model_logits(self.model, x)
 
 
 class TeacherError(UserError, ValueError):

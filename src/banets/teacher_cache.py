@@ -32,6 +32,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from banets.config import UserError
+from banets.data import inputs
+from banets.data.inputs import Inputs
+from banets.models.outputs import model_logits
 
 CACHE_DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
@@ -69,6 +72,11 @@ def checksum(x: Tensor) -> Tensor:
     return (flat.to(dtype) * weights).sum()
 
 
+def checksums(x: Inputs) -> list[Tensor]:
+    """The :func:`checksum` of each of the inputs' tensors."""
+    return [checksum(tensor) for tensor in inputs.tensors(x)]
+
+
 class CachedTeacher(nn.Module):
     """``teacher`` whose logits for the i-th batch of the first pass are returned again for the i-th batch of
     every later pass. A pass starts at ``reset_state()``, which the engine calls before every epoch.
@@ -85,24 +93,24 @@ class CachedTeacher(nn.Module):
             raise ValueError(f"unknown cache dtype {dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
         self.teacher = teacher
         self.batches_per_pass, self.dtype, self.max_bytes = batches_per_pass, CACHE_DTYPES[dtype], max_bytes
-        self.first_input: Tensor | None = None  # the first pass's first batch, compared at every pass's start
-        self.input_shapes: list[torch.Size] = []
-        self.checksums: list[Tensor] = []  # of each stored batch's inputs, on the device
+        self.first_input: Inputs | None = None  # the first pass's first batch, compared at every pass's start
+        self.input_shapes: list[str] = []
+        self.checksums: list[list[Tensor]] = []  # of each stored batch's inputs, on the device
         self.differs: list[Tensor] = []  # this pass: whether each replayed batch's checksum differs, on the device
         self.logits: list[Tensor] = []
         self.position = 0  # index of the next batch in the current pass
         self.complete = False  # a whole pass is stored: replay from now on
         self.enabled = True  # False once the estimate did not fit
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Inputs) -> Tensor:
         if self.complete:
             return self._replay(x)
-        logits = self.teacher(x)
+        logits = model_logits(self.teacher, x)
         if self.enabled and (self.position > 0 or self._fits(logits)):
             if self.position == 0:
-                self.first_input = x.detach().clone()
-            self.input_shapes.append(x.shape)
-            self.checksums.append(checksum(x))
+                self.first_input = inputs.each(x, lambda tensor: tensor.detach().clone())
+            self.input_shapes.append(inputs.shapes(x))
+            self.checksums.append(checksums(x))
             self.logits.append(logits.detach().to(self.stored_dtype(logits.dtype)))
             logits = self.logits[-1]  # the first pass sees the stored precision too
         self.position += 1
@@ -129,20 +137,20 @@ class CachedTeacher(nn.Module):
             return computed
         return self.dtype
 
-    def _replay(self, x: Tensor) -> Tensor:
+    def _replay(self, x: Inputs) -> Tensor:
         i = self.position
         if i >= len(self.logits):
             raise CacheError(
                 f"teacher cache: this epoch has more than the first epoch's {len(self.logits)} batches; "
                 "the cache needs the same batches every epoch (set ban.cache_teacher=null)"
             )
-        first_changed = i == 0 and self.first_input is not None and not torch.equal(self.first_input, x)
-        if self.input_shapes[i] != x.shape or first_changed:
+        first_changed = i == 0 and self.first_input is not None and not inputs.equal(self.first_input, x)
+        if self.input_shapes[i] != inputs.shapes(x) or first_changed:
             raise CacheError(
                 f"teacher cache: batch {i} differs from the first epoch's batch {i}; the cache needs the same "
                 "batches in the same order every epoch, without shuffling or augmentation (set ban.cache_teacher=null)"
             )
-        self.differs.append(checksum(x) != self.checksums[i])
+        self.differs.append(torch.stack([new != old for new, old in zip(checksums(x), self.checksums[i])]).any())
         self.position += 1
         return self.logits[i]
 

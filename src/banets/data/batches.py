@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast, overload
 
@@ -20,17 +20,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from banets.data import inputs
+from banets.data.inputs import Inputs
 from banets.data.registry import Batch, DataError
 
+# A dict batch's labels are under ``label_key`` (by default the first of LABEL_KEYS it has); the rest are the model's
+# named inputs, or its one input when that is a single key of INPUT_KEYS.
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
-LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 
 
 class TensorBatches:
-    """Iterate ``(x[idx], y[idx])`` over batches of ``batch_size`` rows of inputs ``x`` and labels ``y``."""
+    """Iterate ``(x[idx], y[idx])`` over batches of ``batch_size`` rows of inputs ``x`` (a tensor, or named tensors)
+    and labels ``y``."""
 
-    def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, shuffle: bool = False, drop_last: bool = False):
-        if len(x) != len(y):
+    def __init__(self, x: Inputs, y: Tensor, *, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        if any(len(tensor) != len(y) for tensor in inputs.tensors(x)):
             raise ValueError("TensorBatches needs tensors with the same number of rows")
         self.tensors = (x, y)
         self.batch_size = batch_size
@@ -38,7 +43,7 @@ class TensorBatches:
         self.drop_last = drop_last
 
     def __len__(self) -> int:
-        rows = len(self.tensors[0])
+        rows = len(self.tensors[1])
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -46,11 +51,11 @@ class TensorBatches:
 
     def from_step(self, step: int) -> Iterator[Batch]:
         """The epoch's batches from batch ``step`` on (the order drawn as for the whole epoch, on first use)."""
-        rows = len(self.tensors[0])
+        rows = len(self.tensors[1])
         order = torch.randperm(rows) if self.shuffle else torch.arange(rows)
         for start in range(step * self.batch_size, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            yield self.tensors[0][index], self.tensors[1][index]
+            yield inputs.rows(self.tensors[0], index), self.tensors[1][index]
 
 
 def as_tensor(value: Any) -> Any:
@@ -65,28 +70,52 @@ def as_tensor(value: Any) -> Any:
     return value
 
 
-def to_batch(batch: Any) -> Batch:
-    """``(x, y)`` tensors from a batch given as a tuple or list, a dict with recognisable keys, or NumPy arrays."""
-    if isinstance(batch, dict):
-        x_key = next((k for k in INPUT_KEYS if k in batch), None)
-        y_key = next((k for k in LABEL_KEYS if k in batch), None)
-        if x_key is None or y_key is None:
-            raise DataError(f"a dict batch needs an input key ({'/'.join(INPUT_KEYS)}) and a label key "
-                            f"({'/'.join(LABEL_KEYS)}); this one has {', '.join(map(str, batch)) or 'no keys'}")
-        batch = (batch[x_key], batch[y_key])
+def as_inputs(value: Any) -> Any:
+    """A batch's inputs: :func:`as_tensor`, or a mapping (a dict, a Hugging Face ``BatchEncoding``) as a dict of
+    them."""
+    if isinstance(value, Mapping):
+        return {name: as_tensor(part) for name, part in value.items()}
+    return as_tensor(value)
+
+
+def named_parts(batch: Mapping, label_key: str | None = None) -> tuple[Any, Any]:
+    """A dict batch (or example) as its inputs and its label: the labels are under ``label_key`` (by default the first
+    of ``LABEL_KEYS`` present), the rest are the named inputs, or the one input when only a key of ``INPUT_KEYS``
+    is left (given to the model as its argument, as a tuple's would be)."""
+    key = label_key or next((k for k in LABEL_KEYS if k in batch), None)
+    if key is None or key not in batch:
+        wanted = repr(label_key) if label_key else "/".join(LABEL_KEYS)
+        raise DataError(f"a dict batch needs its labels under {wanted}; this one has "
+                        f"{', '.join(map(str, batch)) or 'no keys'}{'' if label_key else ' (name it with label_key=)'}")
+    rest = {str(name): value for name, value in batch.items() if name != key}
+    if not rest:
+        raise DataError(f"a dict batch holds only its labels ({key!r}); add the inputs under their names")
+    if len(rest) == 1 and next(iter(rest)) in INPUT_KEYS:
+        return next(iter(rest.values())), batch[key]
+    return rest, batch[key]
+
+
+def to_batch(batch: Any, label_key: str | None = None) -> Batch:
+    """``(x, y)`` from a batch given as a tuple or list, a dict (named inputs and labels, see :func:`named_parts`),
+    or NumPy arrays; ``x`` is a tensor or a dict of named tensors."""
+    if isinstance(batch, Mapping):
+        batch = named_parts(batch, label_key)
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise DataError(f"a batch must be (inputs, labels), a dict with input and label keys, or NumPy arrays; got "
+        raise DataError(f"a batch must be (inputs, labels), a dict of named inputs and labels, or NumPy arrays; got "
                         f"{type(batch).__name__}")
-    x, y = as_tensor(batch[0]), as_tensor(batch[1])
+    x, y = as_inputs(batch[0]), as_tensor(batch[1])
     if isinstance(batch[1], (int, np.integer)) or (isinstance(y, Tensor) and y.dim() == 0):
         raise DataError(
             "a batch's labels are a single number: this looks like a list of single examples; pass an (x, y) "
             "pair of arrays, a Dataset or a DataLoader instead"
         )
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+    parts = {**(x if isinstance(x, dict) else {"inputs": x}), "labels": y}
+    wrong = next((f"{name} ({type(part).__name__})" for name, part in parts.items() if not isinstance(part, Tensor)),
+                 None)
+    if wrong:
         raise DataError(
-            f"a batch's inputs and labels must be tensors or NumPy arrays; got {type(x).__name__} and "
-            f"{type(y).__name__}"
+            f"a batch's inputs and labels must be tensors or NumPy arrays; its {wrong} is not (drop what the model "
+            f"does not take, e.g. raw text, in the collate_fn)"
         )
     return x, y
 
@@ -94,23 +123,24 @@ def to_batch(batch: Any) -> Batch:
 class Batches:
     """Any iterable of batches (a DataLoader, a list...), each normalised by :func:`to_batch` as it comes."""
 
-    def __init__(self, data: Iterable):
+    def __init__(self, data: Iterable, label_key: str | None = None):
         self.data = data
+        self.label_key = label_key
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Batch]:
-        return map(to_batch, self.data)
+        return (to_batch(batch, self.label_key) for batch in self.data)
 
 
 def is_pair(data: Any) -> bool:
-    """Whether ``data`` is an ``(x, y)`` pair of whole arrays (rather than a list of batches)."""
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(part, (Tensor, np.ndarray)) for part in data)
-    )
+    """Whether ``data`` is an ``(x, y)`` pair of whole arrays (rather than a list of batches); ``x`` may be named
+    arrays (a dict, or the ``BatchEncoding`` a Hugging Face tokenizer returns)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    x = list(data[0].values()) if isinstance(data[0], Mapping) else [data[0]]
+    return bool(x) and all(isinstance(part, (Tensor, np.ndarray)) for part in [*x, data[1]])
 
 
 def are_class_labels(y: Tensor) -> bool:
@@ -119,25 +149,27 @@ def are_class_labels(y: Tensor) -> bool:
 
 
 @overload
-def as_batches(data: None, batch_size: int, shuffle: bool, what: str = ...) -> None: ...
+def as_batches(data: None, batch_size: int, shuffle: bool, what: str = ..., label_key: str | None = ...) -> None: ...
 @overload
-def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = ...) -> Iterable[Batch]: ...
-def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") -> Iterable[Batch] | None:
-    """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays, a ``Dataset`` (an
-    ``IterableDataset`` in its own order), a ``DataLoader`` or any iterable of batches (tuples, dicts with
-    input/label keys, NumPy arrays); None stays None."""
+def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = ...,
+               label_key: str | None = ...) -> Iterable[Batch]: ...
+def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data",
+               label_key: str | None = None) -> Iterable[Batch] | None:
+    """Batches of ``(x, y)`` tensors from an ``(x, y)`` pair of tensors or NumPy arrays (``x`` may be named), a
+    ``Dataset`` (an ``IterableDataset`` in its own order), a ``DataLoader`` or any iterable of batches (tuples,
+    dicts of named inputs and labels under ``label_key``, NumPy arrays); None stays None."""
     if data is None:
         return None
     if is_pair(data):
-        if len(data[0]) != len(data[1]):
-            raise DataError(f"{what}: x has {len(data[0])} rows but y has {len(data[1])}; give one label per example")
-        x, y = map(as_tensor, data)
+        x, y = as_inputs(data[0]), as_tensor(data[1])
+        if (rows := next((len(t) for t in inputs.tensors(x) if len(t) != len(y)), None)) is not None:
+            raise DataError(f"{what}: x has {rows} rows but y has {len(y)}; give one label per example")
         labels = y.long() if are_class_labels(y) else y  # int8 to int64, as cross-entropy takes them
         return TensorBatches(x, labels, batch_size=batch_size, shuffle=shuffle)
     if isinstance(data, IterableDataset):  # it yields in its own order: torch refuses to shuffle one
-        return Batches(DataLoader(data, batch_size=batch_size))
+        return Batches(DataLoader(data, batch_size=batch_size), label_key)
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle))
+        return Batches(DataLoader(data, batch_size=batch_size, shuffle=shuffle), label_key)
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
         raise DataError(
             f"{what} is a {type(data).__name__}; pass an (x, y) pair of tensors or NumPy arrays, a Dataset, "
@@ -148,7 +180,7 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, what: str = "data") ->
             f"{what} is a one-shot iterator ({type(data).__name__}): it would be empty after the first epoch; "
             f"pass a list of batches, a Dataset or a DataLoader"
         )
-    return Batches(data)
+    return Batches(data, label_key)
 
 
 def take_subset(pair: tuple[Any, Any], subset: int | None, what: str) -> tuple[Any, Any]:
@@ -161,12 +193,14 @@ def take_subset(pair: tuple[Any, Any], subset: int | None, what: str) -> tuple[A
     return pair[0][:subset], pair[1][:subset]
 
 
-def tensor_digest(*tensors: Tensor | None) -> str:
-    """A sha256 of the tensors' shapes, dtypes and bytes: what a run records of its data, to refuse other data on
-    resume."""
+def tensor_digest(*parts: Inputs | None) -> str:
+    """A sha256 of the tensors' (and named tensors') names, shapes, dtypes and bytes: what a run records of its data,
+    to refuse other data on resume."""
     digest = hashlib.sha256()
-    for tensor in tensors:
-        if tensor is not None:
+    for part in parts:
+        if isinstance(part, dict):
+            digest.update(f"{sorted(part)};".encode())
+        for tensor in inputs.tensors(part) if part is not None else []:
             digest.update(f"{tuple(tensor.shape)} {tensor.dtype};".encode())
             digest.update(tensor.contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
@@ -185,7 +219,7 @@ def listing_digest(root: Path, files: list[Path]) -> str:
 def data_record(**splits: tuple[Tensor, ...] | None) -> dict[str, str]:
     """``Data.files`` entry ``data.json``: the digest of each split's tensors (inputs and labels, or a text's token
     ids), compared on resume."""
-    digests = {name: tensor_digest(*pair) for name, pair in splits.items() if pair is not None}
+    digests = {name: tensor_digest(*pair) for name, pair in splits.items() if pair is not None}  # type: ignore[arg-type]
     return {"data.json": json.dumps(digests, indent=1)}
 
 
@@ -199,7 +233,7 @@ def given_tensors_record(**splits: Iterable[Batch] | None) -> dict[str, str]:
         if isinstance(batches, TensorBatches):
             digests[name] = tensor_digest(*batches.tensors)
         elif isinstance(batches, Batches) and (dataset := dataset_of(batches.data)) is not None:
-            digests[name] = dataset_fingerprint(dataset)
+            digests[name] = dataset_fingerprint(dataset, batches.label_key)
     return {"data.json": json.dumps(digests, indent=1)} if digests else {}
 
 
@@ -209,22 +243,17 @@ def dataset_of(data: Iterable) -> Dataset | None:
     return cast(Dataset, dataset) if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") else None
 
 
-def example_parts(item: Any) -> tuple[Any, Any]:
-    """An example's input and label, from a tuple or a dict with the keys a batch may use."""
-    if isinstance(item, dict):
-        x = next((item[k] for k in INPUT_KEYS if k in item), None)
-        return x, next((item[k] for k in LABEL_KEYS if k in item), None)
-    return item[0], item[1]
-
-
-def dataset_fingerprint(dataset: Any, samples: int = 5) -> str:
+def dataset_fingerprint(dataset: Any, label_key: str | None = None, samples: int = 5) -> str:
     """A sha256 of the length of ``dataset`` and of ``samples`` examples spread over it: each one's label and the
-    shape and dtype of its input."""
+    shape and dtype of its input (or of each named input)."""
     count = len(dataset)
     digest = hashlib.sha256(f"{type(dataset).__qualname__} {count};".encode())
     for index in sorted({round(i * (count - 1) / max(samples - 1, 1)) for i in range(samples)} if count else []):
-        x, y = map(as_tensor, example_parts(dataset[index]))
-        shape = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        item = dataset[index]
+        x, y = named_parts(item, label_key) if isinstance(item, Mapping) else (item[0], item[1])
+        x, y = as_inputs(x), as_tensor(y)
+        shape = " ".join(f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                         for t in (x.values() if isinstance(x, dict) else [x]))
         digest.update(f"{index}: {shape} {y.tolist() if isinstance(y, Tensor) else repr(y)};".encode())
     return digest.hexdigest()
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from banets.config import DataConfig, UserError, did_you_mean, qualified_name
+from banets.data.inputs import Inputs
 
-# Inputs and labels; a streamed training batch carries a third element, the global batch's rows, when it holds only
-# this process's rows of it (the engine weighs the process's loss by its share).
-Batch = tuple[torch.Tensor, torch.Tensor]
+# Inputs (a tensor, or named tensors) and labels; a streamed training batch carries a third element, the global
+# batch's rows, when it holds only this process's rows of it (the engine weighs the process's loss by its share).
+Batch = tuple[Inputs, torch.Tensor]
 # Turns a raw input batch (already on the device) into model input; ``train`` selects augmentation.
 Transform = Callable[[torch.Tensor, torch.Generator | None, bool], torch.Tensor]
 ALWAYS_USED = {"dataset", "batch_size", "eval_batch_size"}

@@ -152,7 +152,8 @@ def load_corpus(
     and capped at ``max_vocab`` words. ``download=True`` fetches Penn Tree Bank when the folder has no ``*.train.txt``.
     """
     if tokenizer not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+        raise DataError(f"text: data.tokenizer={tokenizer} is not one of {', '.join(TOKENIZERS)} (a Hugging Face "
+                        f"tokenizer reads labelled texts, the textclass dataset)")
     folder = Path(path)
     if download and not any(folder.glob("*.train.txt")):
         download_ptb(folder)

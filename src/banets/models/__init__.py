@@ -8,6 +8,7 @@ from banets.models import (
     resnet_cifar,  # noqa: F401
     small,  # noqa: F401  (each import registers a family)
     students,  # noqa: F401
+    text_classifier,  # noqa: F401
     wide_resnet,  # noqa: F401
 )
 from banets.models.registry import create_model, list_models, register_model

@@ -2,7 +2,8 @@
 
 Models know nothing of distillation: each maps an input batch to logits ``(N, C)`` (or ``(N, T, V)`` for
 language models). Families take keyword arguments; the paper's named configurations are small registered
-functions of their family. ``timm:<name>`` builds a timm model when timm is installed.
+functions of their family. ``timm:<name>`` builds a timm model when timm is installed, ``hf:<path>`` a Hugging
+Face transformers model from a local folder or config.json (:mod:`banets.models.hf`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from banets.config import UserError, did_you_mean, qualified_name
+from banets.config import HF, UserError, did_you_mean, qualified_name
 
 TIMM = "timm:"
+FROM_DATA = {TIMM: {"num_classes", "in_channels"}, HF: {"num_classes", "vocab_size"}}  # what the data tell them
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 _FAMILIES: dict[str, ModelFactory] = {}  # a variant's family, whose options it takes
@@ -67,9 +69,14 @@ class ModelError(UserError, ValueError):
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with ``kwargs`` (e.g. ``num_classes=100``); ``timm:<name>`` builds
-    timm's model ``<name>`` (``in_channels`` is passed as timm's ``in_chans``)."""
+    timm's model ``<name>`` (``in_channels`` is passed as timm's ``in_chans``), ``hf:<path>`` a transformers model
+    (``task`` and config fields as options)."""
     if name.startswith(TIMM):
         return create_timm_model(name[len(TIMM):], **kwargs)
+    if name.startswith(HF):
+        from banets.models.hf import create_hf_model  # imports registry: here, not at the top
+
+        return create_hf_model(name[len(HF):], **kwargs)
     return _factory(name)(**kwargs)
 
 
@@ -100,10 +107,17 @@ def create_timm_model(name: str, **kwargs) -> nn.Module:
 
 
 def model_parameters(name: str) -> set[str] | None:
-    """The keyword arguments that model ``name``'s factory accepts (None: any, as timm's models take)."""
-    if name.startswith(TIMM):
+    """The keyword arguments that model ``name``'s factory accepts (None: any, as timm's and transformers' models
+    take)."""
+    if name.startswith((TIMM, HF)):
         return None
     return {p.name for p in model_options(name)}
+
+
+def options_from_data(name: str) -> set[str]:
+    """The options that model ``name`` takes from the data (num_classes, in_channels, vocab_size...)."""
+    route = next((prefix for prefix in FROM_DATA if name.startswith(prefix)), None)
+    return FROM_DATA[route] if route else {p.name for p in model_options(name)}
 
 
 def _factory(name: str) -> ModelFactory:
@@ -142,7 +156,7 @@ def count_parameters(name: str) -> int | None:
 def _paper_sizes(name: str) -> dict[str, Any]:
     """The data options (``experiment.model_factory``) that model ``name`` has no default for, at the paper's sizes:
     Penn Tree Bank's 10,000 words."""
-    if name.startswith(TIMM):
+    if name.startswith((TIMM, HF)):
         return {}
     parameters = {p.name: p for p in model_options(name)}
     sizes = {"vocab_size": 10_000, "words": _ptb_like_words()}

@@ -1,0 +1,76 @@
+"""Hugging Face transformers models by name: ``model.name: hf:<path>``.
+
+``<path>`` is local, and nothing is downloaded: a folder holding ``config.json`` and weights (``save_pretrained``'s
+folder, or one ``huggingface-cli download`` wrote) builds the pretrained model, or a ``config.json`` file builds its
+architecture with random weights. ``task`` picks the head (``AutoModelFor...``), the number of classes comes from
+the data, and the model's remaining options set fields of its config (``n_layer``, ``hidden_dropout_prob``...).
+A model is built from its config and weights only, never from code in the folder (``trust_remote_code`` stays off).
+transformers is an optional extra: ``pip install "banets[hf]"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from banets.models.registry import ModelError
+
+TASKS = {  # task: the transformers class that builds its head
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def create_hf_model(path: str, task: str = "sequence-classification", num_classes: int | None = None,
+                    vocab_size: int | None = None, **config_options: Any) -> nn.Module:
+    """The transformers model of ``task`` at local ``path``: pretrained from a folder of weights, or randomly
+    initialised from a ``config.json`` (then ``vocab_size``, from the data, sizes its embeddings unless an option
+    sets it). ``num_classes`` sizes a classifier's head."""
+    if task not in TASKS:
+        raise ModelError(f"hf:{path}: unknown task {task!r}; set model.options.task to one of {', '.join(TASKS)}")
+    transformers = _transformers(path)
+    location = Path(path).expanduser()
+    pretrained = location.is_dir() and any((location / name).is_file() for name in WEIGHTS)
+    config_file = location / "config.json" if location.is_dir() else location
+    if not config_file.is_file() or (location.is_dir() and not pretrained):
+        raise ModelError(_not_local(path, location))
+    if task != "causal-lm" and num_classes is not None:
+        config_options.setdefault("num_labels", num_classes)
+    if not pretrained and vocab_size is not None:
+        config_options.setdefault("vocab_size", vocab_size)
+    auto = getattr(transformers, TASKS[task])
+    try:
+        config, unused = transformers.AutoConfig.from_pretrained(
+            str(config_file), local_files_only=True, return_unused_kwargs=True, **config_options
+        )
+        if unused:
+            raise ModelError(f"hf:{path}: its {type(config).__name__} has no field {', '.join(sorted(unused))}; "
+                             f"remove it from model.options (the task and config fields go there)")
+        if pretrained:
+            return auto.from_pretrained(str(location), config=config, local_files_only=True)
+        return auto.from_config(config)
+    except (ValueError, RuntimeError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"hf:{path}: transformers cannot build a {task} model from it ({first}); check the task "
+                         f"(model.options.task) and the folder") from None
+
+
+def _not_local(path: str, location: Path) -> str:
+    if location.is_dir():
+        return (f"hf:{path}: the folder holds no config.json and weights ({', '.join(WEIGHTS[::2])}); give a "
+                f"pretrained folder, or the path of a config.json for random weights")
+    return (f"hf:{path}: no local folder or config.json there, and banets downloads nothing; on a machine with a "
+            f"network run `huggingface-cli download {path} --local-dir DIR`, then set model.name=hf:DIR")
+
+
+def _transformers(path: str) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(f"model 'hf:{path}' needs transformers: pip install \"banets[hf]\" (or transformers "
+                         f"beside your PyTorch)") from None
+    return transformers

@@ -1,0 +1,103 @@
+"""``model.name: hf:<path>``: transformers models from a local folder (pretrained weights) or a config.json
+(random weights), the head by ``task``, the classes from the data; nothing is downloaded. Tiny random configs only."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from banets import BornAgainConfig, TrainConfig, born_again
+from banets.cli import main
+from banets.models import create_model
+from banets.models.registry import ModelError
+from test_lm_pipeline import write_markov_text
+from test_named_inputs import as_dicts, examples
+from tiny import tiny_lm
+
+transformers = pytest.importorskip("transformers")
+VOCAB = 12
+
+
+def bert_config(folder: Path, **fields) -> Path:
+    """A 2-layer BERT of width 16, saved as ``folder/config.json``."""
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, **fields)
+    config.save_pretrained(folder)
+    return folder / "config.json"
+
+
+def gpt2_config(folder: Path) -> Path:
+    config = transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    config.save_pretrained(folder)
+    return folder / "config.json"
+
+
+def test_a_config_json_builds_random_weights_with_the_datas_classes_and_vocabulary(tmp_path):
+    path = bert_config(tmp_path)
+    model = create_model(f"hf:{path}", num_classes=3, vocab_size=20)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert model.config.num_labels == 3 and model.config.vocab_size == 20
+    assert model.bert.embeddings.word_embeddings.weight.shape == (20, 16)
+    fields = create_model(f"hf:{path}", num_classes=3, hidden_dropout_prob=0.0, num_hidden_layers=1)
+    assert fields.config.hidden_dropout_prob == 0.0 and len(fields.bert.encoder.layer) == 1
+
+
+def test_a_pretrained_folder_builds_its_weights_and_a_new_head_of_the_datas_classes(tmp_path):
+    torch.manual_seed(0)
+    saved = transformers.BertModel(transformers.BertConfig.from_json_file(bert_config(tmp_path / "config")))
+    saved.save_pretrained(tmp_path / "pretrained")
+    model = create_model(f"hf:{tmp_path / 'pretrained'}", num_classes=4, vocab_size=999)  # its vocabulary stays
+    assert model.config.vocab_size == VOCAB and model.classifier.out_features == 4
+    for key, value in saved.state_dict().items():
+        assert torch.equal(model.bert.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("hf:bert-base-uncased", {}, "hf:bert-base-uncased: no local folder or config.json there, and banets downloads "
+     "nothing; on a machine with a network run `huggingface-cli download bert-base-uncased --local-dir DIR`, then "
+     "set model.name=hf:DIR"),
+    ("hf:{folder}", {}, "the folder holds no config.json and weights (model.safetensors, pytorch_model.bin); give a "
+     "pretrained folder, or the path of a config.json for random weights"),
+    ("hf:{config}", {"task": "translation"}, "unknown task 'translation'; set model.options.task to one of "
+     "sequence-classification, token-classification, causal-lm"),
+    ("hf:{config}", {"n_wheels": 4}, "its BertConfig has no field n_wheels; remove it from model.options"),
+])
+def test_what_cannot_be_built_is_one_line_saying_what_to_do(tmp_path, name, options, message):
+    config = bert_config(tmp_path / "config")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError) as error:
+        create_model(name.format(folder=tmp_path / "empty", config=config), **options)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_without_transformers_the_message_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    with pytest.raises(ModelError, match=r'needs transformers: pip install "banets\[hf\]"'):
+        create_model(f"hf:{tmp_path}")
+
+
+def test_born_again_trains_a_bert_classifier_on_named_inputs(tmp_path):
+    path = bert_config(tmp_path)
+    (named, labels), (val_named, val_labels) = examples(24, 0), examples(8, 1)
+    run = born_again(lambda: create_model(f"hf:{path}", num_classes=3), as_dicts(named, labels),
+                     as_dicts(val_named, val_labels), optim=TrainConfig(epochs=1, optimizer="adamw", lr=1e-3,
+                                                                         progress="none"),
+                     ban=BornAgainConfig(generations=1), out=tmp_path / "run")
+    assert torch.equal(run.results[0].predictions["val"]["BAN-1"].labels, val_labels)
+    assert (tmp_path / "run" / "report" / "report.md").is_file()
+    assert not torch.equal(run.models["teacher"].classifier.weight, run.models["BAN-1"].classifier.weight)
+
+
+def test_a_causal_lm_config_trains_born_again_on_a_text_corpus_through_the_cli(tmp_path, capsys):
+    write_markov_text(tmp_path / "corpus")
+    config = gpt2_config(tmp_path / "gpt")
+    argv = ["run", "wap_quick", *tiny_lm(size=8, epochs=1, batch_size=8, bptt=10), "--data-dir",
+            str(tmp_path / "corpus"), "--set", f"model.name=hf:{config}",
+            "--set", "model.options={task: causal-lm, n_embd: 16}", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "| BAN+L-1 | gen 1, ban+l from teacher |" in report and "perplexity" in report
