@@ -102,3 +102,60 @@ def test_accumulation_and_a_step_schedule_resume_bitwise_inside_an_epoch():
     for name, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
     assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def own_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """A recipe of one's own: Adam with a smaller rate for the first layer."""
+    first, rest = list(model[0].parameters()), [p for layer in list(model)[1:] for p in layer.parameters()]
+    return torch.optim.Adam([{"params": first, "lr": 0.001}, {"params": rest}], lr=0.01)
+
+
+def own_schedule(optimizer: torch.optim.Optimizer, total: int):
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[0.002, 0.02], total_steps=total)
+
+
+def test_your_own_optimizer_and_scheduler_train_and_resume_bitwise_inside_an_epoch():
+    config = TrainConfig(epochs=2, optimizer=own_optimizer, schedule=own_schedule, schedule_every="step",
+                         checkpoint_every=2, progress="none")
+    saved, lrs = [], []
+    straight = trainer(config, on_checkpoint=lambda t: saved.append(copy.deepcopy(t.state_dict())))
+    original = straight._update
+    straight._update = lambda: (lrs.append([g["lr"] for g in straight.optimizer.param_groups]), original())[1]
+    straight.fit(data(batch_size=8))  # 6 steps an epoch
+    assert isinstance(straight.scheduler, torch.optim.lr_scheduler.OneCycleLR) and len(lrs) == 12
+    reference = torch.optim.lr_scheduler.OneCycleLR(own_optimizer(net()), max_lr=[0.002, 0.02], total_steps=12)
+    expected = []
+    for _ in range(12):
+        expected.append([g["lr"] for g in reference.optimizer.param_groups])
+        reference.optimizer.step()
+        reference.step()
+    torch.testing.assert_close(torch.tensor(lrs), torch.tensor(expected))  # 12 steps in all, one move a step
+    inside = next(state for state in saved if state["epoch"] == 1)
+    resumed = trainer(config)
+    resumed.load_state_dict(inside)
+    resumed.fit(data(batch_size=8))
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+
+
+def test_your_own_optimizer_by_module_function_name_is_recorded_and_refused_when_it_builds_no_optimizer(tmp_path):
+    from banets import BornAgainConfig, born_again
+    from banets.config import UserError
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 5, generator=generator), torch.randint(0, 3, (32,), generator=generator)
+    config = TrainConfig(epochs=1, optimizer="test_recipe:own_optimizer", progress="none")
+    born_again(net, (x, y), (x, y), optim=config, ban=BornAgainConfig(generations=1), out=tmp_path / "run")
+    recorded = (tmp_path / "run" / "seed-0" / "config.yaml").read_text()
+    assert "optimizer: test_recipe:own_optimizer" in recorded
+    born_again(net, (x, y), (x, y), optim=TrainConfig(epochs=1, optimizer=own_optimizer, progress="none"),
+               ban=BornAgainConfig(generations=1), out=tmp_path / "callable")
+    assert "optimizer: test_recipe:own_optimizer" in (tmp_path / "callable" / "seed-0" / "config.yaml").read_text()
+    with pytest.raises(UserError) as error:
+        born_again(net, (x, y), (x, y), optim=TrainConfig(optimizer=lambda model: model.parameters()),
+                   out=tmp_path / "refused")
+    assert "returned generator, not a torch.optim.optimizer.Optimizer; return the one it builds" in str(error.value)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(UserError, match=r"optim.schedule test_recipe:.*<lambda> failed \(TypeError: .*\); it is called "
+                                        r"as schedule\(optimizer, total\)"):
+        born_again(net, (x, y), (x, y), optim=TrainConfig(schedule=lambda optimizer: None), out=tmp_path / "refused")

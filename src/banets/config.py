@@ -52,6 +52,11 @@ def qualified_name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
+def is_own(value: str | Callable) -> bool:
+    """Whether a config value names the user's own function (a callable, or ``module:function``), not a built-in."""
+    return callable(value) or ":" in value
+
+
 class ConfigError(UserError, ValueError):
     """A configuration key or value that does not fit the schema."""
 
@@ -104,12 +109,16 @@ class TrainConfig(Section):
 
     prefix: typing.ClassVar[str] = "optim."
     epochs: int = 10
-    optimizer: str = "sgd"  # sgd | adam | adamw (decoupled weight decay, none on biases and norms)
+    # sgd | adam | adamw (decoupled weight decay, none on biases and norms), or your own: a callable model ->
+    # torch.optim.Optimizer, or its module:function name
+    optimizer: str | Callable = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "multistep"  # multistep | cosine | linear (to 0) | plateau | constant
+    # multistep | cosine | linear (to 0) | plateau | constant, or your own: a callable (optimizer, total) -> scheduler
+    # (total: the optimiser steps of the training with schedule_every: step, else the epochs), or module:function
+    schedule: str | Callable = "multistep"
     schedule_every: str = "epoch"  # epoch | step: when the schedule moves (plateau: epoch only)
     warmup_steps: int = 0  # linear warmup over this many optimiser steps (with schedule_every: step)
     accumulate: int = 1  # batches whose gradients make one optimiser step (a global batch of batch_size x this)
@@ -134,8 +143,9 @@ class TrainConfig(Section):
         self.check(0 < self.gamma <= 1, "gamma", "a factor in (0, 1]")
         self.check(self.plateau_threshold >= 0, "plateau_threshold", "0 or more")
         self.check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null")
-        self.check_choice("optimizer", OPTIMIZERS)
-        self.check_choice("schedule", SCHEDULES)
+        for key, names in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if not is_own(getattr(self, key)):
+                self.check_choice(key, names)
         self.check_choice("schedule_every", SCHEDULE_UNITS)
         self.check(self.accumulate >= 1, "accumulate", "a positive number of batches")
         self.check(self.warmup_steps >= 0, "warmup_steps", "0 or more")

@@ -21,7 +21,7 @@ import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from banets import distributed
-from banets.config import TrainConfig, UserError
+from banets.config import TrainConfig, UserError, first_line, is_own, qualified_name
 from banets.data import inputs
 from banets.data.inputs import Inputs
 from banets.data.registry import Batch, DataError, Transform
@@ -45,8 +45,10 @@ from banets.losses import IGNORE_INDEX, Loss, Terms, real_positions, total
 from banets.metrics import Predictions
 from banets.models.outputs import model_logits
 from banets.teacher import FrozenTeacher
+from banets.user_code import SetupError, imported_function
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
+T = TypeVar("T")
 
 
 class DivergedError(UserError, RuntimeError):
@@ -203,7 +205,8 @@ class Trainer:
         self.nonfinite_run = torch.zeros((), dtype=torch.long, device=device)  # consecutive steps with a NaN/inf loss
         self.optimizer = make_optimizer(self.model, config)
         self.batches_per_epoch = 0  # known once fit is given the training data
-        self.scheduler = make_scheduler(self.optimizer, config, lambda: config.epochs * self.steps_per_epoch())
+        self.scheduler: Any = None  # made by fit, which knows the steps of the training
+        self.resumed_schedule: dict | None = None  # a checkpoint's scheduler state, loaded once it is made
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -220,6 +223,8 @@ class Trainer:
         timing)."""
         check_schedulable(self.config, train_data)
         self.batches_per_epoch = known_length(train_data) or 0
+        if self.scheduler is None:
+            self._make_schedule()
         bar = self._model_bar()
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
@@ -414,6 +419,17 @@ class Trainer:
         """Optimiser steps an epoch: one per ``optim.accumulate`` batches, and one for the batches left at its end."""
         return math.ceil(self.batches_per_epoch / self.config.accumulate)
 
+    def _make_schedule(self) -> None:
+        """The learning-rate schedule over the whole training, at the position a checkpoint left it in."""
+        total = self.config.epochs * (self.steps_per_epoch() if self.config.schedule_every == "step" else 1)
+        # the rates (and momenta: OneCycleLR's) a checkpoint left, which a new scheduler sets to its first step's
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.scheduler = make_scheduler(self.optimizer, self.config, total)
+        if self.scheduler is not None and self.resumed_schedule is not None:
+            self.scheduler.load_state_dict(self.resumed_schedule)
+            for group, setting in zip(self.optimizer.param_groups, settings):
+                group.update(setting)
+
     def _step_schedule(self, record: dict) -> None:
         if self.config.schedule_every == "step":
             return  # moved after every optimiser step
@@ -454,7 +470,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else self.resumed_schedule,
             "scaler": self.scaler.state_dict(),  # fp16's loss scale and growth tracker ({} without fp16)
             "epoch": self.epoch,
             "history": self.history,
@@ -464,8 +480,9 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self.resumed_schedule = state["scheduler"]
+        if self.scheduler is not None:  # made already: made again at the checkpoint's position
+            self._make_schedule()
         if state.get("scaler") and self.scaler.is_enabled():  # absent from older checkpoints, {} without fp16
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
@@ -500,10 +517,18 @@ def check_schedulable(config: TrainConfig, train_data: Iterable) -> None:
                         "batches, a map-style Dataset or a DataLoader of one), to know the steps of the training")
 
 
+def check_recipe(config: TrainConfig, model_fn: Callable[[], nn.Module]) -> None:
+    """Your optimizer and schedule build what they must, before anything trains (for a model of ``model_fn``)."""
+    if is_own(config.optimizer) or is_own(config.schedule):
+        make_scheduler(make_optimizer(model_fn(), config), config, total=1)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov by default), Adam (L2 in the gradient) or AdamW over the trainable parameters; AdamW's
     decoupled weight decay skips biases and normalisation scales (the parameters of fewer than 2 dimensions, as
-    nanoGPT's ``configure_optimizers`` and Hugging Face's Trainer do)."""
+    nanoGPT's ``configure_optimizers`` and Hugging Face's Trainer do). Your own: ``config.optimizer(model)``."""
+    if is_own(config.optimizer):
+        return own(config.optimizer, "optim.optimizer", torch.optim.Optimizer, model)
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -517,12 +542,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: Callable[[], int] | None = None):
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int = 0):
     """The learning-rate schedule, moved once an epoch or, with ``schedule_every: step``, after every optimiser
-    step (``total_steps()``: the steps of the whole training, known once the data are)."""
+    step; ``total``: how many times it moves (the optimiser steps of the whole training, or the epochs). Your own:
+    ``config.schedule(optimizer, total)``."""
+    if is_own(config.schedule):
+        return own(config.schedule, "optim.schedule", torch.optim.lr_scheduler.LRScheduler, optimizer, total)
     if config.schedule_every == "step":
-        assert total_steps is not None, "a schedule moved every step needs the number of steps"
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step_factor(step, config, total_steps()))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step_factor(step, config, total))
     if config.schedule == "multistep":
         milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.gamma)
@@ -536,6 +563,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_
     if config.schedule == "constant":
         return None
     raise ValueError(f"unknown schedule {config.schedule!r}; choose multistep, cosine, linear, plateau or constant")
+
+
+def own(factory: str | Callable, key: str, kind: type[T], *arguments: Any) -> T:
+    """What your ``factory`` (a callable, or its ``module:function`` name) builds from ``arguments``, checked to be
+    a ``kind``."""
+    function = imported_function(factory, key) if isinstance(factory, str) else factory
+    try:
+        built = function(*arguments)
+    except (TypeError, ValueError, RuntimeError, KeyError) as error:
+        call = "optimizer(model)" if len(arguments) == 1 else "schedule(optimizer, total)"
+        raise SetupError(f"{key} {qualified_name(function)} failed ({type(error).__name__}: {first_line(error)}); "
+                         f"it is called as {call}") from None
+    if not isinstance(built, kind):
+        raise SetupError(f"{key} {qualified_name(function)} returned {type(built).__name__}, not a "
+                         f"{kind.__module__}.{kind.__name__}; return the one it builds")
+    return built
 
 
 def step_factor(step: int, config: TrainConfig, total: int) -> float:

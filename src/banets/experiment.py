@@ -34,7 +34,7 @@ from banets.config import (
 )
 from banets.data.batches import as_batches, given_tensors_record
 from banets.data.registry import Data, Transform, build_dataset
-from banets.engine import DivergedError, check_schedulable
+from banets.engine import DivergedError, check_recipe, check_schedulable
 from banets.ensemble import evaluate_with_ensembles
 from banets.generations import (
     BornAgainResult,
@@ -155,6 +155,7 @@ def run(config: ExperimentConfig, setup: Setup, out: Path | None = None, resume:
     preflight.check_batch_split(config.data.batch_size)
     preflight.check_plan(plan_generations(config.ban, config.seeds[0]), config.ban, setup, device)
     check_schedulable(config.optim, setup.data.train)
+    check_recipe(config.optim, setup.student_fn)
     refused = None
     if out is not None and distributed.is_main():
         try:
@@ -240,9 +241,11 @@ def model_modules(config: ExperimentConfig) -> list[str]:
 
 
 def recorded_modules(config: ExperimentConfig) -> list[str]:
-    """The modules a config imports: those of its models and of its ``module:function`` losses."""
-    named = [loss for loss in (config.ban.loss, *config.ban.extra_losses) if isinstance(loss, str) and ":" in loss]
-    return [*model_modules(config), *(loss.partition(":")[0] for loss in named)]
+    """The modules a config imports: those of its models and of its ``module:function`` losses, optimizer and
+    schedule."""
+    functions = (config.ban.loss, *config.ban.extra_losses, config.optim.optimizer, config.optim.schedule)
+    named = [name for name in functions if isinstance(name, str) and ":" in name]
+    return [*model_modules(config), *(name.partition(":")[0] for name in named)]
 
 
 def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequence[str] = (),

@@ -19,7 +19,6 @@ is accepted wherever a name is.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from banets.config import UserError, did_you_mean, qualified_name
+from banets.user_code import SetupError, imported_function
 
 IGNORE_INDEX = -100  # a label that marks a position no loss or metric sees (padding)
 Terms = dict[str, Tensor]  # a loss's terms by name, which sum to it
@@ -271,23 +271,13 @@ def get(loss: str | Callable, **options) -> Loss:
     if loss in _LOSSES:
         return _LOSSES[loss](**options)
     if ":" in loss:
-        return get(_import_loss(loss), **options)
+        try:
+            return get(imported_function(loss, "loss"), **options)
+        except SetupError as error:
+            raise LossError(str(error)) from None
     hint = f"{did_you_mean(loss, _LOSSES)} ".lstrip()
     raise LossError(
         f"unknown loss {loss!r}; {hint}choose one of {', '.join(_LOSSES)}, module:function, "
         f"or register your own with banets.losses.register"
     )
 
-
-def _import_loss(reference: str) -> Callable:
-    module_name, _, attribute = reference.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise LossError(
-            f"loss {reference!r} cannot be imported ({error}); check the module:function name "
-            f"or import its module first (--import MODULE)"
-        ) from None
-    if not callable(fn):
-        raise LossError(f"loss {reference!r} is not callable")
-    return fn

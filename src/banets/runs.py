@@ -43,6 +43,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from banets.config import (
     ExperimentConfig,
     UserError,
     from_dict,
+    qualified_name,
     read_yaml,
     to_dict,
 )
@@ -136,13 +138,19 @@ def find_seed_dirs(paths: list[Path]) -> list[Path]:
 
 
 def config_record(config: ExperimentConfig, **changes: Any) -> dict:
-    """``config`` as ``config.yaml`` records it: callables (your losses) by their ``module:function`` name."""
+    """``config`` as ``config.yaml`` records it: callables (your losses, optimizer, schedule) by their
+    ``module:function`` name."""
     ban = replace(
         config.ban,
         loss=losses.name_of(config.ban.loss),
         extra_losses=[losses.name_of(x) for x in config.ban.extra_losses],
     )
-    return to_dict(replace(config, ban=ban, **changes))
+    optim = replace(config.optim, optimizer=named(config.optim.optimizer), schedule=named(config.optim.schedule))
+    return to_dict(replace(config, ban=ban, optim=optim, **changes))
+
+
+def named(value: str | Callable) -> str:
+    return value if isinstance(value, str) else qualified_name(value)
 
 
 def _umask() -> int:

@@ -1,5 +1,5 @@
 """The one place banets imports your code: modules named with ``--import`` or ``imports:``, and the modules of
-``module:function`` losses.
+``module:function`` losses, optimizers and schedules.
 
 An output folder is data. Its ``config.yaml`` records the modules the run imported, but whoever wrote the folder
 wrote that list too (and the digest beside it), so ``banets resume`` and :func:`banets.load` import a recorded
@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 from banets.config import UserError, first_line
@@ -59,6 +59,21 @@ def import_modules(names: Sequence[str]) -> None:
                 f"importing {name!r} failed at {failed_line(error, name)} ({type(error).__name__}: "
                 f"{first_line(error)}); fix the module"
             ) from None
+
+
+def imported_function(reference: str, what: str) -> Callable:
+    """The function ``module:function`` names (``what`` says what it is for, in the message when it cannot be had)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SetupError(
+            f"{what} {reference!r} cannot be imported ({error}); check the module:function name "
+            f"or import its module first (--import MODULE)"
+        ) from None
+    if not callable(function):
+        raise SetupError(f"{what} {reference!r} is not callable")
+    return function
 
 
 def failed_line(error: BaseException, module: str) -> str:

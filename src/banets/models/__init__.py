@@ -3,6 +3,7 @@
 from banets.models import (
     cnn_lstm,  # noqa: F401
     densenet,  # noqa: F401
+    gpt_lm,  # noqa: F401
     lstm_lm,  # noqa: F401
     preresnet,  # noqa: F401
     resnet_cifar,  # noqa: F401
