@@ -53,6 +53,42 @@ def test_ban_l_is_ban_plus_weighted_label_term(batch):
     torch.testing.assert_close(value, expected)
 
 
+def test_ban_at_temperature_t_is_t_squared_times_the_softened_cross_entropy(batch):
+    student, teacher, labels = batch
+    value = losses.ban(student, teacher, labels, temperature=2.0)
+    soft = -(F.softmax(teacher / 2, -1) * F.log_softmax(student / 2, -1)).sum(-1).mean()
+    torch.testing.assert_close(value, 4 * soft)
+    grad = grad_of(value, student)  # T^2 keeps the gradient's size: T (softmax(z/T) - softmax(t/T)) / batch
+    torch.testing.assert_close(grad, 2 * (F.softmax(student / 2, -1) - F.softmax(teacher / 2, -1)) / BATCH)
+    assert losses.ban(student, teacher, labels, temperature=1.0) == losses.ban(student, teacher, labels)
+
+
+@pytest.mark.parametrize("progress, teacher_weight", [(0.0, 1.0), (0.25, 0.75), (1.0, 0.0)])
+def test_teacher_annealing_moves_the_weight_from_the_teacher_to_the_labels(batch, progress, teacher_weight):
+    student, teacher, labels = batch
+    terms = losses.ban_l(student, teacher, labels, anneal=True, progress=progress)
+    torch.testing.assert_close(terms["teacher"], teacher_weight * losses.ban(student, teacher, labels))
+    torch.testing.assert_close(terms["label"], (1 - teacher_weight) * F.cross_entropy(student, labels))
+
+
+def test_the_engine_gives_a_loss_that_takes_it_the_fraction_of_the_training_done():
+    from banets.config import TrainConfig
+    from banets.data.batches import TensorBatches
+    from banets.engine import Trainer
+
+    seen = []
+
+    def annealed(student, teacher, labels, progress):
+        seen.append(progress)
+        return F.cross_entropy(student, labels)
+
+    x, y = torch.randn(12, 3), torch.randint(0, 2, (12,))
+    trainer = Trainer(torch.nn.Linear(3, 2), annealed, TrainConfig(epochs=2, progress="none"), seed=0,
+                      device=torch.device("cpu"))
+    trainer.fit(TensorBatches(x, y, batch_size=4))
+    assert seen == pytest.approx([0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+
+
 def test_kd_reduces_to_ban_at_temperature_one_without_labels(batch):
     student, teacher, labels = batch
     value = losses.total(losses.kd(student, teacher, labels, temperature=1.0, label_weight=0.0))
@@ -173,7 +209,9 @@ def test_get_rejects_unknown_names_and_options():
 
 @pytest.mark.parametrize("name, options, message", [
     ("ce", {"label_smoothing": 2}, "label_smoothing must be between 0 and 1, got 2"),
-    ("ban+l", {"label_weight": -1}, "ban\\+l takes a label_weight of 0 or more, got -1"),
+    ("ban+l", {"label_weight": -1}, "ban\\+l takes a label_weight of 0 or more and a temperature above 0, got -1"),
+    ("ban+l", {"anneal": True, "label_weight": 0.5}, "ban\\+l with anneal sets the teacher's and the label's weights"),
+    ("ban", {"temperature": 0}, "ban takes a temperature above 0, got 0"),
     ("kd", {"temperature": 0}, "kd takes a temperature above 0 and a label_weight in \\[0, 1\\], got 0 and 0.1"),
     ("kd", {"temperature": "hot"}, "loss 'kd' takes numbers for its options"),
 ])

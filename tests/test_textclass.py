@@ -137,7 +137,7 @@ def test_the_textclass_preset_trains_born_again_on_a_csv_through_the_cli(tmp_pat
             "--set", "optim.warmup_steps=1", "--set", "optim.progress=none", "--out", str(tmp_path / "out")]
     assert main(argv) == 0, capsys.readouterr().err
     run = SeedDirectory(tmp_path / "out" / "seed-0")
-    assert {"teacher", "BAN-1", "BAN-2", "CE"} <= set(run.manifest["models"])
+    assert {"teacher", "BAN+L-1", "BAN+L-2", "CE"} <= set(run.manifest["models"])
     report = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "| T+CE |" in report and "| Ens*2 |" in report
     assert main(["resume", str(tmp_path / "out")]) == 0  # finished: the data compare equal on resume

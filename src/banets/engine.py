@@ -41,7 +41,7 @@ from banets.epoch_position import (
     load_carried_states,
     load_generator_states,
 )
-from banets.losses import IGNORE_INDEX, Loss, Terms, real_positions, total
+from banets.losses import IGNORE_INDEX, Loss, Terms, call, real_positions, total
 from banets.metrics import Predictions
 from banets.models.outputs import model_logits
 from banets.teacher import FrozenTeacher
@@ -208,6 +208,7 @@ class Trainer:
         self.scheduler: Any = None  # made by fit, which knows the steps of the training
         self.resumed_schedule: dict | None = None  # a checkpoint's scheduler state, loaded once it is made
         self.epoch = 0
+        self.progress = 0.0  # the fraction of the training done at this batch, for losses that take it (annealing)
         self.history: list[dict] = []
 
     def _on_device(self, model: ModuleT) -> ModuleT:
@@ -269,6 +270,7 @@ class Trainer:
             elif step == first:  # resumed inside the epoch: the generators as they were after the previous step
                 load_generator_states(resume_at["generators"], augment_rng)  # type: ignore[index]
             x, y, share = self._own_rows(batch, augment_rng)
+            self.progress = (self.epoch + step / last) / self.config.epochs if last else self.epoch / self.config.epochs
             group = min(accumulate, last - step + step % accumulate) if last else accumulate  # its batches
             update = (step + 1) % accumulate == 0 or step + 1 == last
             padded = bool((batch[1] == IGNORE_INDEX).any())  # read on the batch as loaded: no wait on a GPU
@@ -386,7 +388,7 @@ class Trainer:
             if padded:
                 logits, teacher_logits, y = real_positions(logits, teacher_logits, y)
             try:
-                return logits, y, self.loss(logits, teacher_logits, y)
+                return logits, y, call(self.loss, logits, teacher_logits, y, self.progress)
             except IndexError as error:  # a label beyond the outputs, in a batch the checks before training did not see
                 raise DataError(
                     f"{self.name}: a label is outside the model's {logits.shape[-1]} outputs ({error}); "

@@ -76,25 +76,41 @@ def ce(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, la
     return F.cross_entropy(_flat(student_logits), labels.reshape(-1), label_smoothing=label_smoothing)
 
 
-def ban(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor) -> Tensor:
+def ban(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, temperature: float = 1.0) -> Tensor:
     """Cross-entropy between the teacher's and the student's softmax, labels unused (Eq. 2 and 3).
 
-    Its gradient w.r.t. the student logits is ``(softmax(z) - softmax(t)) / batch`` (Eq. 5).
+    Its gradient w.r.t. the student logits is ``(softmax(z) - softmax(t)) / batch`` (Eq. 5). ``temperature`` T
+    softens both softmaxes, the cross-entropy scaled by T² as in Hinton et al. (2015) so that its gradient keeps its
+    size; the paper uses T = 1.
     """
-    return _soft_cross_entropy(student_logits, _teacher_probs(teacher_logits))
+    soft_targets = _teacher_probs(teacher_logits, temperature)
+    return _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
 
 
 def ban_l(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, label_weight: float = 1.0,
-          normalize: bool = False) -> Terms:
-    """BAN+L: the ``ban`` term (``teacher``) plus ``label_weight`` times the label cross-entropy (``label``)
-    (Table 2, "BAN+L").
+          normalize: bool = False, temperature: float = 1.0, anneal: bool = False, progress: float = 0.0) -> Terms:
+    """BAN+L: the ``ban`` term (``teacher``, at ``temperature``) plus ``label_weight`` times the label
+    cross-entropy (``label``) (Table 2, "BAN+L").
 
     Its gradient is the sum of two cross-entropies' gradients, about ``1 + label_weight`` times the teacher's at the
     same learning rate; ``normalize`` divides both terms by ``1 + label_weight``, a weighted mean of the two.
+    ``anneal``: teacher annealing (Clark et al. 2019, BAM!), the teacher's weight falling from 1 to 0 over the
+    training as the label's rises from 0 to 1, by ``progress``, the fraction of the training done (the engine
+    gives it to every loss that takes it).
     """
-    scale = 1.0 / (1.0 + label_weight) if normalize else 1.0
-    return {"teacher": scale * ban(student_logits, teacher_logits, labels),
+    teacher_weight, label_weight = (1.0 - progress, progress) if anneal else (1.0, label_weight)
+    scale = 1.0 / (teacher_weight + label_weight) if normalize else 1.0
+    return {"teacher": scale * teacher_weight * ban(student_logits, teacher_logits, labels, temperature),
             "label": scale * label_weight * ce(student_logits, None, labels)}
+
+
+def call(loss: Loss, student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor,
+         progress: float) -> Tensor | Terms:
+    """``loss`` on one batch; a loss with a ``progress`` parameter (teacher annealing) is also given the fraction of
+    the training done, 0 at the first step."""
+    if "progress" in inspect.signature(loss).parameters:
+        return loss(student_logits, teacher_logits, labels, progress=progress)  # type: ignore[call-arg]
+    return loss(student_logits, teacher_logits, labels)
 
 
 def kd(
@@ -109,8 +125,7 @@ def kd(
     ``(1 - label_weight) * T^2 * CE(softmax(t/T), softmax(z/T))`` (``teacher``) ``+ label_weight * CE(labels, z)``
     (``label``).
     """
-    soft_targets = _teacher_probs(teacher_logits, temperature)
-    soft = _soft_cross_entropy(student_logits / temperature, soft_targets) * temperature**2
+    soft = ban(student_logits, teacher_logits, labels, temperature)
     return {"teacher": (1.0 - label_weight) * soft, "label": label_weight * ce(student_logits, None, labels)}
 
 
@@ -172,9 +187,18 @@ def _check_ce(label_smoothing: float) -> None:
         raise LossError(f"label_smoothing must be between 0 and 1, got {label_smoothing}")
 
 
-def _check_ban_l(label_weight: float, normalize: bool) -> None:
-    if not label_weight >= 0:
-        raise LossError(f"ban+l takes a label_weight of 0 or more, got {label_weight}")
+def _check_ban(temperature: float) -> None:
+    if not temperature > 0:
+        raise LossError(f"ban takes a temperature above 0, got {temperature}")
+
+
+def _check_ban_l(label_weight: float, normalize: bool, temperature: float, anneal: bool, progress: float) -> None:
+    if not (label_weight >= 0 and temperature > 0):
+        raise LossError(f"ban+l takes a label_weight of 0 or more and a temperature above 0, got {label_weight} and "
+                        f"{temperature}")
+    if anneal and (label_weight != 1.0 or normalize):
+        raise LossError("ban+l with anneal sets the teacher's and the label's weights itself (1 - progress and "
+                        "progress): leave label_weight and normalize out")
 
 
 def _check_kd(temperature: float, label_weight: float) -> None:
@@ -185,7 +209,8 @@ def _check_kd(temperature: float, label_weight: float) -> None:
 
 
 # The built-in losses' option ranges, checked once when the options are bound, not on every training step.
-_OPTION_CHECKS: dict[Callable, Callable[..., None]] = {ce: _check_ce, ban_l: _check_ban_l, kd: _check_kd}
+_OPTION_CHECKS: dict[Callable, Callable[..., None]] = {ce: _check_ce, ban: _check_ban, ban_l: _check_ban_l,
+                                                       kd: _check_kd}
 
 
 def _with_options(fn: Callable[..., Tensor | Terms], name: str) -> Callable[..., Loss]:

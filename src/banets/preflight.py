@@ -307,7 +307,7 @@ def check_loss(spec: ModelSpec, student_logits: torch.Tensor, teacher_logits: to
     named = loss_named(spec)
     student, teacher, labels = losses.real_positions(student_logits, teacher_logits, y)  # as in training
     try:
-        returned = spec.make_loss()(student.detach().requires_grad_(), teacher, labels)
+        returned = losses.call(spec.make_loss(), student.detach().requires_grad_(), teacher, labels, progress=0.0)
     except (RuntimeError, ValueError, TypeError) as error:
         raise PlanError(f"{named} fails on a batch ({first_line(error)}); fix its options") from None
     terms = list(returned.values()) if isinstance(returned, dict) and returned else [returned]
