@@ -210,3 +210,27 @@ def test_torchrun_on_streamed_images_matches_one_process_and_every_rank_exits_0(
         ours, theirs = weights(tmp_path / "dist" / "seed-0", name), weights(tmp_path / "single" / "seed-0", name)
         for key in theirs:
             torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+
+
+def test_torchrun_on_named_inputs_matches_one_process(tmp_path):
+    """Labelled texts (the textclass dataset): batches of named inputs split row by row over two processes train the
+    weights one process trains, and every validation text is predicted once."""
+    from test_textclass import reviews, write_csv
+
+    path = write_csv(tmp_path / "reviews.csv", reviews(34))  # 26 to train (batches 8, 8, 8, 2), 8 to validate
+    (tmp_path / "texts.yaml").write_text(TINY.replace(
+        "data: {dataset: digits, val_size: 360, batch_size: 64, eval_batch_size: 97}",
+        f"data: {{dataset: textclass, path: {path}, tokenizer: words, val_size: 8, batch_size: 8, "
+        f"eval_batch_size: 3}}").replace("model: {name: mlp, options: {hidden: [32]}}",
+                                         "model: {name: transformer_classifier, options: {dim: 8, layers: 1, "
+                                         "heads: 2, dropout: 0.0}}"))
+    (tmp_path / "worker.py").write_text(WORKER)
+    run_experiment(load_config(str(tmp_path / "texts.yaml")), tmp_path / "single")
+    dist = torchrun(tmp_path, "run", str(tmp_path / "texts.yaml"), "--out", str(tmp_path / "dist"))
+    assert dist.returncode == 0 and "must not write" not in dist.stderr, dist.stderr[-3000:]
+    for name in ("teacher", "BAN-1"):
+        ours, theirs = weights(tmp_path / "dist" / "seed-0", name), weights(tmp_path / "single" / "seed-0", name)
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    ours, theirs = (SeedDirectory(tmp_path / run / "seed-0").load_predictions("val") for run in ("dist", "single"))
+    assert len(ours["BAN-1"].labels) == 8 and torch.equal(ours["BAN-1"].labels, theirs["BAN-1"].labels)

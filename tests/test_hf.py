@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,9 +15,13 @@ from banets import BornAgainConfig, TrainConfig, born_again
 from banets.cli import main
 from banets.models import create_model
 from banets.models.registry import ModelError
+from banets.report import read_runs
 from test_lm_pipeline import write_markov_text
 from test_named_inputs import as_dicts, examples
+from test_textclass import FILLER, NEGATIVE, POSITIVE, reviews, write_csv
 from tiny import tiny_lm
+
+ROOT = Path(__file__).resolve().parents[1]
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 12
@@ -101,3 +107,49 @@ def test_a_causal_lm_config_trains_born_again_on_a_text_corpus_through_the_cli(t
     assert main(argv) == 0, capsys.readouterr().err
     report = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "| BAN+L-1 | gen 1, ban+l from teacher |" in report and "perplexity" in report
+
+
+def pretrained_bert_with_tokenizer(folder: Path) -> Path:
+    """A tiny random BERT saved as a pretrained folder, with a word-level fast tokenizer of the reviews' words."""
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *sorted({*POSITIVE, *NEGATIVE, *FILLER, "."})]
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.normalizer = tokenizers.normalizers.Lowercase()
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.post_processor = tokenizers.processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                                     cls_token="[CLS]", sep_token="[SEP]")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_pretrained_model_and_its_tokenizer_train_on_a_csv_through_the_cli(tmp_path, capsys):
+    folder = pretrained_bert_with_tokenizer(tmp_path / "bert")
+    path = write_csv(tmp_path / "reviews.csv", reviews(40))
+    argv = ["run", "textclass_quick", "--data-dir", str(path), "--set", f"model.name=hf:{folder}",
+            "--set", "model.options={}", "--set", f"data.tokenizer=hf:{folder}", "--set", "data.val_size=8",
+            "--set", "data.batch_size=8", "--set", "optim.epochs=1", "--set", "optim.warmup_steps=1",
+            "--set", "optim.progress=none", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0, capsys.readouterr().err
+    [run] = read_runs([tmp_path / "out"])[0]
+    assert {"teacher", "BAN+L-1", "BAN+L-2", "CE"} <= set(run.predictions["val"])
+    assert len(run.predictions["val"]["teacher"].labels) == 8
+
+
+def test_the_hugging_face_example_runs_on_a_csv_of_your_own(tmp_path):
+    folder = pretrained_bert_with_tokenizer(tmp_path / "bert")
+    path = write_csv(tmp_path / "reviews.csv", reviews(30))
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "hf_text_classifier.py"), str(path), "--model",
+                           str(folder), "--out", str(tmp_path / "out"), "--epochs", "1"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                                "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = read_runs([tmp_path / "out"])[0]
+    assert sorted(r.seed for r in runs) == [0, 1]
+    assert {"teacher", "BAN+L-1", "BAN+L-2", "CE"} <= set(runs[0].predictions["val"])
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
