@@ -148,7 +148,7 @@ def test_distillation_loss_is_the_vision_loss_per_token(lm_run, loss_name: str) 
     torch.testing.assert_close(loss(s, t, y), torch.stack(per_token).mean())
 
 
-@pytest.mark.parametrize("preset", ["ptb_paper", "table6_lstm", "table6_cnn_lstm", "wap_quick"])
+@pytest.mark.parametrize("preset", ["ptb_paper", "table6_lstm", "table6_cnn_lstm", "wap_quick", "wap_transformer"])
 def test_preset_costs_state_the_parameter_count(preset: str) -> None:
     config = load_config(preset)
     size = config.data.max_vocab
