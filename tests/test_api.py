@@ -95,7 +95,7 @@ def refusals(model_fn, data):
                             "unknown loss 'cwtmm'; did you mean 'cwtm'?"),
         "loss option typo": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
                                                 ban=BornAgainConfig(loss="ban+l", loss_options={"weight": 1})),
-                             "the options label_weight, normalize: got an unexpected keyword argument 'weight'"),
+                             "the options label_weight, normalize, temperature, anneal: got an unexpected keyword argument 'weight'"),
         "fewer outputs than classes": (lambda: born_again(three_classes, train, val, optim=ONE_EPOCH),
                                        "the model has 3 outputs but the labels range over [0, 3]; build it with at least 4"),
         "teacher of other classes": (lambda: born_again(model_fn, train, val, teacher_fn=three_classes, optim=ONE_EPOCH),

@@ -212,6 +212,7 @@ def test_get_rejects_unknown_names_and_options():
     ("ban+l", {"label_weight": -1}, "ban\\+l takes a label_weight of 0 or more and a temperature above 0, got -1"),
     ("ban+l", {"anneal": True, "label_weight": 0.5}, "ban\\+l with anneal sets the teacher's and the label's weights"),
     ("ban", {"temperature": 0}, "ban takes a temperature above 0, got 0"),
+    ("ban+l", {"anneal": True, "progress": 0.5}, "progress is not an option: the engine gives it at every step"),
     ("kd", {"temperature": 0}, "kd takes a temperature above 0 and a label_weight in \\[0, 1\\], got 0 and 0.1"),
     ("kd", {"temperature": "hot"}, "loss 'kd' takes numbers for its options"),
 ])

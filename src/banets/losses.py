@@ -30,6 +30,7 @@ from banets.config import UserError, did_you_mean, qualified_name
 from banets.user_code import SetupError, imported_function
 
 IGNORE_INDEX = -100  # a label that marks a position no loss or metric sees (padding)
+PROGRESS = "progress"  # a loss's keyword parameter that the engine fills: the fraction of the training done
 Terms = dict[str, Tensor]  # a loss's terms by name, which sum to it
 Loss = Callable[[Tensor, Tensor | None, Tensor], Tensor | Terms]
 
@@ -108,8 +109,8 @@ def call(loss: Loss, student_logits: Tensor, teacher_logits: Tensor | None, labe
          progress: float) -> Tensor | Terms:
     """``loss`` on one batch; a loss with a ``progress`` parameter (teacher annealing) is also given the fraction of
     the training done, 0 at the first step."""
-    if "progress" in inspect.signature(loss).parameters:
-        return loss(student_logits, teacher_logits, labels, progress=progress)  # type: ignore[call-arg]
+    if PROGRESS in inspect.signature(loss).parameters:
+        return loss(student_logits, teacher_logits, labels, **{PROGRESS: progress})
     return loss(student_logits, teacher_logits, labels)
 
 
@@ -219,9 +220,11 @@ def _with_options(fn: Callable[..., Tensor | Terms], name: str) -> Callable[...,
 
     def factory(**options) -> Loss:
         try:
+            if PROGRESS in options:
+                raise TypeError(f"{PROGRESS} is not an option: the engine gives it at every step")
             bound = inspect.signature(fn).bind(None, None, None, **options)
         except TypeError as error:
-            takes = list(inspect.signature(fn).parameters)[3:]
+            takes = [name for name in list(inspect.signature(fn).parameters)[3:] if name != PROGRESS]
             raise LossError(
                 f"loss {name!r} takes (student_logits, teacher_logits, labels) and the options "
                 f"{', '.join(takes) or 'none'}: {error}"

@@ -74,5 +74,5 @@ class GPTLanguageModel(nn.Module):
 @register_model
 def gpt_lm(vocab_size: int, layers: int = 2, heads: int = 4, width: int = 128, context: int = 128,
            dropout: float = 0.0) -> nn.Module:
-    """GPT-style causal transformer LM (tied, pre-norm); each BPTT chunk is its context (context >= data.bptt)."""
+    """GPT-style causal transformer LM, tied; each BPTT chunk is its whole context."""
     return GPTLanguageModel(vocab_size, layers, heads, width, context, dropout)
