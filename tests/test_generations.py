@@ -149,3 +149,45 @@ def test_born_again_accepts_dataloaders_datasets_dicts_and_numpy(blobs, tiny_con
     numpy_val = (val[0].numpy().astype("float64"), val[1].numpy())
     run = born_again(mlp_fn, dicts, numpy_val, ban=BornAgainConfig(generations=1), optim=tiny_config)
     assert run.rows("val")[0]["error"] < 75.0
+
+
+def test_auto_generations_stop_when_the_last_did_not_beat_its_teacher_and_say_why(blobs, tiny_config, mlp_fn, tmp_path,
+                                                                                 monkeypatch):
+    """BAN-1 beat the teacher beyond noise, BAN-2 did not beat BAN-1: BAN-3 and later are never trained, the ensembles
+    hold trained generations only, the seed directory and the report say why, and a resume trains nothing more."""
+    gains = {("BAN-1", "teacher"): (-2.0, -3.0, -1.0), ("BAN-2", "BAN-1"): (0.25, -0.5, 1.0)}
+    asked = []
+
+    def gain(self, student, teacher):
+        asked.append((student, teacher))
+        return gains[(student, teacher)]
+
+    monkeypatch.setattr(Driver, "gain", gain)
+    train, val, _ = blobs
+    ban = BornAgainConfig(generations="auto", max_generations=4, controls={"CE": {}})
+    run = born_again(mlp_fn, train, val, ban=ban, optim=tiny_config, out=tmp_path / "run")
+    assert set(run.models) == {"teacher", "BAN-1", "BAN-2", "CE"}
+    assert asked == [("BAN-1", "teacher"), ("BAN-2", "BAN-1")]
+    assert run.results[0].ensembles == {"Ens*2": ["BAN-1", "BAN-2"]}
+    reason = ("ban.generations=auto stopped after BAN-2: it did not beat BAN-1 on validation beyond noise "
+              "(+0.25 points of error [-0.5, +1])")
+    manifest = (tmp_path / "run" / "seed-0" / "manifest.json").read_text()
+    assert reason in manifest and '"BAN-3"' not in manifest
+    assert f"- seed-0: {reason}" in (tmp_path / "run" / "report" / "report.md").read_text()
+    again = born_again(mlp_fn, train, val, ban=ban, optim=tiny_config, out=tmp_path / "run", resume=True)
+    assert set(again.models) == {"teacher", "BAN-1", "BAN-2", "CE"}
+    assert torch.equal(flat_params(again.models["BAN-2"]), flat_params(run.models["BAN-2"]))
+
+
+def test_the_gain_that_decides_is_the_paired_validation_difference_with_its_interval(blobs, tiny_config, mlp_fn):
+    train, val, _ = blobs
+    run = born_again(mlp_fn, train, val, ban=BornAgainConfig(generations=1), optim=tiny_config)
+    data = Data(train=[], val=[val])
+    driver = Driver(Setup(mlp_fn, data), tiny_config, BornAgainConfig(), torch.device("cpu"),
+                    models={"trained": run.models["teacher"], "untrained": mlp_fn()})
+    mean, low, high = driver.gain("trained", "untrained")
+    assert high < 0 and low <= mean <= high  # a trained model beats an untrained one beyond noise
+    errors = [((m(val[0]).argmax(1) != val[1]).double().mean().item() * 100) for m in
+              (run.models["teacher"], driver.models["untrained"])]
+    assert mean == pytest.approx(errors[0] - errors[1])
+    assert driver.gain("trained", "trained") == (0.0, 0.0, 0.0)

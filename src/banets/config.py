@@ -233,7 +233,10 @@ class BornAgainConfig(Section):
     """The ``ban`` section: the plan of born-again generations (Sec. 3.1), their losses and ensembles."""
 
     prefix: typing.ClassVar[str] = "ban."
-    generations: int = 3
+    # born-again generations, or "auto": generation k+1 only while generation k beat its own teacher on validation
+    # beyond noise (a paired bootstrap over the validation examples), at most max_generations
+    generations: int | str = 3
+    max_generations: int = 5
     loss: Loss = "ban"  # the generations' loss: ban | ban+l | cwtm | dkpp | kd, or your own
     loss_options: dict = field(default_factory=dict)
     extra_losses: list[Loss] = field(default_factory=list)  # one student of the teacher per loss (Table 2 columns)
@@ -246,7 +249,9 @@ class BornAgainConfig(Section):
     share_layers: list[str] = field(default_factory=list)  # teacher modules copied and frozen: [conv1, classifier]
 
     def validate(self) -> None:
-        self.check(self.generations >= 0, "generations", "0 or more")
+        self.check(self.generations == AUTO or (isinstance(self.generations, int) and self.generations >= 0),
+                   "generations", f"0 or more, or {AUTO}")
+        self.check(self.max_generations >= 1, "max_generations", "1 or more")
         if self.cache_teacher is not None:
             self.check_choice("cache_teacher", CACHE_DTYPES)
         for key in ("controls", "ensembles"):
@@ -266,6 +271,14 @@ class BornAgainConfig(Section):
                 "ensembles",
                 f"a mapping of labels to lists of model names ({label!r} is not)",
             )
+
+    @property
+    def planned_generations(self) -> int:
+        """The generations planned: ``generations``, or with ``auto`` the most it may train."""
+        return self.max_generations if self.generations == AUTO else int(self.generations)
+
+
+AUTO = "auto"  # ban.generations: as many as keep beating their teachers
 
 
 PYTHON = "python"  # data.dataset of a run whose data and model were given from Python (born_again)

@@ -191,6 +191,8 @@ def run_seed(
         if main and isinstance(store, SeedDirectory):
             store.mark_failed(error.model, str(error))
         raise
+    plan = [spec for spec in plan if spec.name in models]  # ban.generations=auto may have stopped early
+    ensembles = {name: members for name, members in ensembles.items() if set(members) <= set(models)}
     predictions = evaluate_splits(models, ensembles, setup.data, device, config.optim)
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, SeedDirectory):

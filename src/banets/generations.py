@@ -20,12 +20,12 @@ from typing import Protocol, cast
 import torch
 import torch.nn as nn
 
-from banets import losses
-from banets.config import BornAgainConfig, Loss, TrainConfig, UserError
+from banets import distributed, losses
+from banets.config import AUTO, BornAgainConfig, Loss, TrainConfig, UserError
 from banets.data.registry import Data
-from banets.engine import Trainer
+from banets.engine import Trainer, evaluate
 from banets.ensemble import prefix_ensembles
-from banets.metrics import Predictions
+from banets.metrics import Predictions, bootstrap_paired_difference
 from banets.models.students import share_frozen
 from banets.teacher import FrozenTeacher
 
@@ -97,7 +97,7 @@ def plan_generations(ban: BornAgainConfig, seed: int = 0) -> list[ModelSpec]:
     (cross-entropy with those options), so a gain can be told apart from plain regularisation.
     """
     specs = [ModelSpec(TEACHER, Role.TEACHER, "ce", generation=0)]
-    for k in range(1, ban.generations + 1):
+    for k in range(1, ban.planned_generations + 1):
         init = TEACHER if ban.init_from_teacher and k == 1 else None
         specs.append(
             ModelSpec(
@@ -173,6 +173,7 @@ class Store(Protocol):
     def on_checkpoint(self, spec: ModelSpec, trainer: Trainer) -> None: ...  # inside an epoch
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None: ...
     def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None: ...  # a finished model loaded, not trained
+    def on_stopped(self, reason: str) -> None: ...  # ban.generations=auto trains no more generations, and why
 
 
 class MemoryStore:
@@ -194,6 +195,9 @@ class MemoryStore:
         pass
 
     def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None:
+        pass
+
+    def on_stopped(self, reason: str) -> None:
         pass
 
 
@@ -225,12 +229,44 @@ class Driver:
     models: dict[str, nn.Module] = field(default_factory=dict)
     histories: dict[str, list[dict]] = field(default_factory=dict)
     label: str = ""  # shown beside each model's progress, e.g. "seed 0 [1/3]"
+    stopped: str | None = None  # why ban.generations=auto trained no more generations
 
     def run(self, plan: list[ModelSpec]) -> dict[str, nn.Module]:
+        """Train the plan's models in order (with ``ban.generations: auto``, its generations while they pay)."""
+        specs = {spec.name: spec for spec in plan}
         for i, spec in enumerate(plan):
-            if spec.name not in self.models:
-                self.models[spec.name] = self.train(spec, f"model {i + 1}/{len(plan)}")
+            if spec.name in self.models or (spec.role == Role.GENERATION and not self.goes_on(spec, specs)):
+                continue
+            self.models[spec.name] = self.train(spec, f"model {i + 1}/{len(plan)}")
         return self.models
+
+    def goes_on(self, spec: ModelSpec, specs: dict[str, ModelSpec]) -> bool:
+        """Whether generation ``spec`` trains: always, but with ``ban.generations: auto`` only while the generation
+        that would teach it beat its own teacher on validation beyond noise (the 95% interval of the paired
+        bootstrap over the validation examples below zero)."""
+        if self.stopped is not None:
+            return False
+        if self.ban.generations != AUTO or spec.teacher is None or specs[spec.teacher].teacher is None:
+            return True
+        previous = specs[spec.teacher]
+        mean, low, high = self.gain(previous.name, str(previous.teacher))
+        if high < 0:
+            return True
+        unit = "points of error" if self.setup.data.metric == "error" else "nats/token"
+        self.stopped = (f"ban.generations=auto stopped after {previous.name}: it did not beat {previous.teacher} on "
+                        f"validation beyond noise ({mean:+.4g} {unit} [{low:+.4g}, {high:+.4g}])")
+        self.store.on_stopped(self.stopped)
+        if self.optim.progress != "none" and distributed.is_main():
+            print(f"{self.label}: {self.stopped}" if self.label else self.stopped)
+        return False
+
+    def gain(self, student: str, teacher: str) -> tuple[float, float, float]:
+        """``student``'s validation score minus ``teacher``'s (lower is better) and its 95% paired bootstrap
+        interval over the validation examples (blocks of them for a text)."""
+        data = self.setup.data
+        ours, theirs = (evaluate(self.models[name], data.val, self.device, self.optim, data.transform)
+                        for name in (student, teacher))
+        return bootstrap_paired_difference(ours.scores(data.metric), theirs.scores(data.metric), block=data.block)
 
     def build(self, spec: ModelSpec) -> nn.Module:
         torch.manual_seed(spec.seed)

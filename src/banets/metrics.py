@@ -54,6 +54,11 @@ class Predictions:
         """``exp`` of the mean NLL: the language models' metric (a uniform model scores the vocabulary size)."""
         return math.exp(self.mean_nll())
 
+    def scores(self, metric: str) -> np.ndarray:
+        """Per-example scores whose mean is the ``metric`` (``error``: 100 per mistake, in points; ``perplexity``:
+        each token's NLL, whose mean is the log-perplexity): what a paired bootstrap resamples."""
+        return 100.0 * (~self.correct).double().numpy() if metric == "error" else self.nll.double().numpy()
+
     def ece(self, bins: int = 15) -> float:
         """Expected calibration error in percent, with equal-width confidence bins (Guo et al., 2017)."""
         edges = torch.linspace(0, 1, bins + 1)

@@ -59,9 +59,9 @@ class Metric:
 
 
 ERROR = Metric("error", "error %", "Δ error vs teacher, points [95% CI]", Predictions.error,
-               lambda p: 100.0 * (~p.correct).double().numpy(), "val_error", lambda v: v)
+               lambda p: p.scores("error"), "val_error", lambda v: v)
 PERPLEXITY = Metric("perplexity", "perplexity", "Δ NLL vs teacher, nats/token [95% CI]", Predictions.perplexity,
-                    lambda p: p.nll.double().numpy(), "val_nll", lambda v: math.exp(min(v, 50.0)))
+                    lambda p: p.scores("perplexity"), "val_nll", lambda v: math.exp(min(v, 50.0)))
 METRICS = {m.key: m for m in (ERROR, PERPLEXITY)}
 
 
@@ -84,6 +84,7 @@ class SeedRun:
     recipe: dict = field(default_factory=dict, repr=False, compare=False)  # SeedDirectory.recipe(): seeds share it
     apart: str = ""  # why this run is reported apart from the runs of its name (another config or data)
     unreadable: dict = field(default_factory=lambda: {"count": 0, "names": []})  # examples left out (skip_unreadable)
+    stopped: str | None = None  # why ban.generations=auto trained no more generations
 
     @property
     def metric(self) -> Metric:
@@ -132,6 +133,7 @@ def read_run(seed_dir: Path) -> SeedRun:
         ensembles=run.ensembles,
         recipe=run.recipe(),
         unreadable=run.unreadable,
+        stopped=run.stopped,
     )
 
 
@@ -852,6 +854,7 @@ def write_report(
         *report_intro(runs),
         *(f"- skipped: {note}" for note in skipped),
         *(unreadable_note(r) for r in runs if r.unreadable["count"]),
+        *(f"- {r.path.name or f'seed {r.seed}'}: {r.stopped}" for r in runs if r.stopped),
         *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
         "\n## Verdict — validation split, 95% intervals\n",
         *(experiment_section(i, group, folder) for i, group in enumerate(experiments(runs).values())),

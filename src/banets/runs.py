@@ -781,6 +781,15 @@ class SeedDirectory:
         self.manifest["unreadable"] = {"count": len(names), "names": names[:UNREADABLE_NAMES]}
         self._write_manifest()
 
+    def on_stopped(self, reason: str) -> None:
+        """Why ``ban.generations: auto`` trained no more generations, for the report."""
+        self.manifest["stopped"] = reason
+        self._write_manifest()
+
+    @property
+    def stopped(self) -> str | None:
+        return str(self.manifest["stopped"]) if self.manifest.get("stopped") else None
+
     @property
     def unreadable(self) -> dict:
         """``{"count": N, "names": [the first ones]}`` of the examples left out as unreadable (count 0: none)."""
