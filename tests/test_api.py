@@ -325,3 +325,14 @@ def test_a_step_schedule_on_data_without_a_length_is_refused_before_anything_is_
                                   "of batches, a map-style Dataset or a DataLoader of one), to know the steps of the "
                                   "training")
     assert not (tmp_path / "o").exists()
+
+
+def test_without_a_plan_born_again_trains_a_teacher_free_control_and_the_plain_ensemble_of_equal_cost(model_fn, data,
+                                                                                                     tmp_path):
+    (x, y), val = data
+    run = born_again(model_fn, (x, y), val, optim=ONE_EPOCH, out=tmp_path / "run")
+    assert set(run.models) == {"teacher", "BAN-1", "BAN-2", "BAN-3", "CE"}
+    assert run.results[0].ensembles["T+CE"] == ["teacher", "CE"]
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "**Answer.**" in report and "With one seed this is not yet a verdict" in report
+    assert "T+CE" in report.split("**Answer.**")[1].split("\n")[0]  # the answer weighs the plain ensemble

@@ -18,7 +18,8 @@ def test_demo_prints_one_compact_table_a_legend_and_verdicts(capsys, tmp_path):
     table = out[out.index("demo (small_cnn), val split"):out.index("\nreport, plots")]
     lines = table.splitlines()
     assert lines[0].endswith("n=1 seed") and lines[1].split()[:3] == ["model", "what", "it"]
-    assert [line.split()[0] for line in lines[3:11]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2", "Legend:"]
+    assert [line.split()[0] for line in lines[3:12]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "LS", "CE", "Ens*2", "T+CE",
+                                                         "Legend:"]
     assert max(len(line) for line in lines) <= 100
     assert "±" not in table  # one seed: no spread to show
     assert "Legend: " in table and "Ens*k averages generations 1..k" in table and "Verdict: (one seed: the intervals cover" in table

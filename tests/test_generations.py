@@ -168,7 +168,7 @@ def test_auto_generations_stop_when_the_last_did_not_beat_its_teacher_and_say_wh
     run = born_again(mlp_fn, train, val, ban=ban, optim=tiny_config, out=tmp_path / "run")
     assert set(run.models) == {"teacher", "BAN-1", "BAN-2", "CE"}
     assert asked == [("BAN-1", "teacher"), ("BAN-2", "BAN-1")]
-    assert run.results[0].ensembles == {"Ens*2": ["BAN-1", "BAN-2"]}
+    assert run.results[0].ensembles == {"Ens*2": ["BAN-1", "BAN-2"], "T+CE": ["teacher", "CE"]}
     reason = ("ban.generations=auto stopped after BAN-2: it did not beat BAN-1 on validation beyond noise "
               "(+0.25 points of error [-0.5, +1])")
     manifest = (tmp_path / "run" / "seed-0" / "manifest.json").read_text()
@@ -191,3 +191,13 @@ def test_the_gain_that_decides_is_the_paired_validation_difference_with_its_inte
               (run.models["teacher"], driver.models["untrained"])]
     assert mean == pytest.approx(errors[0] - errors[1])
     assert driver.gain("trained", "trained") == (0.0, 0.0, 0.0)
+
+
+def test_a_plain_control_brings_the_plain_ensemble_of_equal_cost_unless_turned_off():
+    controls = {"CE": {}, "LS": {"label_smoothing": 0.1}}
+    plan = plan_generations(BornAgainConfig(generations=1, controls=controls))
+    assert plan_ensembles(plan, BornAgainConfig(generations=1, controls=controls)) == {"T+CE": ["teacher", "CE"]}
+    off = BornAgainConfig(generations=1, controls=controls, plain_ensemble=False)
+    assert plan_ensembles(plan, off) == {}
+    named = BornAgainConfig(generations=1, controls=controls, ensembles={"T+CE": ["teacher", "LS"]})
+    assert plan_ensembles(plan, named) == {"T+CE": ["teacher", "LS"]}  # a name you gave stays yours

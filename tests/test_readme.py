@@ -40,7 +40,7 @@ def test_the_demo_description_names_what_the_demo_runs():
     section = ROOT.joinpath("README.md").read_text().split("## Quickstart")[1].split("```bash")[0]
     config = load_config("demo")
     names = [s.name for s in plan_generations(config.ban)] + list(plan_ensembles(plan_generations(config.ban), config.ban))
-    assert names == ["teacher", "BAN-1", "BAN-2", "BAN-3", "BAN+L", "LS", "CE", "Ens*2", "Ens*3"]
+    assert names == ["teacher", "BAN-1", "BAN-2", "BAN-3", "BAN+L", "LS", "CE", "Ens*2", "Ens*3", "T+CE"]
     for name in names:
         assert re.search(rf"(?<![\w+*-]){re.escape(name)}(?![\w+*-])", section), name
     assert f"{['no', 'one', 'two', 'three'][len(config.seeds)]} seeds" in section

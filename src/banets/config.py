@@ -245,6 +245,8 @@ class BornAgainConfig(Section):
     ensemble_teacher: bool = False  # also ensemble the teacher with the generations
     # more ensembles of trained models: label -> [names], e.g. {T+CE: [teacher, CE]}
     ensembles: dict = field(default_factory=dict)
+    # the plain ensemble of equal cost beside each plain control (cross-entropy from another seed, no options): T+CE
+    plain_ensemble: bool = True
     cache_teacher: str | None = None  # reuse the teacher's logits across epochs (data that repeat): auto|fp32|bf16|fp16
     share_layers: list[str] = field(default_factory=list)  # teacher modules copied and frozen: [conv1, classifier]
 

@@ -305,13 +305,15 @@ def born_again(
     given to the model by name, ``model(**inputs)``; ``x`` of an ``(x, y)`` pair may be named tensors too. A model
     returns logits as a tensor, a tuple (the first element) or an object with ``.logits``. ``ban`` is the plan
     (generations, losses, controls, ensembles; :class:`~banets.config.BornAgainConfig`), ``optim`` the training recipe
-    (:class:`~banets.config.TrainConfig`: 10 epochs by default). Everything is checked before the first epoch.
+    (:class:`~banets.config.TrainConfig`: 10 epochs by default); without ``ban``, three generations, the
+    teacher-free control CE and the plain ensemble of equal cost T+CE (:func:`measuring_plan`). Everything is
+    checked before the first epoch.
 
     With ``out``, each seed trains into its seed directory ``out/seed-<s>``, as ``banets run`` does, and the report
     goes to ``out/report/report.md``; ``resume=True`` continues a run that was interrupted. Without ``out`` nothing is
     written.
     """
-    optim, ban = optim or TrainConfig(), ban or BornAgainConfig()
+    optim, ban = optim or TrainConfig(), ban or measuring_plan()
     data_config = DataConfig(dataset=PYTHON, batch_size=batch_size, eval_batch_size=batch_size)  # checked first
     data = given_data(train, val, test, batch_size, transform, label_key)
     architecture = type(build_model(model_fn, "model_fn")).__name__
@@ -329,6 +331,12 @@ def born_again(
     if out is not None and distributed.is_main():  # the report `banets run` writes: out/report/report.md
         report_runs([Path(out)], Path(out) / REPORT_DIR)
     return result
+
+
+def measuring_plan() -> BornAgainConfig:
+    """:func:`born_again`'s plan when none is given: three generations beside what tells a gain from training more
+    models, a teacher-free control of another seed (CE), and with it the plain ensemble of equal cost (T+CE)."""
+    return BornAgainConfig(controls={"CE": {}})
 
 
 def given_data(train: Any, val: Any, test: Any, batch_size: int, transform: Transform | None,

@@ -130,7 +130,8 @@ def plan_ensembles(plan: list[ModelSpec], ban: BornAgainConfig) -> dict[str, lis
     """BANE (Eq. 4) over every prefix of the generations: Ens*2 = gens 1-2, Ens*3 = gens 1-3, ... (with the
     teacher too when ``ban.ensemble_teacher``); and ``ban.ensembles`` of any trained models by name, e.g.
     ``{"T+CE": ["teacher", "CE"]}``: two models trained without a teacher, the plain ensemble that BANE's
-    gain is measured against."""
+    gain is measured against, which ``ban.plain_ensemble`` adds for every plain control (another seed, no
+    options)."""
     ensembles = prefix_ensembles(chain(plan))
     if ban.ensemble_teacher:
         ensembles.update(prefix_ensembles([TEACHER, *chain(plan)], label="T+Ens*{k}", min_size=2))
@@ -145,6 +146,9 @@ def plan_ensembles(plan: list[ModelSpec], ban: BornAgainConfig) -> dict[str, lis
                 f"{', '.join(trained)}"
             )
         ensembles[label] = list(members)
+    if ban.plain_ensemble:
+        plain = [s.name for s in plan if s.role == Role.CONTROL and not s.loss_options]
+        ensembles.update({f"T+{name}": [TEACHER, name] for name in plain if f"T+{name}" not in ensembles})
     return ensembles
 
 

@@ -335,6 +335,64 @@ def plain_ensembles(run: SeedRun) -> list[str]:
     return [label for label, members in run.ensembles.items() if not learned & set(members)]
 
 
+def answer(group: list[SeedRun], split: str = "val") -> str:
+    """The experiment's answer in one paragraph: did a student or ensemble beat the teacher beyond noise, did the
+    best one beat the teacher-free controls and the plain ensemble of equal cost, how far the teacher fits its
+    training data better than the validation data, and what the number of seeds allows."""
+    first = group[0]
+    controls = [n for n, e in first.models.items() if e.get("role") == Role.CONTROL]
+    plain = plain_ensembles(first)
+    judged = {model: delta for model in first.predictions.get(split, {})
+              if role_of(first, model) not in (Role.TEACHER, Role.CONTROL) and model not in plain
+              and (delta := paired_delta(group, split, model, TEACHER)) is not None}
+    if not judged:
+        return "No student or ensemble to judge."
+    best = min(judged, key=lambda model: judged[model][0])
+    winners = [model for model, delta in judged.items() if judge(delta) == "better"]
+    sentences = [
+        f"{' and '.join(winners)} beat the teacher beyond noise; the best, {best}, by "
+        f"{relative_change(first.metric, judged[best])}." if winners else
+        f"No student or ensemble beat the teacher beyond noise (the best, {best}: "
+        f"{relative_change(first.metric, judged[best])}).",
+        against_controls(group, split, best, controls, plain),
+        generalisation_gap(group),
+        seed_caveat(len(group)),
+    ]
+    return " ".join(sentence for sentence in sentences if sentence)
+
+
+def against_controls(group: list[SeedRun], split: str, best: str, controls: list[str], plain: list[str]) -> str:
+    """How ``best`` fares against the models trained without a teacher, or what is missing to tell."""
+    if not controls:
+        return ("No teacher-free control was trained, so a gain cannot be told from that of another seed "
+                "(ban.controls={CE: {}}).")
+    words = {"better": "beats", "worse": "loses to", "even": "is even with"}
+    outcomes = [f"{words[judge(delta)]} {other}" for other in [*controls, *plain]
+                if (delta := paired_delta(group, split, best, other)) is not None]
+    missing = "" if plain else (" No plain ensemble of equal cost was evaluated (ban.ensembles={T+CE: [teacher, "
+                                "CE]}).")
+    return f"Against the models trained without a teacher, {best} {', '.join(outcomes)}.{missing}"
+
+
+def generalisation_gap(group: list[SeedRun]) -> str:
+    """The teacher's mean NLL on the training examples (unaugmented) and on the validation split."""
+    if not all(TEACHER in r.predictions.get("train", {}) and TEACHER in r.predictions.get("val", {}) for r in group):
+        return ""
+    train, val = (float(np.mean([r.predictions[s][TEACHER].mean_nll() for r in group])) for s in ("train", "val"))
+    return (f"The teacher's NLL is {train:.3f} on its training examples and {val:.3f} on validation (a gap of "
+            f"{val - train:.3f} nats; in our measurements born-again training paid where the teacher overfit: "
+            f"docs/when-born-again-helps.md).")
+
+
+def seed_caveat(seeds: int) -> str:
+    if seeds == 1:
+        return ("With one seed this is not yet a verdict: the intervals cover example noise only, not the variation "
+                "from seed to seed; run 3 or more seeds (--seeds 0,1,2).")
+    if seeds < 3:
+        return f"With {seeds} seeds the intervals cover seed-to-seed variation only roughly; 3 or more are better."
+    return ""
+
+
 def verdicts(group: list[SeedRun], split: str = "val") -> list[str]:
     """One plain-words line per student and ensemble, from the paired 95% intervals on ``split``."""
     first = group[0]
@@ -809,6 +867,7 @@ def experiment_section(index: int, group: list[SeedRun], folder: ReportFolder) -
     title = f"{group[0].experiment} ({group[0].architecture})"
     parts = [
         f"### {title}\n",
+        f"**Answer.** {answer(group)}\n",
         *(f"- {line}" for line in verdicts(group, "val") or ["no student or ensemble to judge"]),
         "",
     ]
