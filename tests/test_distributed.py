@@ -155,6 +155,23 @@ def test_shares_make_the_average_of_per_process_gradients_the_global_mean(monkey
     torch.testing.assert_close(weight.grad, expected)
 
 
+def test_with_padding_the_shares_make_the_average_the_mean_over_real_tokens(monkeypatch):
+    """Token labels with padding (-100) spread unevenly over the processes: each process's mean over its real tokens,
+    weighted by its share, averages to the global batch's mean over real tokens (not over rows)."""
+    weight = torch.randn(5, 3, requires_grad=True)
+    x, y = torch.randn(7, 6, 5), torch.randint(0, 3, (7, 6))
+    y[:3, 1:] = -100  # the first process's rows are mostly padding
+    ce = torch.nn.functional.cross_entropy
+    ce((x @ weight).reshape(-1, 3), y.reshape(-1), ignore_index=-100).backward()
+    expected, weight.grad = weight.grad.clone(), None
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        xs, ys, share = distributed.split_batch(x, y)
+        (ce((xs @ weight).reshape(-1, 3), ys.reshape(-1), ignore_index=-100) * share / 2).backward()
+    torch.testing.assert_close(weight.grad, expected)
+
+
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
     (tmp_path / "tiny.yaml").write_text(TINY.replace("batch_size: 64", "batch_size: 63"))
     monkeypatch.setattr(distributed, "world_size", lambda: 2)

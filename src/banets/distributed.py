@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from banets.data import inputs
 from banets.data.inputs import Inputs
+from banets.losses import IGNORE_INDEX
 
 
 def world_size() -> int:
@@ -145,10 +146,12 @@ def reseed_per_process(seed: int) -> None:
         torch.manual_seed(seed * 1009 + rank())
 
 
-def split_batch(x: Inputs, y: Tensor, global_rows: int | None = None) -> tuple[Inputs, Tensor, float]:
+def split_batch(x: Inputs, y: Tensor, global_rows: int | None = None) -> tuple[Inputs, Tensor, float | Tensor]:
     """This process's rows of a global training batch, and its share: the factor on its mean loss that
     makes DDP's average of the processes' gradients the gradient of the global batch's mean loss. With
-    ``global_rows``, ``x`` and ``y`` are already this process's rows (streamed data reads only its own)."""
+    ``global_rows``, ``x`` and ``y`` are already this process's rows (streamed data reads only its own).
+    Labels with padding (``IGNORE_INDEX``) share by real labels, as the loss averages over them: a tensor on the
+    labels' device, so that the host does not wait for it."""
     world = world_size()
     if world == 1:
         return x, y, 1.0
@@ -160,7 +163,8 @@ def split_batch(x: Inputs, y: Tensor, global_rows: int | None = None) -> tuple[I
     if global_rows is not None:
         return x, y, world * len(y) / global_rows
     rows = shard(len(y))
-    return inputs.rows(x, rows), y[rows], world * y[rows].numel() / y.numel()
+    real = y != IGNORE_INDEX
+    return inputs.rows(x, rows), y[rows], world * real[rows].sum() / real.sum().clamp(min=1)
 
 
 def any_process(flag: bool) -> bool:

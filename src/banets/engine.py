@@ -333,7 +333,7 @@ class Trainer:
                 self.teacher(self._own_rows(batch, augment_rng)[0])
         torch.manual_seed(epoch_seed(self.seed, self.epoch))
 
-    def _own_rows(self, batch: Batch, augment_rng: torch.Generator) -> tuple[Inputs, Tensor, float]:
+    def _own_rows(self, batch: Batch, augment_rng: torch.Generator) -> tuple[Inputs, Tensor, float | Tensor]:
         """A training batch's inputs and labels, this process's rows of them, and their share of the batch."""
         x, y = self._inputs(batch, augment_rng, train=True)
         # a streamed batch is (x, y, global rows): this process's rows only, already augmented
@@ -343,7 +343,7 @@ class Trainer:
         x = inputs.to_device(batch[0], self.device)
         return model_view(x, self.transform, rng, train, self.config), batch[1].to(self.device, non_blocking=True)
 
-    def _step(self, x: Inputs, y: Tensor, share: float = 1.0, update: bool = True,
+    def _step(self, x: Inputs, y: Tensor, share: float | Tensor = 1.0, update: bool = True,
               padded: bool = False) -> tuple[Tensor, Tensor, Tensor, Terms]:
         """Gradients of ``loss * share`` (``share``: this batch's part of the optimiser step, see
         ``distributed.split_batch`` and ``optim.accumulate``), then, with ``update``, one optimiser step; returns the
