@@ -121,5 +121,5 @@ def test_quick_preset_runs_end_to_end_on_fake_cifar10(tmp_path, capsys):
     write_fake_cifar10(tmp_path / "data", per_batch=8)
     tiny = ["--set", "model.options={width: 4}", "--set", "data.train_subset=24", "--set", "ban.controls={CE: {}}"]
     results, printed = run_and_read(["cifar10_quick", "--data-dir", str(tmp_path / "data"), *tiny], tmp_path / "out", capsys)
-    assert [row["model"] for row in results["train"]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "CE", "Ens*2"]
+    assert [row["model"] for row in results["train"]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "CE", "Ens*2", "T+CE"]
     assert "\nCE        no teacher, another seed" in printed

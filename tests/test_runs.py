@@ -75,7 +75,7 @@ def test_a_run_writes_config_manifest_metrics_checkpoints_and_results(tmp_path):
     assert [(r["model"], r["epoch"]) for r in lines][:3] == [("teacher", 1), ("teacher", 2), ("teacher", 3)]
     assert len(lines) == 15
     results = json.loads((seed_dir / "results.json").read_text())
-    assert [r["model"] for r in results["val"]] == ["teacher", "BAN-1", "BAN-2", "LS", "CE", "Ens*2"]
+    assert [r["model"] for r in results["val"]] == ["teacher", "BAN-1", "BAN-2", "LS", "CE", "Ens*2", "T+CE"]
     assert set(results) == {"val", "test", "train"}
     assert not list((seed_dir / "checkpoints").glob("*.epoch*.pt"))  # epoch checkpoints go when a model is done
 
@@ -305,17 +305,17 @@ def test_resuming_a_finished_run_with_new_ensembles_evaluates_them_without_train
     seed_dir = tmp_path / "seed-0"
     before = {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()}
     epochs = (seed_dir / "metrics.jsonl").read_text()
-    assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+CE: [teacher, CE]}"]) == 0
+    assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+LS: [teacher, LS]}"]) == 0
     results = json.loads((seed_dir / "results.json").read_text())
     rows = {r["model"]: r for r in results["val"]}
-    assert rows["T+CE"]["loss"] == "ensemble" and {"teacher", "CE", "Ens*2"} <= set(rows)
-    assert SeedDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # the run records it
+    assert rows["T+LS"]["loss"] == "ensemble" and {"teacher", "CE", "Ens*2", "T+CE"} <= set(rows)
+    assert SeedDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+LS": ["teacher", "LS"]}  # the run records it
     assert {p.name: sha256_of(p) for p in (seed_dir / "checkpoints").iterdir()} == before  # nothing retrained
     assert (seed_dir / "metrics.jsonl").read_text() == epochs
-    assert "\nT+CE      mean of teacher, CE" in capsys.readouterr().out
+    assert "\nT+LS      mean of teacher, LS" in capsys.readouterr().out
     assert main(["resume", str(tmp_path), "--set", "ban.ensembles={T+X: [teacher, X]}"]) == 1  # a typo: refused,
     assert "ensemble 'T+X' names X" in capsys.readouterr().err
-    assert SeedDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+CE": ["teacher", "CE"]}  # and not recorded
+    assert SeedDirectory(seed_dir).config()["ban"]["ensembles"] == {"T+LS": ["teacher", "LS"]}  # and not recorded
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -233,7 +233,7 @@ def test_resnet_teacher_teaches_densenet_students():
     )
     assert type(result.models["teacher"]).__name__ == "ResNetCifar"
     assert {type(result.models[m]).__name__ for m in ("BAN-1", "Baseline")} == {"DenseNet"}
-    assert [row["model"] for row in result.rows()] == ["teacher", "BAN-1", "Baseline"]
+    assert [row["model"] for row in result.rows()] == ["teacher", "BAN-1", "Baseline", "T+Baseline"]
 
 
 def test_teacher_with_other_classes_is_refused_before_training(tmp_path, capsys):

@@ -503,7 +503,7 @@ def markdown_table(rows: list[dict]) -> str:
 SUMMARY_COLUMNS = (
     (8, "model"),
     (24, "what it is"),
-    (14, "{metric}"),
+    (13, "{metric}"),
     (13, "NLL"),
     (6, "agree%"),
     (24, "Δ vs teacher [95% CI]"),
@@ -538,7 +538,9 @@ def table_lines(rows: list[dict]) -> list[str]:
     """The header, a rule and one line per model of :func:`summary_table`, cells cut to their column's width."""
     metric = METRICS[rows[0]["metric"]]
     longest = max(len(r["model"]) for r in rows)  # a long model name takes room from "what it is"
-    widths = [max(8, longest), max(12, 32 - max(8, longest)), *(w for w, _ in SUMMARY_COLUMNS[2:])]
+    rest = [w for w, _ in SUMMARY_COLUMNS[2:]]
+    room = WIDTH - 2 * (len(SUMMARY_COLUMNS) - 1) - max(8, longest) - sum(rest)  # "what it is" takes what is left
+    widths = [max(8, longest), max(12, min(room, max(len(r["what"]) for r in rows))), *rest]
     header = "  ".join(f"{name.format(metric=metric.label):<{w}}" for w, (_, name) in zip(widths, SUMMARY_COLUMNS))
     lines = [header.rstrip(), "-" * len(header.rstrip())]
     for r in sorted(rows, key=lambda r: column_order(rows).index(r["model"])):
