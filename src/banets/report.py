@@ -711,12 +711,7 @@ def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
     for i, (model, (epochs, means)) in enumerate(validation.items()):
         teacher = model == TEACHER
         ax.plot(epochs, means, color="black" if teacher else f"C{i}", linewidth=2 if teacher else 1.2, label=model)
-    if metric is PERPLEXITY:  # perplexity falls by orders of magnitude: a log axis, labelled in plain numbers
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_yscale("log")
-        for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis_format(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set_ylim(*late_range(validation))
     if terms:
         models = list(validation)  # a model's colour in both panels
         for label, (epochs, means) in terms.items():
@@ -724,9 +719,18 @@ def plot_curves(group: list[SeedRun], path: Path, title: str) -> bool:
             axes[0][1].plot(epochs, means, color=f"C{colour}", linestyle="--" if label.endswith(" label") else "-",
                             label=label)
         _decorate(axes[0][1], "the loss terms in training (per example)", "epoch", "training loss term")
-    return _save_if_drawn(
-        fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch", f"validation {metric.label}"
-    )
+    return _save_if_drawn(fig, ax, True, path, title + f", mean over {len(group)} seed(s)", "epoch",
+                          f"validation {metric.label} (the second half of training)")
+
+
+def late_range(curves: Curves) -> tuple[float, float]:
+    """The y range of the curves' second half (plus a margin): the early epochs, far above, would squeeze the final
+    differences between models into a line."""
+    last = max(max(epochs) for epochs, _ in curves.values())
+    late = [value for epochs, means in curves.values() for epoch, value in zip(epochs, means) if epoch > last / 2]
+    low, high = min(late), max(late)
+    margin = 0.1 * (high - low) or 0.01 * abs(high) or 0.01
+    return low - margin, high + margin
 
 
 def _axis_label(rows: list[dict]) -> str:
