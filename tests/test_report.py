@@ -209,7 +209,7 @@ def test_every_plot_has_a_title_labelled_axes_and_the_learning_curves_exist(tmp_
     assert {"delta-val-error.png", "curves-0.png", "generations-val-error.png", "ensembles-val-error.png"} <= set(saved)
     for name, (title, xlabel, ylabel, drawn) in saved.items():
         assert title and xlabel and drawn, name
-    assert saved["curves-0.png"][1:3] == ("epoch", "validation error %")
+    assert saved["curves-0.png"][1:3] == ("epoch", "validation error % (the second half of training)")
     assert "left of 0 = better" in saved["delta-val-error.png"][1]
     assert "![learning curves of demo (small_cnn)](curves-0.png)" in markdown and "## Verdict" in markdown
 
@@ -227,3 +227,11 @@ def test_the_learning_curves_show_the_loss_terms_beside_the_validation_curves(tm
     assert plot_curves([run], tmp_path / "curves.png", "x")
     height, width, _ = imread(tmp_path / "curves.png").shape
     assert width > 1.5 * height  # two panels side by side
+
+
+def test_learning_curves_span_the_second_half_of_training_where_the_final_differences_are():
+    from banets.report import late_range
+
+    curves = {"teacher": ([1, 2, 3, 4], [50.0, 30.0, 20.0, 19.0]), "BAN-1": ([1, 2, 3, 4], [60.0, 25.0, 21.0, 20.0])}
+    assert late_range(curves) == pytest.approx((18.8, 21.2))  # epochs 3 and 4: 19..21, a 10% margin
+    assert late_range({"teacher": ([1, 2], [5.0, 4.0])}) == pytest.approx((3.96, 4.04))  # one value: 1% of it
