@@ -219,9 +219,15 @@ def test_torchrun_on_streamed_images_matches_one_process_and_every_rank_exits_0(
         "data: {dataset: digits, val_size: 360, batch_size: 64, eval_batch_size: 97}",
         f"data: {{dataset: imagefolder, path: {tmp_path / 'photos'}, image_size: 12, val_size: 4, batch_size: 8, "
         f"eval_batch_size: 3, workers: 1}}").replace("options: {hidden: [32]}", "options: {in_features: 432, hidden: [16]}"))
+    one_and_two_processes_train_alike(tmp_path, "images.yaml")
+
+
+def one_and_two_processes_train_alike(tmp_path, config: str) -> None:
+    """The run of ``config`` in one process (``single``) and under torchrun with two (``dist``): every rank exits 0,
+    only rank 0 writes, and the teacher's and BAN-1's weights agree up to float rounding."""
     (tmp_path / "worker.py").write_text(WORKER)
-    run_experiment(load_config(str(tmp_path / "images.yaml")), tmp_path / "single")
-    dist = torchrun(tmp_path, "run", str(tmp_path / "images.yaml"), "--out", str(tmp_path / "dist"))
+    run_experiment(load_config(str(tmp_path / config)), tmp_path / "single")
+    dist = torchrun(tmp_path, "run", str(tmp_path / config), "--out", str(tmp_path / "dist"))
     assert dist.returncode == 0 and "must not write" not in dist.stderr, dist.stderr[-3000:]
     for name in ("teacher", "BAN-1"):
         ours, theirs = weights(tmp_path / "dist" / "seed-0", name), weights(tmp_path / "single" / "seed-0", name)
@@ -241,13 +247,6 @@ def test_torchrun_on_named_inputs_matches_one_process(tmp_path):
         f"eval_batch_size: 3}}").replace("model: {name: mlp, options: {hidden: [32]}}",
                                          "model: {name: transformer_classifier, options: {dim: 8, layers: 1, "
                                          "heads: 2, dropout: 0.0}}"))
-    (tmp_path / "worker.py").write_text(WORKER)
-    run_experiment(load_config(str(tmp_path / "texts.yaml")), tmp_path / "single")
-    dist = torchrun(tmp_path, "run", str(tmp_path / "texts.yaml"), "--out", str(tmp_path / "dist"))
-    assert dist.returncode == 0 and "must not write" not in dist.stderr, dist.stderr[-3000:]
-    for name in ("teacher", "BAN-1"):
-        ours, theirs = weights(tmp_path / "dist" / "seed-0", name), weights(tmp_path / "single" / "seed-0", name)
-        for key in theirs:
-            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    one_and_two_processes_train_alike(tmp_path, "texts.yaml")
     ours, theirs = (SeedDirectory(tmp_path / run / "seed-0").load_predictions("val") for run in ("dist", "single"))
     assert len(ours["BAN-1"].labels) == 8 and torch.equal(ours["BAN-1"].labels, theirs["BAN-1"].labels)
