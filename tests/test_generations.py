@@ -201,3 +201,19 @@ def test_a_plain_control_brings_the_plain_ensemble_of_equal_cost_unless_turned_o
     assert plan_ensembles(plan, off) == {}
     named = BornAgainConfig(generations=1, controls=controls, ensembles={"T+CE": ["teacher", "LS"]})
     assert plan_ensembles(plan, named) == {"T+CE": ["teacher", "LS"]}  # a name you gave stays yours
+
+
+def test_a_finished_auto_run_resumes_to_nothing(tmp_path, monkeypatch):
+    """Where ban.generations=auto stopped is recorded; a resume of the finished run neither trains nor evaluates."""
+    from banets.cli import main
+    from tiny import tiny
+
+    monkeypatch.setattr(Driver, "gain", lambda self, student, teacher: (0.5, -1.0, 2.0))  # BAN-1 did not beat it
+    out = tmp_path / "run"
+    assert main(["run", "demo", *tiny(), "--set", "ban.generations=auto", "--set", "ban.max_generations=3",
+                 "--out", str(out)]) == 0
+    seed = out / "seed-0"
+    assert '"after": "BAN-1"' in (seed / "manifest.json").read_text() and not (seed / "checkpoints" / "BAN-2.pt").exists()
+    results = (seed / "results.json").stat().st_mtime_ns
+    assert main(["resume", str(out)]) == 0
+    assert (seed / "results.json").stat().st_mtime_ns == results  # nothing to do: not evaluated again

@@ -159,3 +159,21 @@ def test_your_own_optimizer_by_module_function_name_is_recorded_and_refused_when
     with pytest.raises(UserError, match=r"optim.schedule test_recipe:.*<lambda> failed \(TypeError: .*\); it is called "
                                         r"as schedule\(optimizer, total\)"):
         born_again(net, (x, y), (x, y), optim=TrainConfig(schedule=lambda optimizer: None), out=tmp_path / "refused")
+
+
+def test_an_optimizer_named_in_a_run_is_imported_on_resume_only_when_vouched_for(tmp_path, monkeypatch, capsys):
+    from banets.cli import main
+    from tiny import tiny
+
+    (tmp_path / "my_recipe.py").write_text("import torch\n\n\ndef plain_sgd(model):\n"
+                                           "    return torch.optim.SGD(model.parameters(), lr=0.05)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = str(tmp_path / "run")
+    assert main(["run", "demo", *tiny(), "--import", "my_recipe", "--set", "optim.optimizer=my_recipe:plain_sgd",
+                 "--out", out]) == 0
+    (tmp_path / "run" / "seed-0" / "results.json").unlink()  # unfinished: a resume has work to do
+    capsys.readouterr()
+    assert main(["resume", out]) == 1
+    assert "records the module 'my_recipe'" in capsys.readouterr().err
+    assert main(["resume", out, "--import", "my_recipe"]) == 0

@@ -235,3 +235,21 @@ def test_learning_curves_span_the_second_half_of_training_where_the_final_differ
     curves = {"teacher": ([1, 2, 3, 4], [50.0, 30.0, 20.0, 19.0]), "BAN-1": ([1, 2, 3, 4], [60.0, 25.0, 21.0, 20.0])}
     assert late_range(curves) == pytest.approx((18.8, 21.2))  # epochs 3 and 4: 19..21, a 10% margin
     assert late_range({"teacher": ([1, 2], [5.0, 4.0])}) == pytest.approx((3.96, 4.04))  # one value: 1% of it
+
+
+def test_the_answer_says_who_beat_the_teacher_against_which_controls_and_what_the_seeds_allow(tmp_path):
+    from banets.report import answer
+
+    runs = three_seeds(tmp_path)  # every student 5 points better, Ens*2 10; CE too; T+CE none saved
+    text = answer(runs)
+    assert text.startswith("BAN-1 and BAN-2 and BAN+L and Ens*2 beat the teacher beyond noise; the best, Ens*2, by "
+                           "-10.00 points of error")
+    assert "Against the models trained without a teacher, Ens*2 beats LS, beats CE." in text
+    assert "The teacher's NLL is 0.500 on its training examples and 0.500 on validation" in text
+    assert "seed" not in text.split("validation (")[1]  # three seeds: no caveat
+    one = answer(runs[:1])
+    assert one.endswith("With one seed this is not yet a verdict: the intervals cover example noise only, not the "
+                        "variation from seed to seed; run 3 or more seeds (--seeds 0,1,2).")
+    even = [fake_run(tmp_path / "even", 0, {m.name: 20 for m in PLAN} | {"Ens*2": 20})]
+    assert answer([read_run(d) for d in even]).startswith("No student or ensemble beat the teacher beyond noise (the "
+                                                          "best, BAN-1: +0.00 points of error")

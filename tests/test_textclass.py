@@ -109,7 +109,9 @@ def test_from_step_gives_the_epochs_remaining_batches(tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda p: write_csv(p / "r.csv", [{"review": "x", "label": "a"}]),
-     "textclass: r.csv has no column 'text' (it has review, label); set data.text_column and data.label_column"),
+     "textclass: line 2 of r.csv has no 'text' (it has review, label); set data.text_column and data.label_column"),
+    (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"}\n') and p / "r.jsonl",
+     "textclass: line 2 of r.jsonl has no 'label' (it has text); set data.text_column and data.label_column, or fill"),
     (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n') and p / "r.jsonl",
      "textclass: line 2 of r.jsonl is not JSON (Expecting value); write one object per line"),
     (lambda p: (p / "r.txt").write_text("a\n") and p / "r.txt",

@@ -151,6 +151,8 @@ class TrainConfig(Section):
         self.check(self.warmup_steps >= 0, "warmup_steps", "0 or more")
         self.check(not self.warmup_steps or self.schedule_every == "step", "warmup_steps",
                    "used with optim.schedule_every=step (warmup counts optimiser steps)")
+        self.check(not self.warmup_steps or not is_own(self.schedule), "warmup_steps",
+                   "0 with a schedule of your own (put the warmup in it)")
         self.check(self.schedule != "plateau" or self.schedule_every == "epoch", "schedule",
                    "one that moves every step with optim.schedule_every=step (plateau decides once an epoch)")
         self.check_choice("precision", PRECISIONS)
@@ -524,10 +526,10 @@ def config_of(values: dict, overrides: tuple[str, ...] | list[str] = ()) -> Expe
         path = getattr(getattr(config, section), key)
         if path:
             setattr(getattr(config, section), key, absolute_path(path))
-    for key in ("name", "teacher_name"):  # hf:<path> as well, when the path is there (else its error names it as given)
-        name = getattr(config.model, key)
+    for section, key in (("model", "name"), ("model", "teacher_name"), ("data", "tokenizer")):  # hf:<path> too,
+        name = getattr(getattr(config, section), key)  # when the path is there (else its error names it as given)
         if name and name.startswith(HF) and Path(name[len(HF):]).expanduser().exists():
-            setattr(config.model, key, HF + absolute_path(name[len(HF):]))
+            setattr(getattr(config, section), key, HF + absolute_path(name[len(HF):]))
     return config
 
 

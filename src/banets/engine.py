@@ -573,10 +573,10 @@ def own(factory: str | Callable, key: str, kind: type[T], *arguments: Any) -> T:
     function = imported_function(factory, key) if isinstance(factory, str) else factory
     try:
         built = function(*arguments)
-    except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        call = "optimizer(model)" if len(arguments) == 1 else "schedule(optimizer, total)"
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError) as error:
+        signature = "optimizer(model)" if len(arguments) == 1 else "schedule(optimizer, total)"
         raise SetupError(f"{key} {qualified_name(function)} failed ({type(error).__name__}: {first_line(error)}); "
-                         f"it is called as {call}") from None
+                         f"it is called as {signature}") from None
     if not isinstance(built, kind):
         raise SetupError(f"{key} {qualified_name(function)} returned {type(built).__name__}, not a "
                          f"{kind.__module__}.{kind.__name__}; return the one it builds")

@@ -46,9 +46,10 @@ from banets.generations import (
     plan_ensembles,
     plan_generations,
     saved_weights_of,
+    trained_part,
 )
 from banets.metrics import Predictions
-from banets.models.registry import TIMM, create_model, model_parameters, options_from_data
+from banets.models.registry import HF, TIMM, create_model, model_parameters, options_from_data
 from banets.preflight import build_model, first_batch
 from banets.report import SeedRun, read_run, read_runs, seed_run_of, summarize, write_report
 from banets.runs import (
@@ -191,8 +192,7 @@ def run_seed(
         if main and isinstance(store, SeedDirectory):
             store.mark_failed(error.model, str(error))
         raise
-    plan = [spec for spec in plan if spec.name in models]  # ban.generations=auto may have stopped early
-    ensembles = {name: members for name, members in ensembles.items() if set(members) <= set(models)}
+    plan, ensembles = trained_part(plan, ensembles, driver.stopped_after)  # ban.generations=auto may stop early
     predictions = evaluate_splits(models, ensembles, setup.data, device, config.optim)
     result = BornAgainResult(models, plan, ensembles, predictions, driver.histories)
     if main and isinstance(store, SeedDirectory):
@@ -236,10 +236,12 @@ def run_experiment(config: ExperimentConfig, out: Path | None, resume: bool = Fa
 
 
 def model_modules(config: ExperimentConfig) -> list[str]:
-    """The modules building a config's models imports: ``imports:``, and timm for ``timm:`` models (whose options
-    may make it read or download weights)."""
+    """The modules building a config's models imports: ``imports:``, timm for ``timm:`` models (whose options may
+    make it read or download weights) and transformers for ``hf:`` models (which read a folder outside the run)."""
     models = [config.model.name, config.model.teacher_name or ""]
-    return [*config.imports, *(["timm"] if any(name.startswith(TIMM) for name in models) else [])]
+    libraries = {TIMM: "timm", HF: "transformers"}
+    return [*config.imports, *dict.fromkeys(libraries[route] for route in libraries
+                                            for name in models if name.startswith(route))]
 
 
 def recorded_modules(config: ExperimentConfig) -> list[str]:
@@ -275,7 +277,8 @@ def resume_experiment(out: Path, overrides: Sequence[str] = (), imports: Sequenc
             directory = SeedDirectory(recorded[seed], read_only=not distributed.is_main())
             directory.check_resumable(config_record(config))  # the overrides change runtime keys only
             plan = plan_generations(config.ban, seed)
-            if directory.is_finished([s.name for s in plan], plan_ensembles(plan, config.ban)):
+            plan, ensembles = trained_part(plan, plan_ensembles(plan, config.ban), directory.stopped_after)
+            if directory.is_finished([s.name for s in plan], ensembles):
                 continue
         check_made_from_a_config(config)
         if not trust_imports:

@@ -121,6 +121,18 @@ def plan_generations(ban: BornAgainConfig, seed: int = 0) -> list[ModelSpec]:
     return specs
 
 
+def trained_part(plan: list[ModelSpec], ensembles: dict[str, list[str]],
+                 last: str | None) -> tuple[list[ModelSpec], dict[str, list[str]]]:
+    """The plan and its ensembles without the generations after ``last``, where ``ban.generations: auto`` stopped
+    (all of them when it did not)."""
+    cut = next((spec.generation or 0 for spec in plan if spec.name == last), None)
+    if cut is None:  # it did not stop (or the record names no generation of this plan)
+        return plan, ensembles
+    kept = [spec for spec in plan if spec.role != Role.GENERATION or (spec.generation or 0) <= cut]
+    names = {spec.name for spec in kept}
+    return kept, {label: members for label, members in ensembles.items() if set(members) <= names}
+
+
 def chain(plan: list[ModelSpec]) -> list[str]:
     """The born-again generations in order (the teacher excluded)."""
     return [s.name for s in sorted(plan, key=lambda s: s.generation or 0) if s.role == Role.GENERATION]
@@ -177,7 +189,7 @@ class Store(Protocol):
     def on_checkpoint(self, spec: ModelSpec, trainer: Trainer) -> None: ...  # inside an epoch
     def on_finished(self, spec: ModelSpec, model: nn.Module, history: list[dict]) -> None: ...
     def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None: ...  # a finished model loaded, not trained
-    def on_stopped(self, reason: str) -> None: ...  # ban.generations=auto trains no more generations, and why
+    def on_stopped(self, after: str, reason: str) -> None: ...  # ban.generations=auto stopped after ``after``
 
 
 class MemoryStore:
@@ -201,7 +213,7 @@ class MemoryStore:
     def on_loaded(self, spec: ModelSpec, model: nn.Module) -> None:
         pass
 
-    def on_stopped(self, reason: str) -> None:
+    def on_stopped(self, after: str, reason: str) -> None:
         pass
 
 
@@ -234,6 +246,7 @@ class Driver:
     histories: dict[str, list[dict]] = field(default_factory=dict)
     label: str = ""  # shown beside each model's progress, e.g. "seed 0 [1/3]"
     stopped: str | None = None  # why ban.generations=auto trained no more generations
+    stopped_after: str | None = None  # the last generation it trained
 
     def run(self, plan: list[ModelSpec]) -> dict[str, nn.Module]:
         """Train the plan's models in order (with ``ban.generations: auto``, its generations while they pay)."""
@@ -257,9 +270,10 @@ class Driver:
         if high < 0:
             return True
         unit = "points of error" if self.setup.data.metric == "error" else "nats/token"
+        self.stopped_after = previous.name
         self.stopped = (f"ban.generations=auto stopped after {previous.name}: it did not beat {previous.teacher} on "
                         f"validation beyond noise ({mean:+.4g} {unit} [{low:+.4g}, {high:+.4g}])")
-        self.store.on_stopped(self.stopped)
+        self.store.on_stopped(previous.name, self.stopped)
         if self.optim.progress != "none" and distributed.is_main():
             print(f"{self.label}: {self.stopped}" if self.label else self.stopped)
         return False

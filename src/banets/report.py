@@ -365,12 +365,12 @@ def against_controls(group: list[SeedRun], split: str, best: str, controls: list
     """How ``best`` fares against the models trained without a teacher, or what is missing to tell."""
     if not controls:
         return ("No teacher-free control was trained, so a gain cannot be told from that of another seed "
-                "(ban.controls={CE: {}}).")
+                "(ban.controls={CE: {}} trains one, and with it the plain ensemble of equal cost, T+CE).")
     words = {"better": "beats", "worse": "loses to", "even": "is even with"}
     outcomes = [f"{words[judge(delta)]} {other}" for other in [*controls, *plain]
                 if (delta := paired_delta(group, split, best, other)) is not None]
-    missing = "" if plain else (" No plain ensemble of equal cost was evaluated (ban.ensembles={T+CE: [teacher, "
-                                "CE]}).")
+    missing = "" if plain else (" No plain ensemble of equal cost was evaluated: a plain control, "
+                                "ban.controls={CE: {}}, brings one (T+CE).")
     return f"Against the models trained without a teacher, {best} {', '.join(outcomes)}.{missing}"
 
 

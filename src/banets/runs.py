@@ -781,14 +781,22 @@ class SeedDirectory:
         self.manifest["unreadable"] = {"count": len(names), "names": names[:UNREADABLE_NAMES]}
         self._write_manifest()
 
-    def on_stopped(self, reason: str) -> None:
-        """Why ``ban.generations: auto`` trained no more generations, for the report."""
-        self.manifest["stopped"] = reason
+    def on_stopped(self, after: str, reason: str) -> None:
+        """Where and why ``ban.generations: auto`` trained no more generations, for resume and the report."""
+        self.manifest["stopped"] = {"after": after, "reason": reason}
         self._write_manifest()
 
     @property
     def stopped(self) -> str | None:
-        return str(self.manifest["stopped"]) if self.manifest.get("stopped") else None
+        """Why ``ban.generations: auto`` stopped (None: it did not, or the run trains a fixed number)."""
+        recorded = self.manifest.get("stopped")
+        return str(recorded.get("reason")) if isinstance(recorded, dict) else None
+
+    @property
+    def stopped_after(self) -> str | None:
+        """The last generation ``ban.generations: auto`` trained, when it stopped."""
+        recorded = self.manifest.get("stopped")
+        return str(recorded.get("after")) if isinstance(recorded, dict) else None
 
     @property
     def unreadable(self) -> dict:

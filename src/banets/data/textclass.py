@@ -65,11 +65,15 @@ def read_rows(path: str, cfg: DataConfig) -> tuple[list[str], list[str | int]]:
         rows = list(csv.DictReader(handle)) if file.suffix == ".csv" else [json_row(line, file, n)
                                                                          for n, line in enumerate(handle, 1)
                                                                          if line.strip()]
-    missing = [c for c in (cfg.text_column, cfg.label_column) if rows and c not in rows[0]]
-    if not rows or missing:
-        found = ", ".join(rows[0]) if rows else "no rows"
-        raise DataError(f"textclass: {file.name} has no column {' or '.join(map(repr, missing or ['(any)']))} "
-                        f"(it has {found}); set data.text_column and data.label_column")
+    if not rows:
+        raise DataError(f"textclass: {file.name} holds no rows; write one text and label per row")
+    columns = (cfg.text_column, cfg.label_column)
+    for number, row in enumerate(rows, 2 if file.suffix == ".csv" else 1):  # a CSV's first line is its header
+        missing = [c for c in columns if row.get(c) is None]
+        if missing:
+            found = ", ".join(k for k in row if k is not None)
+            raise DataError(f"textclass: line {number} of {file.name} has no {' or '.join(map(repr, missing))} (it has "
+                            f"{found}); set data.text_column and data.label_column, or fill the row")
     return [str(row[cfg.text_column]) for row in rows], [row[cfg.label_column] for row in rows]
 
 
@@ -123,8 +127,8 @@ def hf_tokenizer(path: str, max_length: int) -> tuple[Encode, int, int, dict[str
     tokenizer.no_padding()
     pad_id = next((i for t in ("[PAD]", "<pad>", "<|pad|>") if (i := tokenizer.token_to_id(t)) is not None), 0)
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+    def encode(texts: list[str]) -> list[list[int]]:  # an empty text is one padding token, not a row of none
+        return [encoding.ids or [pad_id] for encoding in tokenizer.encode_batch(texts)]
 
     return encode, tokenizer.get_vocab_size(), pad_id, {"tokenizer.json": file.read_text(encoding="utf-8")}
 
@@ -155,7 +159,8 @@ def textclass_data(cfg: DataConfig) -> Data:
         val=batches(1, cfg.eval_batch_size),
         test=batches(2, cfg.eval_batch_size) if len(splits) == 3 else None,
         train_eval=batches(0, cfg.eval_batch_size),
-        model_options={"num_classes": int(torch.cat(ids).max()) + 1, "vocab_size": vocab_size},
+        model_options={"num_classes": int(torch.cat(ids).max()) + 1, "vocab_size": vocab_size,
+                       "max_length": cfg.max_length},
         files={**files, **({"classes.json": json.dumps(classes)} if classes else {}), **data_record(**flat)},
     )
 

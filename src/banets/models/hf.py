@@ -10,11 +10,13 @@ transformers is an optional extra: ``pip install "banets[hf]"``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
+from banets.config import first_line
 from banets.models.registry import ModelError
 
 TASKS = {  # task: the transformers class that builds its head
@@ -22,6 +24,11 @@ TASKS = {  # task: the transformers class that builds its head
     "token-classification": "AutoModelForTokenClassification",
     "causal-lm": "AutoModelForCausalLM",
 }
+LOCAL = {"local_files_only": True, "trust_remote_code": False}  # read the folder; run none of its code
+# keyword arguments of transformers' loaders, not fields of a model's config: refused in model.options
+LOADER_OPTIONS = {"trust_remote_code", "code_revision", "revision", "token", "use_auth_token", "cache_dir",
+                  "local_files_only", "force_download", "proxies", "subfolder", "return_unused_kwargs",
+                  "device_map", "torch_dtype", "dtype", "quantization_config"}
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -32,6 +39,10 @@ def create_hf_model(path: str, task: str = "sequence-classification", num_classe
     sets it). ``num_classes`` sizes a classifier's head."""
     if task not in TASKS:
         raise ModelError(f"hf:{path}: unknown task {task!r}; set model.options.task to one of {', '.join(TASKS)}")
+    loading = sorted(set(config_options) & LOADER_OPTIONS)
+    if loading:
+        raise ModelError(f"hf:{path}: {', '.join(loading)} would change how transformers loads, not the model; "
+                         f"remove it from model.options (banets reads the local folder only, and runs no code from it)")
     transformers = _transformers(path)
     location = Path(path).expanduser()
     pretrained = location.is_dir() and any((location / name).is_file() for name in WEIGHTS)
@@ -42,21 +53,24 @@ def create_hf_model(path: str, task: str = "sequence-classification", num_classe
         config_options.setdefault("num_labels", num_classes)
     if not pretrained and vocab_size is not None:
         config_options.setdefault("vocab_size", vocab_size)
+    config = _built(path, task, lambda: transformers.AutoConfig.from_pretrained(
+        str(config_file), return_unused_kwargs=True, **LOCAL, **config_options))
+    if config[1]:
+        raise ModelError(f"hf:{path}: its {type(config[0]).__name__} has no field {', '.join(sorted(config[1]))}; "
+                         f"remove it from model.options (the task and config fields go there)")
     auto = getattr(transformers, TASKS[task])
+    if pretrained:
+        return _built(path, task, lambda: auto.from_pretrained(str(location), config=config[0], **LOCAL))
+    return _built(path, task, lambda: auto.from_config(config[0], trust_remote_code=False))
+
+
+def _built(path: str, task: str, build: Callable[[], Any]) -> Any:
+    """What ``build`` (a transformers loader) returns; its refusal as one line."""
     try:
-        config, unused = transformers.AutoConfig.from_pretrained(
-            str(config_file), local_files_only=True, return_unused_kwargs=True, **config_options
-        )
-        if unused:
-            raise ModelError(f"hf:{path}: its {type(config).__name__} has no field {', '.join(sorted(unused))}; "
-                             f"remove it from model.options (the task and config fields go there)")
-        if pretrained:
-            return auto.from_pretrained(str(location), config=config, local_files_only=True)
-        return auto.from_config(config)
+        return build()
     except (ValueError, RuntimeError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"hf:{path}: transformers cannot build a {task} model from it ({first}); check the task "
-                         f"(model.options.task) and the folder") from None
+        raise ModelError(f"hf:{path}: transformers cannot build a {task} model from it ({first_line(error)}); check "
+                         f"the task (model.options.task) and the folder") from None
 
 
 def _not_local(path: str, location: Path) -> str:
