@@ -244,7 +244,7 @@ def test_the_answer_says_who_beat_the_teacher_against_which_controls_and_what_th
     text = answer(runs)
     assert text.startswith("BAN-1 and BAN-2 and BAN+L and Ens*2 beat the teacher beyond noise; the best, Ens*2, by "
                            "-10.00 points of error")
-    assert "Against the models trained without a teacher, Ens*2 beats LS, beats CE." in text
+    assert "Against the models trained without a teacher, Ens*2 beats LS and CE." in text
     assert "The teacher's NLL is 0.500 on its training examples and 0.500 on validation" in text
     assert "seed" not in text.split("validation (")[1]  # three seeds: no caveat
     one = answer(runs[:1])

@@ -366,12 +366,15 @@ def against_controls(group: list[SeedRun], split: str, best: str, controls: list
     if not controls:
         return ("No teacher-free control was trained, so a gain cannot be told from that of another seed "
                 "(ban.controls={CE: {}} trains one, and with it the plain ensemble of equal cost, T+CE).")
-    words = {"better": "beats", "worse": "loses to", "even": "is even with"}
-    outcomes = [f"{words[judge(delta)]} {other}" for other in [*controls, *plain]
-                if (delta := paired_delta(group, split, best, other)) is not None]
+    words = {"better": "beats", "even": "is even with", "worse": "loses to"}
+    against: dict[str, list[str]] = {verb: [] for verb in words.values()}
+    for other in [*controls, *plain]:
+        if (delta := paired_delta(group, split, best, other)) is not None:
+            against[words[judge(delta)]].append(other)
+    outcomes = [f"{verb} {' and '.join(names)}" for verb, names in against.items() if names]
     missing = "" if plain else (" No plain ensemble of equal cost was evaluated: a plain control, "
                                 "ban.controls={CE: {}}, brings one (T+CE).")
-    return f"Against the models trained without a teacher, {best} {', '.join(outcomes)}.{missing}"
+    return f"Against the models trained without a teacher, {best} {'; '.join(outcomes)}.{missing}"
 
 
 def generalisation_gap(group: list[SeedRun]) -> str:
