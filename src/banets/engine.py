@@ -265,10 +265,7 @@ class Trainer:
         accumulate = self.config.accumulate
         for step, batch in enumerate(steps, start=first):
             batches += 1
-            if step == 0:  # the epoch's data order is drawn, the same in every process; the model's draws are not
-                distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
-            elif step == first:  # resumed inside the epoch: the generators as they were after the previous step
-                load_generator_states(resume_at["generators"], augment_rng)  # type: ignore[index]
+            self._seed_step(step, first, resume_at, augment_rng)
             x, y, share = self._own_rows(batch, augment_rng)
             self.progress = (self.epoch + step / last) / self.config.epochs if last else self.epoch / self.config.epochs
             group = min(accumulate, last - step + step % accumulate) if last else accumulate  # its batches
@@ -284,6 +281,15 @@ class Trainer:
         if last is None and batches % accumulate:  # data of unknown length ended inside a group: its batches count
             self._update()
         return self._end_epoch(totals, batches)
+
+    def _seed_step(self, step: int, first: int, resume_at: dict | None, augment_rng: torch.Generator) -> None:
+        """The generators before batch ``step``: at the epoch's start each process's own (the epoch's data order is
+        drawn, the same in every process; the model's draws are not); at the first batch after a checkpoint inside
+        the epoch, as they were after the batch before it."""
+        if step == 0:
+            distributed.reseed_per_process(epoch_seed(self.seed, self.epoch))
+        elif step == first and resume_at is not None:
+            load_generator_states(resume_at["generators"], augment_rng)
 
     def _start_epoch(self, train_data: Iterable[Batch], resume_at: dict | None,
                      augment_rng: torch.Generator) -> tuple[int, EpochTotals]:

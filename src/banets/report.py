@@ -904,6 +904,17 @@ def report_intro(runs: list[SeedRun]) -> list[str]:
     return intro
 
 
+def run_notes(runs: list[SeedRun], skipped: tuple[str, ...]) -> list[str]:
+    """What the reader should know about the runs before the verdicts: those skipped, examples left out, where
+    ``ban.generations: auto`` stopped, and runs reported apart."""
+    return [
+        *(f"- skipped: {note}" for note in skipped),
+        *(unreadable_note(r) for r in runs if r.unreadable["count"]),
+        *(f"- {r.path.name or f'seed {r.seed}'}: {r.stopped}" for r in runs if r.stopped),
+        *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
+    ]
+
+
 def unreadable_note(run: SeedRun) -> str:
     names = run.unreadable["names"]
     more = f" and {run.unreadable['count'] - len(names)} more" if run.unreadable["count"] > len(names) else ""
@@ -920,10 +931,7 @@ def write_report(
     folder = ReportFolder(Path(out))
     head = [
         *report_intro(runs),
-        *(f"- skipped: {note}" for note in skipped),
-        *(unreadable_note(r) for r in runs if r.unreadable["count"]),
-        *(f"- {r.path.name or f'seed {r.seed}'}: {r.stopped}" for r in runs if r.stopped),
-        *(f"- {note}" for note in dict.fromkeys(r.apart for r in runs if r.apart)),
+        *run_notes(runs, skipped),
         "\n## Verdict — validation split, 95% intervals\n",
         *(experiment_section(i, group, folder) for i, group in enumerate(experiments(runs).values())),
     ]
