@@ -165,3 +165,14 @@ def test_the_hugging_face_example_runs_on_a_csv_of_your_own(tmp_path):
     assert sorted(r.seed for r in runs) == [0, 1]
     assert {"teacher", "BAN+L-1", "BAN+L-2", "CE"} <= set(runs[0].predictions["val"])
     assert (tmp_path / "out" / "report" / "report.md").is_file()
+
+
+def test_a_model_name_to_download_is_one_line_from_the_cli_and_writes_nothing(tmp_path, capsys):
+    path = write_csv(tmp_path / "reviews.csv", reviews(20))
+    assert main(["run", "textclass_quick", "--data-dir", str(path), "--set", "data.val_size=4", "--set",
+                 "model.name=hf:bert-base-uncased", "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        "banets: error: hf:bert-base-uncased: no local folder or config.json there, and banets downloads nothing; on "
+        "a machine with a network run `huggingface-cli download bert-base-uncased --local-dir DIR`, then set "
+        "model.name=hf:DIR\n")  # said once, not wrapped in "the model factory failed"
+    assert not (tmp_path / "out").exists()

@@ -19,7 +19,7 @@ import torch.nn as nn
 import yaml
 
 from banets import distributed, losses
-from banets.config import PYTHON, BornAgainConfig, ConfigError, ExperimentConfig, first_line
+from banets.config import PYTHON, BornAgainConfig, ConfigError, ExperimentConfig, UserError, first_line
 from banets.data import inputs
 from banets.data.batches import TensorBatches, are_class_labels, to_batch
 from banets.data.inputs import Inputs
@@ -166,6 +166,8 @@ def build_model(factory: ModelFn, what: str) -> nn.Module:
         raise PlanError(f"{what} must be a callable that returns an nn.Module, got {type(factory).__name__}")
     try:
         model = factory()
+    except UserError:
+        raise  # banets' own refusal (a registered model's, an hf: folder's): its one line says what to do
     except (RuntimeError, ValueError, TypeError) as error:
         raise PlanError(
             f"{what} failed to build the model ({type(error).__name__}: {first_line(error)}); check its options"
