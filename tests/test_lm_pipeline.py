@@ -159,3 +159,13 @@ def test_preset_costs_state_the_parameter_count(preset: str) -> None:
         assert f"{params - 15 * 31:,} params + 15 per character" in config.cost
     else:
         assert f"{params:,} params" in config.cost
+
+
+def test_the_report_states_the_teachers_gap_between_its_training_and_validation_text(lm_run):
+    _, seed_dir = lm_run
+    train = SeedDirectory(seed_dir).load_predictions("train")["teacher"]
+    val = SeedDirectory(seed_dir).load_predictions("val")["teacher"]
+    assert len(train.labels) > len(val.labels)  # every training token scored once, as the validation text is
+    report = (seed_dir.parent / "report" / "report.md").read_text()
+    assert f"The teacher's NLL is {train.mean_nll():.3f} on its training examples and {val.mean_nll():.3f} on " \
+           f"validation" in report

@@ -338,6 +338,8 @@ def text_data(cfg: DataConfig) -> Data:
         train=stream_batches(train, cfg.batch_size, cfg.bptt, "train", "batch_size"),
         val=stream_batches(corpus.valid, cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
         test=stream_batches(corpus.test, cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
+        # the training text scored as the validation text is: the teacher's generalisation gap in the report
+        train_eval=stream_batches(train, cfg.eval_batch_size, cfg.bptt, "train", "eval_batch_size"),
         model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
         files={
             "vocab.json": corpus.vocab.to_json(),
