@@ -53,15 +53,15 @@ def create_hf_model(path: str, task: str = "sequence-classification", num_classe
         config_options.setdefault("num_labels", num_classes)
     if not pretrained and vocab_size is not None:
         config_options.setdefault("vocab_size", vocab_size)
-    config = _built(path, task, lambda: transformers.AutoConfig.from_pretrained(
+    config, unused = _built(path, task, lambda: transformers.AutoConfig.from_pretrained(
         str(config_file), return_unused_kwargs=True, **LOCAL, **config_options))
-    if config[1]:
-        raise ModelError(f"hf:{path}: its {type(config[0]).__name__} has no field {', '.join(sorted(config[1]))}; "
+    if unused:
+        raise ModelError(f"hf:{path}: its {type(config).__name__} has no field {', '.join(sorted(unused))}; "
                          f"remove it from model.options (the task and config fields go there)")
     auto = getattr(transformers, TASKS[task])
     if pretrained:
-        return _built(path, task, lambda: auto.from_pretrained(str(location), config=config[0], **LOCAL))
-    return _built(path, task, lambda: auto.from_config(config[0], trust_remote_code=False))
+        return _built(path, task, lambda: auto.from_pretrained(str(location), config=config, **LOCAL))
+    return _built(path, task, lambda: auto.from_config(config, trust_remote_code=False))
 
 
 def _built(path: str, task: str, build: Callable[[], Any]) -> Any:
