@@ -114,6 +114,8 @@ def test_from_step_gives_the_epochs_remaining_batches(tmp_path):
      "textclass: line 2 of r.jsonl has no 'label' (it has text); set data.text_column and data.label_column, or fill"),
     (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n') and p / "r.jsonl",
      "textclass: line 2 of r.jsonl is not JSON (Expecting value); write one object per line"),
+    (lambda p: (p / "r.jsonl").write_text("\n") and p / "r.jsonl",
+     "textclass: r.jsonl holds no rows; write one text and label per row"),
     (lambda p: (p / "r.txt").write_text("a\n") and p / "r.txt",
      "textclass: r.txt is neither .csv nor .jsonl; save the texts and labels as one of them"),
     (lambda p: write_csv(p / "r.csv", reviews(5)),
@@ -143,3 +145,17 @@ def test_the_textclass_preset_trains_born_again_on_a_csv_through_the_cli(tmp_pat
     report = (tmp_path / "out" / "report" / "report.md").read_text()
     assert "| T+CE |" in report and "| Ens*2 |" in report
     assert main(["resume", str(tmp_path / "out")]) == 0  # finished: the data compare equal on resume
+
+
+def test_a_language_model_corpus_refuses_a_hugging_face_tokenizer_in_one_line(tmp_path, capsys):
+    from test_lm_pipeline import write_markov_text
+
+    write_markov_text(tmp_path / "corpus")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "corpus").iterdir())
+    assert main(["run", "wap_quick", "--data-dir", str(tmp_path / "corpus"), "--set", f"data.tokenizer=hf:{tmp_path}",
+                 "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        f"banets: error: text: data.tokenizer=hf:{tmp_path} is not one of whitespace, words (a Hugging Face tokenizer "
+        f"reads labelled texts, the textclass dataset)\n")
+    assert not (tmp_path / "out").exists()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "corpus").iterdir()) == before
