@@ -39,6 +39,22 @@ def test_token_files_give_the_text_datasets_batches_exactly(corpus, tmp_path, ca
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(later, list(text.train)[3:], strict=True))
 
 
+def test_the_first_training_tokens_as_many_as_validation_holds_are_scored_for_the_gap(corpus, tmp_path):
+    """The teacher's generalisation gap in the report: as many training tokens as validation has, scored as the text
+    dataset scores them (the whole training text of a large corpus would cost an epoch)."""
+    assert main(["tokenize", str(corpus), "--out", str(tmp_path / "tokens"), "--max-vocab", "25"]) == 0
+    valid = json.loads((tmp_path / "tokens" / "tokens.json").read_text())["tokens"]["valid"]
+    sizes = {"batch_size": 6, "eval_batch_size": 4, "bptt": 7}
+    tokens = build_dataset(DataConfig(dataset="tokens", path=str(tmp_path / "tokens"), **sizes))
+    text = build_dataset(DataConfig(dataset="text", path=str(corpus), max_vocab=25, train_subset=valid, **sizes))
+    scored = list(tokens.train_eval)
+    assert len(scored) == len(tokens.val)
+    for (x, y), (x_text, y_text) in zip(scored, text.train_eval, strict=True):
+        assert torch.equal(x, x_text) and torch.equal(y, y_text)
+    small = build_dataset(DataConfig(dataset="tokens", path=str(tmp_path / "tokens"), train_subset=100, **sizes))
+    assert sum(y.numel() for _, y in small.train_eval) == (100 // 4 - 1) * 4  # no more than it trained on
+
+
 def test_a_step_reads_only_its_rows(corpus, tmp_path, monkeypatch):
     write_token_files(corpus, tmp_path / "tokens")
     data = build_dataset(DataConfig(dataset="tokens", path=str(tmp_path / "tokens"), batch_size=5, eval_batch_size=5,

@@ -155,6 +155,10 @@ def tokens_data(cfg: DataConfig) -> Data:
         train=token_batches(files["train"], cfg.batch_size, cfg.bptt, "train", "batch_size", limit),
         val=token_batches(files["valid"], cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
         test=token_batches(files["test"], cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
+        # the first training tokens, as many as validation holds, scored as it is: the teacher's generalisation gap
+        # in the report, for what one validation pass costs however large the corpus
+        train_eval=token_batches(files["train"], cfg.eval_batch_size, cfg.bptt, "train", "eval_batch_size",
+                                 min(limit or files["train"].count, files["valid"].count)),
         model_options={"vocab_size": len(vocab), "words": vocab.words},
         files={"vocab.json": vocab.to_json(), "data.json": json.dumps({**listing, "tokens": record}, indent=1)},
         metric="perplexity",
