@@ -87,9 +87,9 @@ def test_table_rows_train_the_paper_columns():
         assert plan_names(load_config(name)) == ["teacher", "BAN-1", "BAN-2", "BAN-3", "BAN+L", "CWTM", "DKPP", "Ens*2", "Ens*3"]
 
 
-def test_quick_preset_runs_ban_l_next_to_ban_on_a_subset():
+def test_quick_preset_runs_ban_l_next_to_ban_and_the_control_on_a_subset():
     config = load_config("cifar10_quick")
-    assert plan_names(config) == ["teacher", "BAN-1", "BAN-2", "BAN+L", "Ens*2"]
+    assert plan_names(config) == ["teacher", "BAN-1", "BAN-2", "BAN+L", "CE", "Ens*2", "T+CE"]
     assert config.ban.loss == "ban" and config.data.train_subset == 5000 and config.model.options == {"width": 32}
     assert config.device == "cpu" and config.data.dataset == "cifar10" and config.optim.channels_last
 
@@ -119,7 +119,7 @@ def test_table2_row_runs_end_to_end_on_fake_cifar100(tmp_path, capsys):
 
 def test_quick_preset_runs_end_to_end_on_fake_cifar10(tmp_path, capsys):
     write_fake_cifar10(tmp_path / "data", per_batch=8)
-    tiny = ["--set", "model.options={width: 4}", "--set", "data.train_subset=24", "--set", "ban.controls={CE: {}}"]
+    tiny = ["--set", "model.options={width: 4}", "--set", "data.train_subset=24"]
     results, printed = run_and_read(["cifar10_quick", "--data-dir", str(tmp_path / "data"), *tiny], tmp_path / "out", capsys)
     assert [row["model"] for row in results["train"]] == ["teacher", "BAN-1", "BAN-2", "BAN+L", "CE", "Ens*2", "T+CE"]
     assert "\nCE        no teacher, another seed" in printed
