@@ -110,6 +110,8 @@ def refusals(model_fn, data):
         "no seeds": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH, seeds=[]), "seeds must be a non-empty list"),
         "a generator as data": (lambda: born_again(model_fn, ((x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)), val, optim=ONE_EPOCH),
                                 "train is a one-shot iterator (generator)"),
+        "labels of one class": (lambda: born_again(model_fn, (x, torch.zeros_like(y)), val, optim=ONE_EPOCH),
+                                "every training label is 0, so there is nothing to tell apart; check the labels"),
         "a label beyond the first batch's": (lambda: born_again(model_fn, (x, torch.where(torch.arange(64) == 63, 9, y)), val,
                                                                 optim=ONE_EPOCH), "the labels range over [0, 9]"),
         "a control named like a path": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,
@@ -336,3 +338,12 @@ def test_without_a_plan_born_again_trains_a_teacher_free_control_and_the_plain_e
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "**Answer.**" in report and "With one seed this is not yet a verdict" in report
     assert "T+CE" in report.split("**Answer.**")[1].split("\n")[0]  # the answer weighs the plain ensemble
+
+
+def test_a_run_from_python_scores_its_training_examples_for_the_teachers_gap(model_fn, data, tmp_path):
+    (x, y), val = data
+    born_again(model_fn, (x, y), val, optim=ONE_EPOCH, ban=BornAgainConfig(generations=1), out=tmp_path / "out")
+    train = SeedDirectory(tmp_path / "out" / "seed-0").load_predictions("train")["teacher"]
+    assert torch.equal(train.labels, y)  # every training example once, in order
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert f"The teacher's NLL is {train.mean_nll():.3f} on its training examples" in report

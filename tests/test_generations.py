@@ -93,7 +93,7 @@ def test_students_learn_and_rows_cover_models_and_ensembles(blobs, mlp_fn):
     assert set(rows) == {"teacher", "BAN-1", "BAN-2", "CWTM", "DKPP", "Ens*2"}
     assert all(r["error"] < 25.0 for r in rows.values()), rows  # chance is 75%
     assert rows["BAN-2"]["agreement"] > 80.0 and rows["BAN-2"]["agreement_with"] == "BAN-1"
-    assert set(run.results[0].predictions) == {"val", "test"}
+    assert set(run.results[0].predictions) == {"val", "test", "train"}  # training examples: the teacher's gap
     assert len(run.results[0].predictions["test"]["Ens*2"].labels) == 128
 
 

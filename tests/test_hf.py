@@ -56,18 +56,26 @@ def test_a_pretrained_folder_builds_its_weights_and_a_new_head_of_the_datas_clas
     torch.manual_seed(0)
     saved = transformers.BertModel(transformers.BertConfig.from_json_file(bert_config(tmp_path / "config")))
     saved.save_pretrained(tmp_path / "pretrained")
-    model = create_model(f"hf:{tmp_path / 'pretrained'}", num_classes=4, vocab_size=999)  # its vocabulary stays
+    model = create_model(f"hf:{tmp_path / 'pretrained'}", num_classes=4, vocab_size=VOCAB - 2)  # its vocabulary stays
     assert model.config.vocab_size == VOCAB and model.classifier.out_features == 4
     for key, value in saved.state_dict().items():
         assert torch.equal(model.bert.state_dict()[key], value), key
+    with pytest.raises(ModelError) as error:  # the words tokenizer's ids, say, would run past its embeddings
+        create_model(f"hf:{tmp_path / 'pretrained'}", num_classes=4, vocab_size=999)
+    assert str(error.value).endswith("the data's tokenizer has 999 ids but the model embeds 12; tokenize with the "
+                                     "model's own tokenizer: data.tokenizer=hf:DIR (its tokenizer.json)")
 
 
 @pytest.mark.parametrize("name, options, message", [
     ("hf:bert-base-uncased", {}, "hf:bert-base-uncased: no local folder or config.json there, and banets downloads "
      "nothing; on a machine with a network run `huggingface-cli download bert-base-uncased --local-dir DIR`, then "
      "set model.name=hf:DIR"),
-    ("hf:{folder}", {}, "the folder holds no config.json and weights (model.safetensors, pytorch_model.bin); give a "
-     "pretrained folder, or the path of a config.json for random weights"),
+    ("hf:{folder}", {}, "the folder holds no config.json; give a pretrained folder (save_pretrained's), or the path "
+     "of a config.json for random weights"),
+    ("hf:{config_folder}", {}, "the folder holds config.json but no weights (model.safetensors, pytorch_model.bin); "
+     "for random weights give the file: model.name=hf:{config}"),
+    ("hf:{config}", {"max_length": 17}, "hf:{config}: data.max_length=17 is more than the model's 16 positions "
+     "(max_position_embeddings); set data.max_length=16"),
     ("hf:{config}", {"task": "translation"}, "unknown task 'translation'; set model.options.task to one of "
      "sequence-classification, token-classification, causal-lm"),
     ("hf:{config}", {"n_wheels": 4}, "hf:{config}: its BertConfig has no field n_wheels; remove it from "
@@ -80,7 +88,7 @@ def test_what_cannot_be_built_is_one_line_saying_what_to_do(tmp_path, name, opti
     config = bert_config(tmp_path / "config")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError) as error:
-        create_model(name.format(folder=tmp_path / "empty", config=config), **options)
+        create_model(name.format(folder=tmp_path / "empty", config=config, config_folder=config.parent), **options)
     assert message.format(config=config) in str(error.value) and "\n" not in str(error.value)
     assert "cannot build" not in str(error.value)  # said once, not wrapped in transformers' failure
 
@@ -145,7 +153,8 @@ def test_a_pretrained_model_and_its_tokenizer_train_on_a_csv_through_the_cli(tmp
     path = write_csv(tmp_path / "reviews.csv", reviews(40))
     argv = ["run", "textclass_quick", "--data-dir", str(path), "--set", f"model.name=hf:{folder}",
             "--set", "model.options={}", "--set", f"data.tokenizer=hf:{folder}", "--set", "data.val_size=8",
-            "--set", "data.batch_size=8", "--set", "optim.epochs=1", "--set", "optim.warmup_steps=1",
+            "--set", "data.batch_size=8", "--set", "data.max_length=32", "--set", "optim.epochs=1",
+            "--set", "optim.warmup_steps=1",
             "--set", "optim.progress=none", "--out", str(tmp_path / "out")]
     assert main(argv) == 0, capsys.readouterr().err
     [run] = read_runs([tmp_path / "out"])[0]
@@ -163,8 +172,9 @@ def test_the_hugging_face_example_runs_on_a_csv_of_your_own(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     runs = read_runs([tmp_path / "out"])[0]
     assert sorted(r.seed for r in runs) == [0, 1]
-    assert {"teacher", "BAN+L-1", "BAN+L-2", "CE"} <= set(runs[0].predictions["val"])
+    assert {"teacher", "BAN+L-1", "BAN+L-2", "CE", "T+CE"} <= set(runs[0].predictions["val"])
     assert (tmp_path / "out" / "report" / "report.md").is_file()
+    assert f"{tmp_path / 'out'}/report/report.md" in done.stdout
 
 
 def test_a_model_name_to_download_is_one_line_from_the_cli_and_writes_nothing(tmp_path, capsys):
@@ -175,4 +185,17 @@ def test_a_model_name_to_download_is_one_line_from_the_cli_and_writes_nothing(tm
         "banets: error: hf:bert-base-uncased: no local folder or config.json there, and banets downloads nothing; on "
         "a machine with a network run `huggingface-cli download bert-base-uncased --local-dir DIR`, then set "
         "model.name=hf:DIR\n")  # said once, not wrapped in "the model factory failed"
+    assert not (tmp_path / "out").exists()
+
+
+def test_texts_longer_than_the_models_positions_are_refused_before_training_from_the_cli(tmp_path, capsys):
+    """Batches are padded to their longest text, so the first batch may fit and a later one not: the data's
+    max_length is checked against the model's positions before anything is written."""
+    path = write_csv(tmp_path / "reviews.csv", reviews(20))
+    assert main(["run", "textclass_quick", "--data-dir", str(path), "--set", "data.val_size=4", "--set",
+                 f"model.name=hf:{bert_config(tmp_path / 'bert')}", "--set", "model.options={}", "--out",
+                 str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        f"banets: error: hf:{tmp_path / 'bert' / 'config.json'}: data.max_length=128 is more than the model's 16 "
+        f"positions (max_position_embeddings); set data.max_length=16\n")
     assert not (tmp_path / "out").exists()

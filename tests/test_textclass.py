@@ -109,7 +109,16 @@ def test_from_step_gives_the_epochs_remaining_batches(tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda p: write_csv(p / "r.csv", [{"review": "x", "label": "a"}]),
-     "textclass: line 2 of r.csv has no 'text' (it has review, label); set data.text_column and data.label_column"),
+     "textclass: the header of r.csv has no 'text' column (it has review, label); set data.text_column and "
+     "data.label_column"),
+    (lambda p: (p / "r.csv").write_text("text,label\na,pos\nb\n") and p / "r.csv",
+     "textclass: line 3 of r.csv has no 'label' (it has text); set data.text_column and data.label_column, or fill"),
+    (lambda p: write_csv(p / "r.csv", [*reviews(5), {"text": "x", "label": " "}, *reviews(5)]),
+     "textclass: line 7 of r.csv has an empty label; fill it or remove the row"),
+    (lambda p: write_csv(p / "r.csv", [{"text": f"line {i}", "label": "pos"} for i in range(12)]),
+     "textclass: every training label is 'pos', so there is nothing to tell apart; check data.label_column"),
+    (lambda p: write_jsonl(p / "r.jsonl", [{"text": f"line {i}", "label": 1} for i in range(12)]),
+     "textclass: every training label is 1, so there is nothing to tell apart"),
     (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"}\n') and p / "r.jsonl",
      "textclass: line 2 of r.jsonl has no 'label' (it has text); set data.text_column and data.label_column, or fill"),
     (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n') and p / "r.jsonl",
@@ -118,13 +127,13 @@ def test_from_step_gives_the_epochs_remaining_batches(tmp_path):
      "textclass: r.jsonl holds no rows; write one text and label per row"),
     (lambda p: (p / "r.txt").write_text("a\n") and p / "r.txt",
      "textclass: r.txt is neither .csv nor .jsonl; save the texts and labels as one of them"),
-    (lambda p: write_csv(p / "r.csv", reviews(5)),
-     "data.val_size=5000 must be between 1 and 4 (the training file"),
+    (lambda p: write_csv(p / "r.csv", reviews(4)),
+     "data.val_size=4 must be between 1 and 3 (the training file"),
 ])
 def test_a_bad_file_is_one_line_naming_the_fix(tmp_path, setup, message):
     path = setup(tmp_path)
     with pytest.raises(DataError) as error:
-        build_dataset(DataConfig(dataset="textclass", path=str(path), tokenizer="words"))
+        build_dataset(DataConfig(dataset="textclass", path=str(path), tokenizer="words", val_size=4))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 

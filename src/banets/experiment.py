@@ -345,12 +345,15 @@ def measuring_plan() -> BornAgainConfig:
 def given_data(train: Any, val: Any, test: Any, batch_size: int, transform: Transform | None,
                label_key: str | None = None) -> Data:
     """The data given to :func:`born_again` as batches, with what a resume compares (their fingerprints) and how
-    the report scores models: by perplexity when labels are sequences (a language model), resampling whole rows."""
+    the report scores models: by perplexity when labels are sequences (a language model), resampling whole rows.
+    The training examples are scored at the end too, in order (a DataLoader of your own as it comes), for the
+    teacher's generalisation gap in the report."""
     train_batches = as_batches(train, batch_size, shuffle=True, what="train", label_key=label_key)
     data = Data(
         train=train_batches,
         val=as_batches(val, batch_size, shuffle=False, what="val", label_key=label_key),
         test=as_batches(test, batch_size, shuffle=False, what="test", label_key=label_key),
+        train_eval=as_batches(train, batch_size, shuffle=False, what="train", label_key=label_key),
         transform=transform,
     )
     data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)

@@ -97,6 +97,7 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
     x, y = first_batch(setup.data.train, "training")
     x, y = model_inputs(setup, setup.data.train, x, device, "training"), y.to(device)
     bounds = label_bounds(setup.data.train, y)
+    check_classes_differ(setup.data.train, bounds)
     with torch.no_grad():
         student_logits, teacher_logits = (
             check_outputs(forward_once(model, x, device, what), y, bounds, what)
@@ -252,6 +253,14 @@ def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
     labels = data.tensors[1] if isinstance(data, TensorBatches) else y
     labels = labels[labels != losses.IGNORE_INDEX]
     return (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+
+
+def check_classes_differ(data: Iterable[Batch], bounds: tuple[int, int]) -> None:
+    """Training labels in memory that are all one class leave nothing to learn: every model would score no error,
+    and every comparison would be a null."""
+    if isinstance(data, TensorBatches) and bounds[0] == bounds[1]:
+        raise DataError(f"every training label is {bounds[0]}, so there is nothing to tell apart; check the labels "
+                        f"(a classifier needs two or more classes)")
 
 
 def check_outputs(output: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:

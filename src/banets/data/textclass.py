@@ -61,20 +61,34 @@ def read_rows(path: str, cfg: DataConfig) -> tuple[list[str], list[str | int]]:
         raise DataError(f"textclass: no file {file}; pass a .csv or .jsonl file of texts and labels")
     if file.suffix not in (".csv", ".jsonl"):
         raise DataError(f"textclass: {file.name} is neither .csv nor .jsonl; save the texts and labels as one of them")
+    columns = (cfg.text_column, cfg.label_column)
     with file.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle)) if file.suffix == ".csv" else [json_row(line, file, n)
-                                                                         for n, line in enumerate(handle, 1)
-                                                                         if line.strip()]
+        if file.suffix == ".csv":
+            reader = csv.DictReader(handle)
+            if reader.fieldnames:  # an empty file has none: it holds no rows
+                check_header(list(reader.fieldnames), columns, file)
+            rows = list(reader)
+        else:
+            rows = [json_row(line, file, n) for n, line in enumerate(handle, 1) if line.strip()]
     if not rows:
         raise DataError(f"textclass: {file.name} holds no rows; write one text and label per row")
-    columns = (cfg.text_column, cfg.label_column)
     for number, row in enumerate(rows, 2 if file.suffix == ".csv" else 1):  # a CSV's first line is its header
         missing = [c for c in columns if row.get(c) is None]
         if missing:
-            found = ", ".join(k for k in row if k is not None)
+            found = ", ".join(k for k, v in row.items() if k is not None and v is not None)
             raise DataError(f"textclass: line {number} of {file.name} has no {' or '.join(map(repr, missing))} (it has "
                             f"{found}); set data.text_column and data.label_column, or fill the row")
+        if not str(row[cfg.label_column]).strip():
+            raise DataError(f"textclass: line {number} of {file.name} has an empty label; fill it or remove the row")
     return [str(row[cfg.text_column]) for row in rows], [row[cfg.label_column] for row in rows]
+
+
+def check_header(header: list[str], columns: tuple[str, str], file: Path) -> None:
+    """A CSV's header names the text and label columns."""
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"textclass: the header of {file.name} has no {' or '.join(map(repr, missing))} column (it "
+                        f"has {', '.join(header) or 'none'}); set data.text_column and data.label_column")
 
 
 def json_row(line: str, file: Path, number: int) -> dict:
@@ -146,6 +160,10 @@ def textclass_data(cfg: DataConfig) -> Data:
         splits[:1] = [([texts[i] for i in rows], [labels[i] for i in rows]) for rows in map(Tensor.tolist, carved)]
     splits[0] = (splits[0][0][: cfg.train_subset], splits[0][1][: cfg.train_subset])
     ids, classes = class_ids([labels for _, labels in splits])
+    if len(ids[0].unique()) < 2:
+        only = classes[int(ids[0][0])] if classes else int(ids[0][0])
+        raise DataError(f"textclass: every training label is {only!r}, so there is nothing to tell apart; check "
+                        f"data.label_column (a classifier needs two or more classes)")
     encode, vocab_size, pad_id, files = tokenizer_of(cfg, splits[0][0])
     sequences = [[torch.tensor(s, dtype=torch.long) for s in encode(texts)] for texts, _ in splits]
 

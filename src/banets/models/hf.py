@@ -33,10 +33,11 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 
 
 def create_hf_model(path: str, task: str = "sequence-classification", num_classes: int | None = None,
-                    vocab_size: int | None = None, **config_options: Any) -> nn.Module:
+                    vocab_size: int | None = None, max_length: int | None = None, **config_options: Any) -> nn.Module:
     """The transformers model of ``task`` at local ``path``: pretrained from a folder of weights, or randomly
     initialised from a ``config.json`` (then ``vocab_size``, from the data, sizes its embeddings unless an option
-    sets it). ``num_classes`` sizes a classifier's head."""
+    sets it). ``num_classes`` sizes a classifier's head; ``max_length``, the data's longest text, must fit its
+    positions."""
     if task not in TASKS:
         raise ModelError(f"hf:{path}: unknown task {task!r}; set model.options.task to one of {', '.join(TASKS)}")
     loading = sorted(set(config_options) & LOADER_OPTIONS)
@@ -58,10 +59,24 @@ def create_hf_model(path: str, task: str = "sequence-classification", num_classe
     if unused:
         raise ModelError(f"hf:{path}: its {type(config).__name__} has no field {', '.join(sorted(unused))}; "
                          f"remove it from model.options (the task and config fields go there)")
+    check_fits_data(path, config, vocab_size if pretrained else None, max_length)
     auto = getattr(transformers, TASKS[task])
     if pretrained:
         return _built(path, task, lambda: auto.from_pretrained(str(location), config=config, **LOCAL))
     return _built(path, task, lambda: auto.from_config(config, trust_remote_code=False))
+
+
+def check_fits_data(path: str, config: Any, vocab_size: int | None, max_length: int | None) -> None:
+    """The data's token ids and text lengths fit the model's embeddings: an id past them, or a text longer than its
+    positions, would fail on the first batch that holds one, in the middle of training."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if max_length is not None and isinstance(positions, int) and max_length > positions:
+        raise ModelError(f"hf:{path}: data.max_length={max_length} is more than the model's {positions} positions "
+                         f"(max_position_embeddings); set data.max_length={positions}")
+    embedded = getattr(config, "vocab_size", None)
+    if vocab_size is not None and isinstance(embedded, int) and vocab_size > embedded:
+        raise ModelError(f"hf:{path}: the data's tokenizer has {vocab_size} ids but the model embeds {embedded}; "
+                         f"tokenize with the model's own tokenizer: data.tokenizer=hf:DIR (its tokenizer.json)")
 
 
 def _built(path: str, task: str, build: Callable[[], Any]) -> Any:
@@ -74,9 +89,12 @@ def _built(path: str, task: str, build: Callable[[], Any]) -> Any:
 
 
 def _not_local(path: str, location: Path) -> str:
+    if location.is_dir() and (location / "config.json").is_file():
+        return (f"hf:{path}: the folder holds config.json but no weights ({', '.join(WEIGHTS[::2])}); for random "
+                f"weights give the file: model.name=hf:{location / 'config.json'}")
     if location.is_dir():
-        return (f"hf:{path}: the folder holds no config.json and weights ({', '.join(WEIGHTS[::2])}); give a "
-                f"pretrained folder, or the path of a config.json for random weights")
+        return (f"hf:{path}: the folder holds no config.json; give a pretrained folder (save_pretrained's), or the "
+                f"path of a config.json for random weights")
     return (f"hf:{path}: no local folder or config.json there, and banets downloads nothing; on a machine with a "
             f"network run `huggingface-cli download {path} --local-dir DIR`, then set model.name=hf:DIR")
 

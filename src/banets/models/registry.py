@@ -22,7 +22,8 @@ import torch.nn as nn
 from banets.config import HF, UserError, did_you_mean, qualified_name
 
 TIMM = "timm:"
-FROM_DATA = {TIMM: {"num_classes", "in_channels"}, HF: {"num_classes", "vocab_size"}}  # what the data tell them
+# what the data tell them
+FROM_DATA = {TIMM: {"num_classes", "in_channels"}, HF: {"num_classes", "vocab_size", "max_length"}}
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 _FAMILIES: dict[str, ModelFactory] = {}  # a variant's family, whose options it takes
