@@ -35,30 +35,30 @@ def teacher_gap(group: list[SeedRun]) -> tuple[float, int]:
 
 
 def compared(run: SeedRun) -> dict[str, str]:
-    """The models set against the teacher, by what they are: first-born students by loss, then CE and T+CE."""
-    students = {e["loss"]: name for name, e in run.models.items() if e.get("teacher") == TEACHER}
+    """The models set against the teacher and what each is: first-born students (by loss), then CE and T+CE."""
+    students = {name: e["loss"] for name, e in run.models.items() if e.get("teacher") == TEACHER}
     return {**students, **{name: name for name in ("CE", "T+CE") if name in run.predictions["val"]}}
 
 
 def gains(group: list[SeedRun]) -> dict[str, tuple[str, tuple[float, float, float]]]:
-    """What -> (model, Δ validation NLL vs the teacher [95% CI])."""
+    """Model -> (what it is, Δ validation NLL vs the teacher [95% CI])."""
     def nll(model: str) -> list[np.ndarray]:
         return [r.predictions["val"][model].nll.double().numpy() for r in group]
-    return {what: (model, bootstrap_paired_difference(nll(model), nll(TEACHER), block=group[0].block))
-            for what, model in compared(group[0]).items()}
+    return {model: (what, bootstrap_paired_difference(nll(model), nll(TEACHER), block=group[0].block))
+            for model, what in compared(group[0]).items()}
 
 
 def plot(rows: dict[str, tuple[float, dict]], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for colour, (label, (gap, row)) in enumerate(rows.items()):
-        for what, (_, (mean, low, high)) in row.items():
-            ax.errorbar(gap, mean, yerr=[[mean - low], [high - mean]], marker=MARKERS.get(what, "."),
-                        color=f"C{colour}", label=f"{label}: {what}", capsize=3, linestyle="none")
+        for shift, (model, (what, (mean, low, high))) in enumerate(row.items()):  # side by side at the row's gap
+            ax.errorbar(gap + 0.006 * shift, mean, yerr=[[mean - low], [high - mean]], marker=MARKERS.get(what, "."),
+                        color=f"C{colour}", label=f"{label}: {model}", capsize=3, linestyle="none")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("teacher's generalisation gap: validation minus training NLL (nats)")
     ax.set_ylabel("Δ validation NLL vs the teacher (nats)")
-    ax.set_title("Born-again gain against teacher overfitting (negative: better than the teacher)")
+    ax.set_title("Born-again gain against the teacher's overfitting (below 0: better)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -74,10 +74,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for spec in args.rows:
         label, _, dirs = spec.partition("=")
+        if not dirs or label in rows:
+            parser.error(f"{spec!r}: give each row once, as LABEL=RUN_DIR[,RUN_DIR...]")
         group, _ = read_runs([Path(d) for d in dirs.split(",")])
         gap, scored = teacher_gap(group)
         rows[label] = (gap, gains(group))
-        for model, (mean, low, high) in rows[label][1].values():
+        for model, (_, (mean, low, high)) in rows[label][1].items():
             interval = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
             print(f"| {label} | {len(group)} | {gap:.3f} ({scored}) | {model} | {interval} |")
     plot(rows, args.out)

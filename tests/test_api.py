@@ -112,6 +112,8 @@ def refusals(model_fn, data):
                                 "train is a one-shot iterator (generator)"),
         "labels of one class": (lambda: born_again(model_fn, (x, torch.zeros_like(y)), val, optim=ONE_EPOCH),
                                 "every training label is 0, so there is nothing to tell apart; check the labels"),
+        "labels all padding": (lambda: born_again(model_fn, (x, torch.full_like(y, -100)), val, optim=ONE_EPOCH),
+                               "every training label is padding, so there is nothing to tell apart"),
         "a label beyond the first batch's": (lambda: born_again(model_fn, (x, torch.where(torch.arange(64) == 63, 9, y)), val,
                                                                 optim=ONE_EPOCH), "the labels range over [0, 9]"),
         "a control named like a path": (lambda: born_again(model_fn, train, val, optim=ONE_EPOCH,

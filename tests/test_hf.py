@@ -62,7 +62,7 @@ def test_a_pretrained_folder_builds_its_weights_and_a_new_head_of_the_datas_clas
         assert torch.equal(model.bert.state_dict()[key], value), key
     with pytest.raises(ModelError) as error:  # the words tokenizer's ids, say, would run past its embeddings
         create_model(f"hf:{tmp_path / 'pretrained'}", num_classes=4, vocab_size=999)
-    assert str(error.value).endswith("the data's tokenizer has 999 ids but the model embeds 12; tokenize with the "
+    assert str(error.value).endswith("the data's vocabulary has 999 ids but the model embeds 12; tokenize with the "
                                      "model's own tokenizer: data.tokenizer=hf:DIR (its tokenizer.json)")
 
 
@@ -91,6 +91,21 @@ def test_what_cannot_be_built_is_one_line_saying_what_to_do(tmp_path, name, opti
         create_model(name.format(folder=tmp_path / "empty", config=config, config_folder=config.parent), **options)
     assert message.format(config=config) in str(error.value) and "\n" not in str(error.value)
     assert "cannot build" not in str(error.value)  # said once, not wrapped in transformers' failure
+
+
+def test_the_data_must_fit_the_models_positions_and_embeddings_whatever_they_count_from(tmp_path):
+    roberta = transformers.RobertaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=18)  # positions from pad + 1
+    roberta.save_pretrained(tmp_path / "roberta")
+    assert create_model(f"hf:{tmp_path / 'roberta' / 'config.json'}", num_classes=2, max_length=16)
+    with pytest.raises(ModelError, match=r"data.max_length=17 is more than the model's 16 positions .*; set "
+                                         r"data.max_length=16$"):
+        create_model(f"hf:{tmp_path / 'roberta' / 'config.json'}", num_classes=2, max_length=17)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config.from_json_file(gpt2_config(tmp_path / "gpt2"))).save_pretrained(
+        tmp_path / "gpt2")
+    with pytest.raises(ModelError, match=r"the data's vocabulary has 999 ids but the model embeds 50; lower "
+                                         r"data.max_vocab to 50$"):  # a corpus of words has no tokenizer to give
+        create_model(f"hf:{tmp_path / 'gpt2'}", task="causal-lm", vocab_size=999)
 
 
 def test_without_transformers_the_message_says_how_to_install(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -92,6 +93,17 @@ def test_quick_preset_runs_ban_l_next_to_ban_and_the_control_on_a_subset():
     assert plan_names(config) == ["teacher", "BAN-1", "BAN-2", "BAN+L", "CE", "Ens*2", "T+CE"]
     assert config.ban.loss == "ban" and config.data.train_subset == 5000 and config.model.options == {"width": 32}
     assert config.device == "cpu" and config.data.dataset == "cifar10" and config.optim.channels_last
+
+
+def test_the_regime_presets_differ_only_in_augmentation_and_weight_decay():
+    regularised, overfit = load_config("cifar10_regime"), load_config("cifar10_regime_overfit")
+    for config in (regularised, overfit):
+        assert plan_names(config) == ["teacher", "BAN-1", "BAN+L", "CE", "T+CE"]
+    assert (regularised.data.augment, regularised.optim.weight_decay) == (True, 5e-4)
+    assert (overfit.data.augment, overfit.optim.weight_decay) == (False, 0.0)
+    assert replace(overfit, name=regularised.name, description=regularised.description,
+                   data=replace(overfit.data, augment=True),
+                   optim=replace(overfit.optim, weight_decay=5e-4)) == regularised
 
 
 def run_and_read(args: list[str], out, capsys) -> tuple[dict, str]:

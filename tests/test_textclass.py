@@ -116,9 +116,10 @@ def test_from_step_gives_the_epochs_remaining_batches(tmp_path):
     (lambda p: write_csv(p / "r.csv", [*reviews(5), {"text": "x", "label": " "}, *reviews(5)]),
      "textclass: line 7 of r.csv has an empty label; fill it or remove the row"),
     (lambda p: write_csv(p / "r.csv", [{"text": f"line {i}", "label": "pos"} for i in range(12)]),
-     "textclass: every training label is 'pos', so there is nothing to tell apart; check data.label_column"),
+     "every training label is 'pos', so there is nothing to tell apart; check data.label_column (a classifier"),
     (lambda p: write_jsonl(p / "r.jsonl", [{"text": f"line {i}", "label": 1} for i in range(12)]),
-     "textclass: every training label is 1, so there is nothing to tell apart"),
+     "every training label is 1, so there is nothing to tell apart"),
+
     (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"}\n') and p / "r.jsonl",
      "textclass: line 2 of r.jsonl has no 'label' (it has text); set data.text_column and data.label_column, or fill"),
     (lambda p: (p / "r.jsonl").write_text('{"text": "a", "label": 1}\n{"text": oops}\n') and p / "r.jsonl",
@@ -168,3 +169,9 @@ def test_a_language_model_corpus_refuses_a_hugging_face_tokenizer_in_one_line(tm
         f"reads labelled texts, the textclass dataset)\n")
     assert not (tmp_path / "out").exists()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "corpus").iterdir()) == before
+
+
+def test_a_spreadsheets_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    (tmp_path / "r.csv").write_bytes("\ufefftext,label\n".encode() + b"a good one,pos\nb bad one,neg\n" * 4)
+    data = build_dataset(DataConfig(dataset="textclass", path=str(tmp_path / "r.csv"), tokenizer="words", val_size=4))
+    assert json.loads(data.files["classes.json"]) == ["neg", "pos"]

@@ -53,6 +53,9 @@ def test_the_first_training_tokens_as_many_as_validation_holds_are_scored_for_th
         assert torch.equal(x, x_text) and torch.equal(y, y_text)
     small = build_dataset(DataConfig(dataset="tokens", path=str(tmp_path / "tokens"), train_subset=100, **sizes))
     assert sum(y.numel() for _, y in small.train_eval) == (100 // 4 - 1) * 4  # no more than it trained on
+    short = build_dataset(DataConfig(dataset="tokens", path=str(tmp_path / "tokens"), train_subset=30, batch_size=2,
+                                     eval_batch_size=20, bptt=7))  # trains, so it is scored: in 15 streams, not 20
+    assert sum(y.numel() for _, y in short.train_eval) == 15
 
 
 def test_a_step_reads_only_its_rows(corpus, tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ from banets.config import (
     config_of,
     from_dict,
 )
-from banets.data.batches import as_batches, given_tensors_record
+from banets.data.batches import as_batches, given_tensors_record, is_pair
 from banets.data.registry import Data, Transform, build_dataset
 from banets.engine import DivergedError, check_recipe, check_schedulable
 from banets.ensemble import evaluate_with_ensembles
@@ -346,14 +346,15 @@ def given_data(train: Any, val: Any, test: Any, batch_size: int, transform: Tran
                label_key: str | None = None) -> Data:
     """The data given to :func:`born_again` as batches, with what a resume compares (their fingerprints) and how
     the report scores models: by perplexity when labels are sequences (a language model), resampling whole rows.
-    The training examples are scored at the end too, in order (a DataLoader of your own as it comes), for the
-    teacher's generalisation gap in the report."""
+    Training examples given in memory, an ``(x, y)`` pair, are scored at the end too, in order and unaugmented, for
+    the teacher's generalisation gap in the report; a Dataset or DataLoader of your own is not read again (it may
+    augment, and it may be large)."""
     train_batches = as_batches(train, batch_size, shuffle=True, what="train", label_key=label_key)
     data = Data(
         train=train_batches,
         val=as_batches(val, batch_size, shuffle=False, what="val", label_key=label_key),
         test=as_batches(test, batch_size, shuffle=False, what="test", label_key=label_key),
-        train_eval=as_batches(train, batch_size, shuffle=False, what="train", label_key=label_key),
+        train_eval=as_batches(train, batch_size, shuffle=False, what="train") if is_pair(train) else None,
         transform=transform,
     )
     data.files = given_tensors_record(train=data.train, val=data.val, test=data.test)

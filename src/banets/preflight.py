@@ -21,7 +21,7 @@ import yaml
 from banets import distributed, losses
 from banets.config import PYTHON, BornAgainConfig, ConfigError, ExperimentConfig, UserError, first_line
 from banets.data import inputs
-from banets.data.batches import TensorBatches, are_class_labels, to_batch
+from banets.data.batches import TensorBatches, are_class_labels, check_two_classes, to_batch
 from banets.data.inputs import Inputs
 from banets.data.registry import Batch, Data, DataError
 from banets.engine import reset_state, resolve_device
@@ -96,8 +96,8 @@ def check_plan(plan: list[ModelSpec], ban: BornAgainConfig, setup: Setup, device
         teacher = fresh_model(setup.teacher_fn, "the teacher factory") if setup.teacher_fn is not None else student
     x, y = first_batch(setup.data.train, "training")
     x, y = model_inputs(setup, setup.data.train, x, device, "training"), y.to(device)
+    check_classes_differ(setup.data.train)
     bounds = label_bounds(setup.data.train, y)
-    check_classes_differ(setup.data.train, bounds)
     with torch.no_grad():
         student_logits, teacher_logits = (
             check_outputs(forward_once(model, x, device, what), y, bounds, what)
@@ -255,12 +255,11 @@ def label_bounds(data: Iterable[Batch], y: torch.Tensor) -> tuple[int, int]:
     return (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
 
 
-def check_classes_differ(data: Iterable[Batch], bounds: tuple[int, int]) -> None:
-    """Training labels in memory that are all one class leave nothing to learn: every model would score no error,
-    and every comparison would be a null."""
-    if isinstance(data, TensorBatches) and bounds[0] == bounds[1]:
-        raise DataError(f"every training label is {bounds[0]}, so there is nothing to tell apart; check the labels "
-                        f"(a classifier needs two or more classes)")
+def check_classes_differ(data: Iterable[Batch]) -> None:
+    """Training labels in memory hold two classes or more (streamed data show one batch: they are not checked)."""
+    if isinstance(data, TensorBatches):
+        labels = data.tensors[1]
+        check_two_classes(labels[labels != losses.IGNORE_INDEX], "check the labels")
 
 
 def check_outputs(output: object, y: torch.Tensor, bounds: tuple[int, int], what: str) -> torch.Tensor:

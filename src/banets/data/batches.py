@@ -275,6 +275,16 @@ def train_val_split(n: int, val_size: int = 5000, seed: int = 0, subset: int | N
     return train.clone(), permutation[:val_size].clone()
 
 
+def check_two_classes(labels: Tensor, fix: str, names: list[str] | None = None) -> None:
+    """Training labels (padding left out) of one class, or of none, leave nothing to learn: every model would score
+    no error, and every comparison would be a null. ``names`` are the classes' names, when they have them."""
+    classes = labels.unique()
+    if len(classes) < 2:
+        found = repr(names[int(classes[0])] if names else int(classes[0])) if len(classes) else "padding"
+        raise DataError(f"every training label is {found}, so there is nothing to tell apart; {fix} (a classifier "
+                        f"needs two or more classes)")
+
+
 def checked_split(n: int, val_size: int, seed: int, where: str) -> tuple[Tensor, Tensor]:
     """:func:`train_val_split` of ``n`` rows; a ``val_size`` that leaves either side empty is a :class:`DataError`
     naming ``where`` the rows come from."""

@@ -310,6 +310,12 @@ def check_stream_count(tokens: int, batch_size: int, split: str, key: str) -> No
         )
 
 
+def scoring_streams(tokens: int, eval_batch_size: int) -> int:
+    """The streams the training text is scored in: ``data.eval_batch_size``, fewer for a text too short for them
+    (scoring it never refuses a run that trains)."""
+    return max(1, min(eval_batch_size, tokens // 2))
+
+
 def check_token_subset(subset: int | None, tokens: int) -> None:
     if subset is not None and subset > tokens:
         raise DataError(f"data.train_subset={subset} is more than the {tokens} training tokens; lower it")
@@ -339,7 +345,8 @@ def text_data(cfg: DataConfig) -> Data:
         val=stream_batches(corpus.valid, cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
         test=stream_batches(corpus.test, cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
         # the training text scored as the validation text is: the teacher's generalisation gap in the report
-        train_eval=stream_batches(train, cfg.eval_batch_size, cfg.bptt, "train", "eval_batch_size"),
+        train_eval=stream_batches(train, scoring_streams(train.numel(), cfg.eval_batch_size), cfg.bptt, "train",
+                                  "eval_batch_size"),
         model_options={"vocab_size": len(corpus.vocab), "words": corpus.vocab.words},
         files={
             "vocab.json": corpus.vocab.to_json(),

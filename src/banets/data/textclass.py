@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from banets.config import HF, DataConfig
-from banets.data.batches import checked_split, data_record
+from banets.data.batches import check_two_classes, checked_split, data_record
 from banets.data.registry import Batch, Data, DataError, register_dataset
 from banets.data.text import TOKENIZERS, Vocabulary
 
@@ -62,7 +62,7 @@ def read_rows(path: str, cfg: DataConfig) -> tuple[list[str], list[str | int]]:
     if file.suffix not in (".csv", ".jsonl"):
         raise DataError(f"textclass: {file.name} is neither .csv nor .jsonl; save the texts and labels as one of them")
     columns = (cfg.text_column, cfg.label_column)
-    with file.open(encoding="utf-8", newline="") as handle:
+    with file.open(encoding="utf-8-sig", newline="") as handle:  # -sig: a spreadsheet's byte order mark
         if file.suffix == ".csv":
             reader = csv.DictReader(handle)
             if reader.fieldnames:  # an empty file has none: it holds no rows
@@ -160,10 +160,8 @@ def textclass_data(cfg: DataConfig) -> Data:
         splits[:1] = [([texts[i] for i in rows], [labels[i] for i in rows]) for rows in map(Tensor.tolist, carved)]
     splits[0] = (splits[0][0][: cfg.train_subset], splits[0][1][: cfg.train_subset])
     ids, classes = class_ids([labels for _, labels in splits])
-    if len(ids[0].unique()) < 2:
-        only = classes[int(ids[0][0])] if classes else int(ids[0][0])
-        raise DataError(f"textclass: every training label is {only!r}, so there is nothing to tell apart; check "
-                        f"data.label_column (a classifier needs two or more classes)")
+    check_two_classes(ids[0], "check data.label_column" + (" and data.train_subset" if cfg.train_subset else ""),
+                      classes)
     encode, vocab_size, pad_id, files = tokenizer_of(cfg, splits[0][0])
     sequences = [[torch.tensor(s, dtype=torch.long) for s in encode(texts)] for texts, _ in splits]
 

@@ -34,6 +34,7 @@ from banets.data.text import (
     check_token_subset,
     corpus_files,
     iter_sentences,
+    scoring_streams,
 )
 
 FORMAT = "banets-tokens-1"
@@ -151,14 +152,15 @@ def tokens_data(cfg: DataConfig) -> Data:
     limit = cfg.train_subset
     check_token_subset(limit, files["train"].count)
     listing = {split: listing_digest(folder, [file.path]) for split, file in files.items()}
+    scored = min(limit or files["train"].count, files["valid"].count)
     return Data(
         train=token_batches(files["train"], cfg.batch_size, cfg.bptt, "train", "batch_size", limit),
         val=token_batches(files["valid"], cfg.eval_batch_size, cfg.bptt, "valid", "eval_batch_size"),
         test=token_batches(files["test"], cfg.eval_batch_size, cfg.bptt, "test", "eval_batch_size"),
         # the first training tokens, as many as validation holds, scored as it is: the teacher's generalisation gap
         # in the report, for what one validation pass costs however large the corpus
-        train_eval=token_batches(files["train"], cfg.eval_batch_size, cfg.bptt, "train", "eval_batch_size",
-                                 min(limit or files["train"].count, files["valid"].count)),
+        train_eval=token_batches(files["train"], scoring_streams(scored, cfg.eval_batch_size), cfg.bptt, "train",
+                                 "eval_batch_size", scored),
         model_options={"vocab_size": len(vocab), "words": vocab.words},
         files={"vocab.json": vocab.to_json(), "data.json": json.dumps({**listing, "tokens": record}, indent=1)},
         metric="perplexity",

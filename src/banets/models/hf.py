@@ -29,6 +29,9 @@ LOCAL = {"local_files_only": True, "trust_remote_code": False}  # read the folde
 LOADER_OPTIONS = {"trust_remote_code", "code_revision", "revision", "token", "use_auth_token", "cache_dir",
                   "local_files_only", "force_download", "proxies", "subfolder", "return_unused_kwargs",
                   "device_map", "torch_dtype", "dtype", "quantization_config"}
+# model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids)
+PADDING_OFFSET = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text",
+                  "roberta-prelayernorm"}
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -36,8 +39,8 @@ def create_hf_model(path: str, task: str = "sequence-classification", num_classe
                     vocab_size: int | None = None, max_length: int | None = None, **config_options: Any) -> nn.Module:
     """The transformers model of ``task`` at local ``path``: pretrained from a folder of weights, or randomly
     initialised from a ``config.json`` (then ``vocab_size``, from the data, sizes its embeddings unless an option
-    sets it). ``num_classes`` sizes a classifier's head; ``max_length``, the data's longest text, must fit its
-    positions."""
+    sets it). ``num_classes`` sizes a classifier's head; ``max_length``, the length the data cut texts at
+    (``data.max_length``), must fit its positions."""
     if task not in TASKS:
         raise ModelError(f"hf:{path}: unknown task {task!r}; set model.options.task to one of {', '.join(TASKS)}")
     loading = sorted(set(config_options) & LOADER_OPTIONS)
@@ -59,24 +62,36 @@ def create_hf_model(path: str, task: str = "sequence-classification", num_classe
     if unused:
         raise ModelError(f"hf:{path}: its {type(config).__name__} has no field {', '.join(sorted(unused))}; "
                          f"remove it from model.options (the task and config fields go there)")
-    check_fits_data(path, config, vocab_size if pretrained else None, max_length)
+    check_fits_data(path, task, config, vocab_size, max_length)
     auto = getattr(transformers, TASKS[task])
     if pretrained:
         return _built(path, task, lambda: auto.from_pretrained(str(location), config=config, **LOCAL))
     return _built(path, task, lambda: auto.from_config(config, trust_remote_code=False))
 
 
-def check_fits_data(path: str, config: Any, vocab_size: int | None, max_length: int | None) -> None:
+def check_fits_data(path: str, task: str, config: Any, vocab_size: int | None, max_length: int | None) -> None:
     """The data's token ids and text lengths fit the model's embeddings: an id past them, or a text longer than its
     positions, would fail on the first batch that holds one, in the middle of training."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if max_length is not None and isinstance(positions, int) and max_length > positions:
+    positions = usable_positions(config)
+    if max_length is not None and positions is not None and max_length > positions:
         raise ModelError(f"hf:{path}: data.max_length={max_length} is more than the model's {positions} positions "
                          f"(max_position_embeddings); set data.max_length={positions}")
     embedded = getattr(config, "vocab_size", None)
     if vocab_size is not None and isinstance(embedded, int) and vocab_size > embedded:
-        raise ModelError(f"hf:{path}: the data's tokenizer has {vocab_size} ids but the model embeds {embedded}; "
-                         f"tokenize with the model's own tokenizer: data.tokenizer=hf:DIR (its tokenizer.json)")
+        fix = (f"lower data.max_vocab to {embedded}" if task == "causal-lm" else
+               "tokenize with the model's own tokenizer: data.tokenizer=hf:DIR (its tokenizer.json)")
+        raise ModelError(f"hf:{path}: the data's vocabulary has {vocab_size} ids but the model embeds {embedded}; "
+                         f"{fix}")
+
+
+def usable_positions(config: Any) -> int | None:
+    """The positions a text may take: RoBERTa and its kin number positions from the padding id + 1, so two of
+    their ``max_position_embeddings`` (514 for 512) are not a text's."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    offset = (config.pad_token_id or 0) + 1 if getattr(config, "model_type", "") in PADDING_OFFSET else 0
+    return positions - offset
 
 
 def _built(path: str, task: str, build: Callable[[], Any]) -> Any:
