@@ -248,6 +248,9 @@ def test_the_answer_says_who_beat_the_teacher_against_which_controls_and_what_th
     assert ("The teacher's NLL is 0.500 on its training examples and 0.500 on validation (a gap of 0.000 nats; "
             "error 20.00% against 20.00%; in our measurements") in text  # 10, 20 and 30 wrong of 100 on every split
     assert "seed" not in text.split("validation (")[1]  # three seeds: no caveat
+    older = [*runs[:2], fake_run(tmp_path / "older", 2, {m.name: 10 for m in PLAN}, splits=("val", "test"))]
+    assert ("on its training examples and 0.500 on validation (a gap of 0.000 nats; error 15.00% against 15.00%; "
+            "over the 2 of 3 seeds that scored them; in our") in answer([*older[:2], read_run(older[2])])
     one = answer(runs[:1])
     assert one.endswith("With one seed this is not yet a verdict: the intervals cover example noise only, not the "
                         "variation from seed to seed; run 3 or more seeds (--seeds 0,1,2).")

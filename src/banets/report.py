@@ -378,18 +378,21 @@ def against_controls(group: list[SeedRun], split: str, best: str, controls: list
 
 
 def generalisation_gap(group: list[SeedRun]) -> str:
-    """The teacher's mean NLL on the training examples (unaugmented) and on the validation split."""
-    if not all(TEACHER in r.predictions.get("train", {}) and TEACHER in r.predictions.get("val", {}) for r in group):
+    """The teacher's mean NLL on the training examples (unaugmented) and on the validation split, over the seeds
+    that scored their training examples (a run made by an older banets may not have)."""
+    scored = [r for r in group if TEACHER in r.predictions.get("train", {}) and TEACHER in r.predictions.get("val", {})]
+    if not scored:
         return ""
-    train, val = (float(np.mean([r.predictions[s][TEACHER].mean_nll() for r in group])) for s in ("train", "val"))
+    train, val = (float(np.mean([r.predictions[s][TEACHER].mean_nll() for r in scored])) for s in ("train", "val"))
     errors = ""
     if group[0].metric_key == "error":  # a classifier's gap in nats is small beside a language model's: say errors too
-        train_error, val_error = (float(np.mean([r.predictions[s][TEACHER].error() for r in group]))
+        train_error, val_error = (float(np.mean([r.predictions[s][TEACHER].error() for r in scored]))
                                   for s in ("train", "val"))
         errors = f"; error {train_error:.2f}% against {val_error:.2f}%"
+    seeds = f"; over the {len(scored)} of {len(group)} seeds that scored them" if len(scored) < len(group) else ""
     return (f"The teacher's NLL is {train:.3f} on its training examples and {val:.3f} on validation (a gap of "
-            f"{val - train:.3f} nats{errors}; in our measurements born-again training paid where the teacher overfit: "
-            f"docs/when-born-again-helps.md).")
+            f"{val - train:.3f} nats{errors}{seeds}; in our measurements born-again training paid where the teacher "
+            f"overfit: docs/when-born-again-helps.md).")
 
 
 def seed_caveat(seeds: int) -> str:
