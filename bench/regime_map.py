@@ -3,8 +3,8 @@
 Each row is a model family in one regime, given as ``"LABEL=RUN_DIR[,RUN_DIR...]"`` (the run folders of one preset,
 every seed). Per row:
 
-- the teacher's generalisation gap: its mean NLL on validation minus its mean NLL on its own training examples
-  (unaugmented), averaged over the seeds that evaluated training examples (their number is printed);
+- the teacher's mean NLL on its own training examples (unaugmented) and its generalisation gap (its mean NLL on
+  validation minus that), averaged over the seeds that evaluated training examples (their number is printed);
 - for each first-born student (taught by the teacher), the CE control and the plain ensemble T+CE: the paired
   difference of validation NLL to the teacher, nats per example (per token for text), with the report's 95%
   bootstrap interval (seeds and examples, or text segments, resampled).
@@ -27,11 +27,15 @@ from banets.report import SeedRun, _pyplot, read_runs
 MARKERS = {"ban": "s", "ban+l": "o", "CE": "x", "T+CE": "^"}
 
 
-def teacher_gap(group: list[SeedRun]) -> tuple[float, int]:
-    """The teacher's validation NLL minus its training NLL, mean over the seeds that scored training examples."""
+def teacher_nll(group: list[SeedRun]) -> tuple[float, float, int]:
+    """The teacher's mean NLL on its training examples and its gap (validation minus training NLL), over the seeds
+    that scored training examples. A training NLL near 0 means its targets there are the labels: nothing to pass on."""
     scored = [r for r in group if TEACHER in r.predictions.get("train", {})]
-    gaps = [r.predictions["val"][TEACHER].mean_nll() - r.predictions["train"][TEACHER].mean_nll() for r in scored]
-    return (float(np.mean(gaps)) if gaps else float("nan")), len(scored)
+    train = [r.predictions["train"][TEACHER].mean_nll() for r in scored]
+    gaps = [r.predictions["val"][TEACHER].mean_nll() - t for r, t in zip(scored, train)]
+    if not scored:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(train)), float(np.mean(gaps)), len(scored)
 
 
 def compared(run: SeedRun) -> dict[str, str]:
@@ -70,18 +74,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the plot, a .png")
     args = parser.parse_args()
     rows = {}
-    print("| row | seeds | teacher's gap, nats (seeds) | model | Δ validation NLL vs teacher [95% CI] |")
-    print("|---|---|---|---|---|")
+    print("| row | seeds | teacher's train NLL | teacher's gap (seeds) | model | Δ val NLL vs teacher [95% CI] |")
+    print("|---|---|---|---|---|---|")
     for spec in args.rows:
         label, _, dirs = spec.partition("=")
         if not dirs or label in rows:
             parser.error(f"{spec!r}: give each row once, as LABEL=RUN_DIR[,RUN_DIR...]")
         group, _ = read_runs([Path(d) for d in dirs.split(",")])
-        gap, scored = teacher_gap(group)
+        train_nll, gap, scored = teacher_nll(group)
         rows[label] = (gap, gains(group))
         for model, (_, (mean, low, high)) in rows[label][1].items():
             interval = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
-            print(f"| {label} | {len(group)} | {gap:.3f} ({scored}) | {model} | {interval} |")
+            print(f"| {label} | {len(group)} | {train_nll:.4f} | {gap:.3f} ({scored}) | {model} | {interval} |")
     plot(rows, args.out)
 
 

@@ -229,6 +229,17 @@ def test_the_learning_curves_show_the_loss_terms_beside_the_validation_curves(tm
     assert width > 1.5 * height  # two panels side by side
 
 
+def test_the_answer_says_when_the_teacher_has_memorised_its_training_examples(tmp_path):
+    from banets.report import MEMORISED_NLL, answer
+
+    wrong = {m.name: 10 for m in PLAN}
+    for nll, memorised in ((MEMORISED_NLL / 2, True), (MEMORISED_NLL * 2, False)):
+        text = answer([read_run(fake_run(tmp_path / str(nll), 0, wrong, nll=nll))])
+        assert ("it has memorised its training examples, so its targets there are the labels" in text) == memorised
+        assert ("in our measurements born-again training paid where the teacher overfit" in text) != memorised
+        assert text.count("docs/when-born-again-helps.md") == 1
+
+
 def test_learning_curves_span_the_second_half_of_training_where_the_final_differences_are():
     from banets.report import late_range
 

@@ -377,6 +377,9 @@ def against_controls(group: list[SeedRun], split: str, best: str, controls: list
     return f"Against the models trained without a teacher, {best} {'; '.join(outcomes)}.{missing}"
 
 
+MEMORISED_NLL = 0.01  # nats per training example: the true class at 99% or more (the CNN without augmentation: 0.0007)
+
+
 def generalisation_gap(group: list[SeedRun]) -> str:
     """The teacher's mean NLL on the training examples (unaugmented) and on the validation split, over the seeds
     that scored their training examples (a run made by an older banets may not have)."""
@@ -390,9 +393,12 @@ def generalisation_gap(group: list[SeedRun]) -> str:
                                   for s in ("train", "val"))
         errors = f"; error {train_error:.2f}% against {val_error:.2f}%"
     seeds = f"; over the {len(scored)} of {len(group)} seeds that scored them" if len(scored) < len(group) else ""
+    meaning = ("it has memorised its training examples, so its targets there are the labels and a student born "
+               "again from it is taught little more than they say; augmentation or a regulariser gives it something "
+               "to pass on" if train < MEMORISED_NLL else "in our measurements born-again training paid where the "
+               "teacher overfit")
     return (f"The teacher's NLL is {train:.3f} on its training examples and {val:.3f} on validation (a gap of "
-            f"{val - train:.3f} nats{errors}{seeds}; in our measurements born-again training paid where the teacher "
-            f"overfit: docs/when-born-again-helps.md).")
+            f"{val - train:.3f} nats{errors}{seeds}; {meaning}: docs/when-born-again-helps.md).")
 
 
 def seed_caveat(seeds: int) -> str:
