@@ -54,7 +54,7 @@ def gains(group: list[SeedRun]) -> dict[str, tuple[str, tuple[float, float, floa
 
 def plot(rows: dict[str, tuple[float, dict]], path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10.5, 4.5))
     for colour, (label, (gap, row)) in enumerate(rows.items()):
         for shift, (model, (what, (mean, low, high))) in enumerate(row.items()):  # side by side at the row's gap
             ax.errorbar(gap + 0.006 * shift, mean, yerr=[[mean - low], [high - mean]], marker=MARKERS.get(what, "."),
@@ -63,7 +63,7 @@ def plot(rows: dict[str, tuple[float, dict]], path: Path) -> None:
     ax.set_xlabel("teacher's generalisation gap: validation minus training NLL (nats)")
     ax.set_ylabel("Δ validation NLL vs the teacher (nats)")
     ax.set_title("Born-again gain against the teacher's overfitting (below 0: better)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: points sit everywhere
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
