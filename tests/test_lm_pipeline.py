@@ -168,4 +168,4 @@ def test_the_report_states_the_teachers_gap_between_its_training_and_validation_
     assert len(train.labels) > len(val.labels)  # every training token scored once, as the validation text is
     report = (seed_dir.parent / "report" / "report.md").read_text()
     assert f"The teacher's NLL is {train.mean_nll():.3f} on its training examples and {val.mean_nll():.3f} on " \
-           f"validation (a gap of {val.mean_nll() - train.mean_nll():.3f} nats; in our" in report  # no error for text
+           f"validation (a gap of {val.mean_nll() - train.mean_nll():.3f} nats). In our" in report  # no error for text

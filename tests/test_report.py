@@ -29,10 +29,11 @@ def predictions(wrong: int, nll: float = 0.5) -> Predictions:
                        labels=torch.zeros(EXAMPLES, dtype=torch.long))
 
 
-def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", nll=0.5, splits=("val", "test", "train")):
+def fake_run(root, seed, wrong: dict[str, int], dataset="digits", name="demo", nll=0.5, splits=("val", "test", "train"),
+             augment=True):
     """A finished seed directory whose models get ``wrong[model]`` errors out of 100 on every split."""
     run = SeedDirectory(root / f"seed-{seed}")
-    data = {"dataset": dataset, "bptt": 7}  # bptt is read for text only
+    data = {"dataset": dataset, "bptt": 7, "augment": augment}  # bptt is read for text only
     run.start({"name": name, "seeds": [seed], "data": data, "model": {"name": "small_cnn", "teacher_name": None}},
               Data([], [], metric="perplexity" if dataset == "text" else "error", block=7 if dataset == "text" else 1), [seed])
     for spec in PLAN:  # finished, as the report reads it (no checkpoint is read)
@@ -233,11 +234,15 @@ def test_the_answer_says_when_the_teacher_has_memorised_its_training_examples(tm
     from banets.report import MEMORISED_NLL, answer
 
     wrong = {m.name: 10 for m in PLAN}
-    for nll, memorised in ((MEMORISED_NLL / 2, True), (MEMORISED_NLL * 2, False)):
-        text = answer([read_run(fake_run(tmp_path / str(nll), 0, wrong, nll=nll))])
-        assert ("it has memorised its training examples, so its targets there are the labels" in text) == memorised
-        assert ("in our measurements born-again training paid where the teacher overfit" in text) != memorised
-        assert text.count("docs/when-born-again-helps.md") == 1
+    cases = [(MEMORISED_NLL / 2, False, True), (MEMORISED_NLL * 2, False, False),
+             (MEMORISED_NLL / 2, True, False)]  # with augmentation students are taught on views it was not scored on
+    for nll, augment, memorised in cases:
+        run = fake_run(tmp_path / f"{nll}-{augment}", 0, wrong, nll=nll, augment=augment)
+        text = answer([read_run(run)])
+        assert (f"Its training NLL, {nll:.4f} nats, says it has likely memorised the examples its students are "
+                "taught from, so a born-again student learns little beyond their labels" in text) == memorised
+        assert ("In our measurements born-again training paid where the teacher overfit" in text) != memorised
+        assert text.count("(docs/when-born-again-helps.md)") == 1
 
 
 def test_learning_curves_span_the_second_half_of_training_where_the_final_differences_are():
@@ -257,11 +262,11 @@ def test_the_answer_says_who_beat_the_teacher_against_which_controls_and_what_th
                            "-10.00 points of error")
     assert "Against the models trained without a teacher, Ens*2 beats LS and CE." in text
     assert ("The teacher's NLL is 0.500 on its training examples and 0.500 on validation (a gap of 0.000 nats; "
-            "error 20.00% against 20.00%; in our measurements") in text  # 10, 20 and 30 wrong of 100 on every split
+            "error 20.00% against 20.00%). In our measurements") in text  # 10, 20 and 30 wrong of 100 on every split
     assert "seed" not in text.split("validation (")[1]  # three seeds: no caveat
     older = [*runs[:2], fake_run(tmp_path / "older", 2, {m.name: 10 for m in PLAN}, splits=("val", "test"))]
     assert ("on its training examples and 0.500 on validation (a gap of 0.000 nats; error 15.00% against 15.00%; "
-            "over the 2 of 3 seeds that scored them; in our") in answer([*older[:2], read_run(older[2])])
+            "over the 2 of 3 seeds that scored them). In our") in answer([*older[:2], read_run(older[2])])
     one = answer(runs[:1])
     assert one.endswith("With one seed this is not yet a verdict: the intervals cover example noise only, not the "
                         "variation from seed to seed; run 3 or more seeds (--seeds 0,1,2).")
