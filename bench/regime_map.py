@@ -22,20 +22,19 @@ import numpy as np
 
 from banets.generations import TEACHER
 from banets.metrics import bootstrap_paired_difference
-from banets.report import SeedRun, _pyplot, read_runs
+from banets.report import SeedRun, _pyplot, read_runs, scored_training, teacher_nll
 
 MARKERS = {"ban": "s", "ban+l": "o", "CE": "x", "T+CE": "^"}
 
 
-def teacher_nll(group: list[SeedRun]) -> tuple[float, float, int]:
+def teacher_fit(group: list[SeedRun]) -> tuple[float, float, int]:
     """The teacher's mean NLL on its training examples and its gap (validation minus training NLL), over the seeds
     that scored training examples. A training NLL near 0 means its targets there are the labels: nothing to pass on."""
-    scored = [r for r in group if TEACHER in r.predictions.get("train", {})]
-    train = [r.predictions["train"][TEACHER].mean_nll() for r in scored]
-    gaps = [r.predictions["val"][TEACHER].mean_nll() - t for r, t in zip(scored, train)]
+    scored = scored_training(group)
     if not scored:
         return float("nan"), float("nan"), 0
-    return float(np.mean(train)), float(np.mean(gaps)), len(scored)
+    train = teacher_nll(scored, "train")
+    return train, teacher_nll(scored, "val") - train, len(scored)
 
 
 def compared(run: SeedRun) -> dict[str, str]:
@@ -81,7 +80,7 @@ def main() -> None:
         if not dirs or label in rows:
             parser.error(f"{spec!r}: give each row once, as LABEL=RUN_DIR[,RUN_DIR...]")
         group, _ = read_runs([Path(d) for d in dirs.split(",")])
-        train_nll, gap, scored = teacher_nll(group)
+        train_nll, gap, scored = teacher_fit(group)
         rows[label] = (gap, gains(group))
         for model, (_, (mean, low, high)) in rows[label][1].items():
             interval = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"

@@ -381,13 +381,24 @@ GUIDE = "docs/when-born-again-helps.md"
 MEMORISED_NLL = 0.01  # nats, the mean over training examples (the CNN without augmentation: 0.0007)
 
 
+def scored_training(group: list[SeedRun]) -> list[SeedRun]:
+    """The seeds whose teacher was scored on its training examples (unaugmented) and on validation: a run made by
+    an older banets may not have scored the training examples."""
+    return [r for r in group if TEACHER in r.predictions.get("train", {}) and TEACHER in r.predictions.get("val", {})]
+
+
+def teacher_nll(scored: list[SeedRun], split: str) -> float:
+    """The teacher's mean NLL on ``split``, averaged over the seeds ``scored``."""
+    return float(np.mean([r.predictions[split][TEACHER].mean_nll() for r in scored]))
+
+
 def generalisation_gap(group: list[SeedRun]) -> str:
     """The teacher's mean NLL on the training examples (unaugmented) and on the validation split, over the seeds
-    that scored their training examples (a run made by an older banets may not have)."""
-    scored = [r for r in group if TEACHER in r.predictions.get("train", {}) and TEACHER in r.predictions.get("val", {})]
+    that scored their training examples."""
+    scored = scored_training(group)
     if not scored:
         return ""
-    train, val = (float(np.mean([r.predictions[s][TEACHER].mean_nll() for r in scored])) for s in ("train", "val"))
+    train, val = teacher_nll(scored, "train"), teacher_nll(scored, "val")
     errors = ""
     if group[0].metric_key == "error":  # a classifier's gap in nats is small beside a language model's: say errors too
         train_error, val_error = (float(np.mean([r.predictions[s][TEACHER].error() for r in scored]))
@@ -398,8 +409,7 @@ def generalisation_gap(group: list[SeedRun]) -> str:
            f"{val - train:.3f} nats{errors}{seeds}).")
     if memorised(group[0], train):
         return (f"{gap} Its training NLL, {train:.4f} nats, says it has likely memorised the examples its students "
-                "are taught from, so a born-again student learns little beyond their labels "
-                f"({GUIDE}).")
+                f"are taught from, so a born-again student learns little beyond their labels ({GUIDE}).")
     return f"{gap} In our measurements born-again training paid where the teacher overfit ({GUIDE})."
 
 
